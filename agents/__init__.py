@@ -1,0 +1,1 @@
+"""Ranking agents: scoring networks, SB3 policies, baselines, evaluation and export."""

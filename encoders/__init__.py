@@ -1,0 +1,1 @@
+"""Text encoders (BERT via transformers, hashing), the embedding store, user-state pooling."""

@@ -1,0 +1,1 @@
+"""Environments over logged sessions; ``envs.logs`` holds the data layer."""

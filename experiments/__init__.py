@@ -1,0 +1,1 @@
+"""Entry points (thin Hydra / argparse mains): prepare, bench, and later train, compare, export."""

@@ -1,0 +1,122 @@
+"""Open Bandit Dataset adapter: a fixture copied from the real sample, and the real sample."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.logs.errors import LogValidationError
+from envs.logs.obd import OBDSource, fetch_sdist
+from envs.logs.session_log import SessionLog
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "obd"
+
+
+@pytest.fixture
+def log() -> SessionLog:
+    return OBDSource(path=str(FIXTURE)).build()
+
+
+def test_fixture_counts(log: SessionLog) -> None:
+    # 8 rows; rows 1714/1715 and 1816/1817 share timestamp + user features
+    assert (log.n_impressions, log.n_requests, log.n_users, log.n_items) == (8, 6, 5, 80)
+    assert sorted(log.request_sizes.tolist()) == [1, 1, 1, 1, 2, 2]
+    assert int(log.click.sum()) == 1
+    # one user (rows 586 and 1816/1817) appears on two days: two sessions
+    assert log.n_sessions == 6
+    days = sorted(s.rsplit("-", 3)[1:] == ["2019", "11", "25"] for s in log.session_ids)
+    assert days.count(True) == 2
+    assert list(log.query_texts) == [""]
+
+
+def test_positions_zero_based_and_propensities_kept(log: SessionLog) -> None:
+    # raw positions 3,3,3,1,1,3,2,1 -> 0-based; within a request sorted by position
+    assert sorted(log.position.tolist()) == [0, 0, 0, 1, 2, 2, 2, 2]
+    assert log.position.min() == 0
+    np.testing.assert_allclose(log.propensity, 0.0125)
+    two = np.flatnonzero(log.request_sizes == 2)
+    items = [
+        log.item_ids[log.item[log.request_offsets[r] : log.request_offsets[r + 1]]] for r in two
+    ]
+    assert sorted(map(list, items)) == [["12", "8"], ["34", "68"]]
+    clicked = log.item_ids[log.item[log.click == 1]]
+    assert list(clicked) == ["38"]
+
+
+def test_timestamps_and_texts(log: SessionLog) -> None:
+    # 2019-11-24 00:00:34.762830+00:00 -> unix seconds (fraction dropped)
+    assert log.request_timestamp[0] == 1574553634
+    text = dict(zip(log.item_ids, log.item_texts, strict=True))
+    assert text["0"] == "item 0 price -0.50 feature1 aed79091 feature2 67503f4a feature3 5c1e29f9"
+    assert set(log.item_features) == {f"item_feature_{i}" for i in range(4)}
+    assert log.item_features["item_feature_1"][0] == "aed790911d0344f149be2fb9470d6f0a"
+    assert all(t.startswith("user feature0 ") for t in log.user_texts)
+    assert "feature0 81ce123c" in log.user_texts[log.request_user[0]]
+    # user ids are a stable hash of the four user features
+    assert log.user_ids[log.request_user[0]] == "u0ab848a79987"
+
+
+def test_round_trip(log: SessionLog, tmp_path: Path) -> None:
+    log.write(tmp_path / "obd")
+    back = SessionLog.read(tmp_path / "obd")
+    for name in (
+        "item",
+        "position",
+        "click",
+        "propensity",
+        "request_offsets",
+        "session_offsets",
+        "request_timestamp",
+        "request_user",
+    ):
+        np.testing.assert_array_equal(getattr(back, name), getattr(log, name))
+    assert list(back.session_ids) == list(log.session_ids)
+    assert back.meta["source"] == "obd" and back.meta["params"]["campaign"] == "all"
+
+
+def test_bad_arguments_and_missing_column(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="behavior_policy='uniform'.*random, bts"):
+        OBDSource(path=str(FIXTURE), behavior_policy="uniform")
+    with pytest.raises(ValueError, match="campaign='kids'.*all, men, women"):
+        OBDSource(path=str(FIXTURE), campaign="kids")
+    root = tmp_path / "random" / "all"
+    shutil.copytree(FIXTURE / "random" / "all", root)
+    csv = root / "all.csv"
+    csv.write_text(csv.read_text().replace("propensity_score", "pscore", 1))
+    with pytest.raises(LogValidationError, match="all.csv, column 'propensity_score'"):
+        OBDSource(path=str(tmp_path)).build()
+
+
+def test_repeated_position_starts_new_request(tmp_path: Path) -> None:
+    root = tmp_path / "random" / "all"
+    shutil.copytree(FIXTURE / "random" / "all", root)
+    lines = (root / "all.csv").read_text().splitlines()
+    # duplicate row 1714 (same time, user, position 1) under a new index
+    lines.append("9999" + lines[5][lines[5].index(",") :])
+    (root / "all.csv").write_text("\n".join(lines) + "\n")
+    log = OBDSource(path=str(tmp_path)).build()
+    assert (log.n_impressions, log.n_requests) == (9, 7)
+
+
+@pytest.mark.slow
+def test_real_sample_via_pip(tmp_path: Path) -> None:
+    cached = Path("~/.cache/rankgym").expanduser()
+    cache = cached if (cached / "obp" / "obp-0.5.7.tar.gz").is_file() else tmp_path
+    try:
+        archive = fetch_sdist(cache)
+    except RuntimeError as err:
+        pytest.skip(f"pip could not fetch the obp sdist holding the OBD sample: {err}")
+    log = OBDSource(archive=str(archive)).build()
+    assert log.n_impressions == 10_000
+    assert np.bincount(log.position).tolist() == [3322, 3412, 3266]
+    assert log.n_requests == 9991  # 9 requests show two items
+    assert (log.n_items, log.n_users, log.n_sessions) == (80, 240, 1084)
+    assert int(log.click.sum()) == 38
+    np.testing.assert_allclose(log.propensity, 0.0125)  # uniform over 80 items
+    bts = OBDSource(archive=str(archive), behavior_policy="bts", campaign="men").build()
+    assert bts.n_impressions == 10_000 and bts.n_items == 34
+    assert int(bts.click.sum()) == 69
+    assert bts.propensity.mean() == pytest.approx(0.163594, abs=1e-6)

@@ -1,0 +1,205 @@
+"""The synthetic world: determinism, realism checks, propensities and the ground truth."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.logs import LogValidationError, SessionLog
+from envs.logs.ground_truth import GroundTruth
+from envs.logs.synthetic import CATEGORIES, SyntheticWorld, _pl_position_propensity
+from tests.conftest import SMALL_WORLD
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
+    SyntheticWorld(**SMALL_WORLD, seed=5).write(tmp_path / "a")
+    SyntheticWorld(**SMALL_WORLD, seed=5).write(tmp_path / "b")
+    SyntheticWorld(**SMALL_WORLD, seed=6).write(tmp_path / "c")
+    a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
+    assert "truth/truth.json" in a and "impressions.parquet" in a
+    assert a == b
+    assert a["impressions.parquet"] != c["impressions.parquet"]
+
+
+def test_world_has_the_promised_structure(small_world) -> None:
+    log, truth = small_world
+    assert len(CATEGORIES) >= 8
+    assert len(np.unique(truth.item_category)) == len(CATEGORIES)
+    # titles are built from the latent attributes
+    for i in range(0, log.n_items, 37):
+        title = log.item_texts[i]
+        assert log.item_features["category"][i] in {
+            c for c, (nouns, _, _) in CATEGORIES.items() if any(n in title for n in nouns)
+        }
+    # sessions have several requests; recommendation requests have empty queries
+    assert 2.5 < log.n_requests / log.n_sessions < 3.5
+    empty = log.query_texts[log.request_query] == ""
+    assert 0.1 < empty.mean() < 0.3
+    rows = truth.request_rows(log.request_ids)
+    np.testing.assert_array_equal(empty, truth.request_category[rows] < 0)
+    # every user has a pre-log history drawn mostly from their preferred categories
+    lengths = np.diff(log.user_history_offsets)
+    assert lengths.min() >= 3 and lengths.max() <= 15
+    owner = np.repeat(np.arange(log.n_users), lengths)
+    pref = truth.user_category_pref[owner, truth.item_category[log.user_history_items]]
+    assert pref.mean() > 3 / len(CATEGORIES)  # far above a uniform draw
+
+
+def test_queries_are_paraphrased(small_world) -> None:
+    log, truth = small_world
+    rows = truth.request_rows(log.request_ids)
+    search = truth.request_category[rows] >= 0
+    names = list(CATEGORIES)
+    nouns_hit = [
+        any(n in q.lower() for n in CATEGORIES[names[c]][0])
+        for q, c in zip(
+            log.query_texts[log.request_query[search]],
+            truth.request_category[rows][search],
+            strict=True,
+        )
+    ]
+    share = float(np.mean(nouns_hit))
+    assert 0.3 < share < 0.8  # often a synonym, so word overlap alone does not solve the task
+    queries = set(log.query_texts)
+    assert any(q.split()[0][0].isupper() for q in queries if q)  # casing varies
+    assert len(queries) > 0.5 * search.sum()  # mostly distinct texts
+
+
+def test_later_requests_refine_the_intent(small_world) -> None:
+    log, truth = small_world
+    rows = truth.request_rows(log.request_ids)
+    step = np.arange(log.n_requests) - np.repeat(
+        log.session_offsets[:-1], np.diff(log.session_offsets)
+    )
+    has_brand = truth.request_brand[rows] >= 0
+    search = truth.request_category[rows] >= 0
+    assert has_brand[search & (step >= 2)].mean() > has_brand[search & (step == 0)].mean() + 0.2
+
+
+def test_propensity_estimate_matches_exact_plackett_luce() -> None:
+    logits = np.array([2.0, 1.0, 0.0, -0.5])
+    weights = np.exp(logits)
+    exact = np.zeros((4, 4))  # exact[item, position] by enumerating all rankings
+    for perm in itertools.permutations(range(4)):
+        p, left = 1.0, weights.sum()
+        for item in perm:
+            p *= weights[item] / left
+            left -= weights[item]
+        for pos, item in enumerate(perm):
+            exact[item, pos] += p
+    position = np.array([1, 0, 3, 2])  # a logged ranking
+    got = _pl_position_propensity(
+        np.random.default_rng(0), logits, position, np.zeros(4, np.int64), np.array([0, 4]), 20000
+    )
+    np.testing.assert_allclose(got, exact[np.arange(4), position], atol=0.01)
+
+
+def test_logged_clicks_follow_the_ground_truth(small_world) -> None:
+    log, truth = small_world
+    rows = truth.request_rows(log.request_ids)
+    width = int(log.position.max()) + 1
+    ranking = np.full((log.n_requests, width), -1)
+    req = log.impression_request
+    ranking[req, log.position] = log.item
+    probs = truth.click_probs(rows, ranking)[req, log.position]
+    # total clicks within 4 standard deviations of the truth's expectation
+    assert abs(log.click.sum() - probs.sum()) < 4 * np.sqrt((probs * (1 - probs)).sum())
+    # PBM: CTR at the top is well above CTR at position 5, as the examination curve says
+    assert log.click[log.position == 0].mean() > 2 * log.click[log.position == 5].mean()
+    # single-request API agrees with the batched one
+    r = 17
+    single = truth.true_click_probs(
+        int(rows[r]), log.item[log.request_offsets[r] : log.request_offsets[r + 1]]
+    )
+    np.testing.assert_allclose(single, truth.click_probs(rows[[r]], ranking[[r]])[0, : len(single)])
+
+
+def test_truth_ranks_better_than_logging_policy(small_world) -> None:
+    """Sorting shown items by true attractiveness beats the logged order: there is room to learn."""
+    log, truth = small_world
+    rows = truth.request_rows(log.request_ids)
+    logged_value, best_value = 0.0, 0.0
+    for r in range(0, log.n_requests, 5):
+        items = log.item[log.request_offsets[r] : log.request_offsets[r + 1]]
+        logged_value += truth.true_click_probs(int(rows[r]), items).sum()
+        attr = truth.attractiveness(rows[r], items)
+        best_value += truth.true_click_probs(int(rows[r]), items[np.argsort(-attr)]).sum()
+    assert best_value > 1.3 * logged_value
+
+
+def test_cascade_variant(tmp_path: Path) -> None:
+    log, truth = SyntheticWorld(**SMALL_WORLD, click_model="cascade").generate()
+    assert truth.click_model == "cascade"
+    rows = truth.request_rows(log.request_ids[:50])
+    ranking = np.stack(
+        [log.item[log.request_offsets[r] : log.request_offsets[r] + 6] for r in range(50)]
+    )
+    probs = truth.click_probs(rows, ranking)
+    assert (probs.sum(axis=1) <= 1 + 1e-9).all()  # at most one click in a cascade
+    attr = truth.attractiveness(rows[:, None], ranking)
+    np.testing.assert_allclose(probs[:, 1], attr[:, 1] * (1 - attr[:, 0]))
+
+
+def test_truth_save_load_and_mismatch(small_world, tmp_path: Path) -> None:
+    log, truth = small_world
+    truth.save(tmp_path)
+    back = GroundTruth.load(tmp_path)
+    rows = truth.request_rows(log.request_ids[:20])
+    ranking = np.stack(
+        [log.item[log.request_offsets[r] : log.request_offsets[r] + 5] for r in range(20)]
+    )
+    np.testing.assert_array_equal(back.click_probs(rows, ranking), truth.click_probs(rows, ranking))
+    back.check_log(log.item_ids, log.user_ids)
+    other, _ = SyntheticWorld(**{**SMALL_WORLD, "n_items": 500}).generate()
+    with pytest.raises(LogValidationError, match="item table .* does not match"):
+        truth.check_log(other.item_ids, other.user_ids)
+    with pytest.raises(LogValidationError, match="request id 'nope' is not in the ground truth"):
+        truth.request_rows(np.array(["nope"], dtype=object))
+    with pytest.raises(FileNotFoundError, match="no ground truth here"):
+        GroundTruth.load(tmp_path / "elsewhere")
+
+
+def test_truth_follows_a_split(small_world) -> None:
+    log, truth = small_world
+    _, test = log.split(0.3, seed=1)
+    rows = truth.request_rows(test.request_ids)
+    full_rows = truth.request_rows(log.request_ids)
+    assert set(rows) <= set(full_rows)
+    assert (truth.request_user[rows] == test.request_user).all()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"scale": 0}, r"dataset.scale=0; allowed: > 0"),
+        ({"min_list": 9, "max_list": 5}, r"dataset.min_list=9; allowed: in \[1, max_list\]"),
+        ({"click_model": "dbn"}, r"dataset.click_model='dbn'; allowed: pbm, cascade"),
+        ({"n_items": 10}, r"dataset.n_items=10; allowed: >= 48"),
+    ],
+)
+def test_bad_config_values(override: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SyntheticWorld(**override)
+
+
+def test_scale_grows_sessions_not_catalog() -> None:
+    small, _ = SyntheticWorld(**SMALL_WORLD).generate()
+    big, _ = SyntheticWorld(**SMALL_WORLD, scale=3).generate()
+    assert big.n_items == small.n_items
+    assert 2.5 < big.n_impressions / small.n_impressions < 3.5
+
+
+@pytest.mark.slow
+def test_scale_reaches_millions_of_impressions(tmp_path: Path) -> None:
+    log = SyntheticWorld(scale=20, propensity_samples=20).write(tmp_path / "big")
+    assert log.n_impressions > 1_500_000
+    assert SessionLog.read(tmp_path / "big").n_impressions == log.n_impressions

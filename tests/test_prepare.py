@@ -1,0 +1,80 @@
+"""The `python -m experiments.prepare` command line, run for real in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from envs.logs import SessionLog
+from envs.logs.ground_truth import GroundTruth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prepare(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.prepare", f"paths.root_dir={cwd}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_prepare_synthetic_writes_validated_world(tmp_path: Path) -> None:
+    out = tmp_path / "world"
+    done = prepare(f"out={out}", "dataset.scale=0.1", "dataset.propensity_samples=20", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout[done.stdout.index("{") :])
+    log = SessionLog.read(out)
+    assert stats["impressions"] == log.n_impressions > 5000
+    assert stats["ctr"] == round(float(log.click.mean()), 5)
+    assert log.meta["params"]["scale"] == 0.1
+    GroundTruth.load(out).check_log(log.item_ids, log.user_ids)
+    assert (tmp_path / "outputs" / "prepare").is_dir()  # Hydra run dir with .hydra/
+
+
+def test_prepare_obd_fixture(tmp_path: Path) -> None:
+    out = tmp_path / "obd"
+    fixture = ROOT / "tests" / "fixtures" / "obd"
+    done = prepare("dataset=obd", f"dataset.path={fixture}", f"out={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    log = SessionLog.read(out)
+    raw = pd.read_csv(fixture / "random" / "all" / "all.csv", index_col=0)
+    assert log.n_impressions == len(raw)
+    assert log.click.sum() == raw.click.sum()
+    assert sorted(log.position + 1) == sorted(raw.position)
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "log.csv"
+    pd.DataFrame(
+        {
+            "request_id": ["r1", "r1", "r2"],
+            "user_id": ["u", "u", "u"],
+            "timestamp": [1, 1, 2],
+            "item_id": ["a", "b", "a"],
+            "position": [0, 1, 0],
+            "click": [0, 3, 1],
+        }
+    ).to_csv(bad, index=False)
+    out = tmp_path / "out"
+    done = prepare("dataset=table", f"dataset.impressions={bad}", f"out={out}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {bad}, row 1, column 'click': click value 3 is not binary; allowed values: 0, 1"
+    ]
+    assert not out.exists()
+
+
+def test_bad_config_value_names_key_and_allowed_values(tmp_path: Path) -> None:
+    done = prepare("dataset.click_model=dbn", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: dataset.click_model='dbn'; allowed: pbm, cascade"
+    done = prepare("dataset=nope", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Could not find 'dataset/nope'" in done.stderr and "synthetic" in done.stderr
