@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from envs.logs.errors import LogValidationError
 from envs.logs.session_log import SessionLog
@@ -110,7 +111,8 @@ def _read_tsv(
             f"{path}: missing; a MIND directory holds {BEHAVIORS_FILE} and {NEWS_FILE}"
         )
     with open(path, encoding="utf-8", newline="") as handle:
-        lines = pd.Series(list(islice(handle, max_rows)), dtype=object).str.rstrip("\r\n")
+        rows = tqdm(islice(handle, max_rows), desc=f"reading {file}", unit=" rows", disable=None)
+        lines = pd.Series(list(rows), dtype=object).str.rstrip("\r\n")
     if lines.empty:
         raise LogValidationError(file, "the file is empty")
     n_fields = lines.str.count("\t").to_numpy() + 1

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from envs.logs.atomic import atomic_directory
 from envs.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
@@ -593,13 +594,19 @@ def _pl_position_propensity(
     logged[imp_req, slot] = position
     hits = np.zeros((n_r, width), dtype=np.int64)
     slots = np.arange(width)
+    bar = tqdm(
+        total=n_r * n_samples, desc="logging propensities", unit=" draws", unit_scale=True,
+        disable=None if n_r * n_samples > 5_000_000 else True, leave=False,
+    )  # fmt: skip
     for s in range(0, n_r, chunk):
         block, target = padded[s : s + chunk], logged[s : s + chunk]
         at = np.maximum(target, 0)  # padded slots look anywhere; they are never read back
         for _ in range(n_samples):
+            bar.update(len(block))
             order = np.argsort(-(block + rng.gumbel(size=block.shape)), axis=1)
             # slot j was drawn at its logged position p iff order[p] == j
             hits[s : s + chunk] += np.take_along_axis(order, at, axis=1) == slots
+    bar.close()
     return (1.0 + hits[imp_req, slot]) / (1.0 + n_samples)
 
 
