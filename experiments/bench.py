@@ -3,18 +3,26 @@
 Usage::
 
     python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
+    python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
 + integer-encode) against a plain ``pandas.read_parquet`` of the same three files, and against
 ``pyarrow.parquet.read_table`` as the floor. Times are medians over ``--repeats``; ratios come from
 the same run on the same machine, which is what to compare across machines.
+
+``encoders``: on the synthetic world's item titles and queries, texts/s of ``TransformerEncoder``
+against ``SentenceTransformer.encode`` (same model, batch size, device; alternating order, each
+repeat timed back to back); the first encode of the corpus through a fresh ``EmbeddingStore``
+against a second one (a new store object on the same directory, as a later run would see it);
+``HashingEncoder`` texts/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -110,6 +118,79 @@ def bench_data(scales: list[float], repeats: int) -> dict[str, Any]:
     return results
 
 
+def bench_encoders(n_texts: int, repeats: int, batch_size: int) -> dict[str, Any]:
+    """Ours vs sentence-transformers, the store's second pass, and the hashing encoder."""
+    from sentence_transformers import SentenceTransformer
+
+    from encoders.hashing import HashingEncoder
+    from encoders.store import EmbeddingStore
+    from encoders.transformer import TransformerEncoder
+
+    log, _ = SyntheticWorld().generate()
+    corpus = list(log.item_texts) + list(log.query_texts[log.query_texts != ""])
+    texts = corpus[:n_texts]
+    ours = TransformerEncoder(batch_size=batch_size, progress=False)
+    theirs = SentenceTransformer(str(ours.path), device=str(ours.device))
+    warm = texts[:256]
+    ours.encode(warm)
+    theirs.encode(warm, batch_size=batch_size, normalize_embeddings=True)
+    rounds = []
+    for r in range(repeats):  # alternate who goes first, so drift hits both alike
+        pair = {}
+        for who in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+            start = time.perf_counter()
+            if who == "ours":
+                ours.encode(texts)
+            else:
+                theirs.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+            pair[who] = time.perf_counter() - start
+        rounds.append(pair)
+        print(f"round {r}: ours {n_texts / pair['ours']:.0f}/s, "
+              f"sentence-transformers {n_texts / pair['theirs']:.0f}/s")  # fmt: skip
+    ratios = [p["theirs"] / p["ours"] for p in rounds]
+    results: dict[str, Any] = {
+        "texts": len(texts),
+        "model": "all-MiniLM-L6-v2",
+        "device": str(ours.device),
+        "batch_size": batch_size,
+        "torch_threads": torch_threads(),
+        "transformer_vs_sentence_transformers": {
+            "ours_texts_per_s": round(statistics.median(len(texts) / p["ours"] for p in rounds)),
+            "theirs_texts_per_s": round(
+                statistics.median(len(texts) / p["theirs"] for p in rounds)
+            ),
+            "speedup_per_round": [round(x, 3) for x in ratios],
+            "speedup_median": round(statistics.median(ratios), 3),
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        EmbeddingStore(tmp).embed(texts, ours, progress=False)
+        first = time.perf_counter() - start
+        second = median_time(lambda: EmbeddingStore(tmp).embed(texts, ours), repeats)
+    results["store"] = {
+        "first_encode_s": round(first, 3),
+        "second_encode_s": round(second, 5),
+        "speedup": round(first / second, 1),
+    }
+    hashing = HashingEncoder()
+    seconds = median_time(lambda: HashingEncoder().encode(corpus), repeats)  # cold word cache
+    warm_seconds = median_time(lambda: hashing.encode(corpus), repeats)
+    results["hashing"] = {
+        "texts": len(corpus),
+        "cold_texts_per_s": round(len(corpus) / seconds),
+        "warm_texts_per_s": round(len(corpus) / warm_seconds),
+    }
+    return results
+
+
+def torch_threads() -> int:
+    """Intra-op threads torch uses (the CPU encoders' parallelism)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one benchmark."""
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
@@ -118,16 +199,26 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
     data.add_argument("--repeats", type=int, default=5)
     data.add_argument("--json", type=Path, default=None, help="also write the results here")
+    enc = sub.add_parser("encoders", help="TransformerEncoder vs sentence-transformers, store")
+    enc.add_argument("--texts", type=int, default=4000)
+    enc.add_argument("--repeats", type=int, default=3)
+    enc.add_argument("--batch-size", type=int, default=64)
+    enc.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if any(s <= 0 for s in args.scales):
-        parser.error(f"--scales must be > 0, got {args.scales}")
-    results = {
+    machine = {
         "benchmark": args.what,
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        **bench_data(args.scales, args.repeats),
+        "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cpus",
     }
+    if args.what == "data":
+        if any(s <= 0 for s in args.scales):
+            parser.error(f"--scales must be > 0, got {args.scales}")
+        results = {**machine, **bench_data(args.scales, args.repeats)}
+    else:
+        if args.texts < 1 or args.batch_size < 1:
+            parser.error("--texts and --batch-size must be >= 1")
+        results = {**machine, **bench_encoders(args.texts, args.repeats, args.batch_size)}
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

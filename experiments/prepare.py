@@ -6,6 +6,8 @@ Usage::
     python -m experiments.prepare dataset=obd out=data/obd          # Open Bandit sample
     python -m experiments.prepare dataset=mind dataset.path=MINDsmall_train
     python -m experiments.prepare dataset=table dataset.impressions=log.csv
+    python -m experiments.prepare encode=true                       # + BERT embeddings (cached)
+    python -m experiments.prepare encode=true encoder=hashing
 
 Bad input ends the run with one readable line on stderr and exit status 2; nothing is written.
 """
@@ -15,32 +17,61 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
+from encoders.encoded_log import encode_log
 from envs.logs import LogValidationError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (LogValidationError, ValueError, FileNotFoundError, RuntimeError)
+USER_ERRORS = (
+    LogValidationError,
+    ValueError,
+    FileNotFoundError,
+    RuntimeError,
+    MissingMandatoryValue,
+)
 
 
 def fail(err: BaseException) -> None:
     """Print one readable error line and exit with status 2 (no traceback for bad input)."""
     cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-    print(f"error: {cause}", file=sys.stderr)
+    print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
 
 
 def prepare(cfg: DictConfig) -> dict:
-    """Instantiate ``cfg.dataset``, write it to ``cfg.out`` and return its statistics."""
+    """Write ``cfg.dataset`` to ``cfg.out``; with ``encode=true`` also embed its texts.
+
+    Returns the dataset statistics (plus an ``encoding`` entry when encoding).
+    """
     log.info("instantiating dataset %s (%s)", cfg.dataset.name, cfg.dataset._target_)
     source = hydra.utils.instantiate(cfg.dataset)
+    if cfg.encode:  # configuration errors surface before anything is written
+        log.info("instantiating encoder %s (%s)", cfg.encoder.name, cfg.encoder._target_)
+        encoder = hydra.utils.instantiate(cfg.encoder)
+        log.info("instantiating embedding store (%s)", cfg.embedding_store._target_)
+        store = hydra.utils.instantiate(cfg.embedding_store)
     data = source.write(cfg.out)
     stats = data.stats()
     log.info("wrote %s", cfg.out)
+    if cfg.encode:
+        start = time.perf_counter()
+        encoded = encode_log(data, encoder, store)
+        stats["encoding"] = {
+            "encoder": encoder.name,
+            "fingerprint": encoder.fingerprint,
+            "dim": encoded.dim,
+            "texts": data.n_items + len(data.query_texts) + data.n_users,
+            "newly_encoded": store.last_new,
+            "seconds": round(time.perf_counter() - start, 2),
+            "store": str(store.directory(encoder)),
+        }
     return stats
 
 

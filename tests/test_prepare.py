@@ -78,3 +78,24 @@ def test_bad_config_value_names_key_and_allowed_values(tmp_path: Path) -> None:
     done = prepare("dataset=nope", cwd=tmp_path)
     assert done.returncode != 0
     assert "Could not find 'dataset/nope'" in done.stderr and "synthetic" in done.stderr
+
+
+def test_prepare_encode_fills_the_store_once(tmp_path: Path) -> None:
+    args = ("dataset.scale=0.05", "dataset.propensity_samples=10", "encode=true", "encoder=tiny")
+    first = prepare(*args, f"out={tmp_path / 'w'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    enc = json.loads(first.stdout[first.stdout.index("{") :])["encoding"]
+    log = SessionLog.read(tmp_path / "w")
+    assert enc["texts"] == log.n_items + len(log.query_texts) + log.n_users
+    assert 0 < enc["newly_encoded"] <= enc["texts"] and enc["dim"] == 32
+    assert Path(enc["store"]).is_dir()
+    second = prepare(*args, f"out={tmp_path / 'w'}", cwd=tmp_path)
+    assert json.loads(second.stdout[second.stdout.index("{") :])["encoding"]["newly_encoded"] == 0
+
+
+def test_encoder_config_error_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    done = prepare("encode=true", "encoder=bert", f"out={out}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: Missing mandatory value: encoder.path"]
+    assert not out.exists()

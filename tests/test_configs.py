@@ -1,0 +1,77 @@
+"""Every config group composes and instantiates; typos and bad values fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.utils import instantiate
+from omegaconf.errors import MissingMandatoryValue
+
+from encoders.base import TextEncoder
+from encoders.transformer import default_model_path
+from envs.logs.source import LogSource
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def make(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["dataset=synthetic"],
+        ["dataset=obd", f"dataset.path={FIXTURES / 'obd'}"],
+        ["dataset=mind", f"dataset.path={FIXTURES / 'mind'}"],
+        ["dataset=table", "dataset.impressions=log.csv"],
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_dataset_config_instantiates(overrides: list[str]) -> None:
+    cfg = make(*overrides)
+    source = instantiate(cfg.dataset)
+    assert isinstance(source, LogSource) and source.name == cfg.dataset.name
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["encoder=minilm"],
+        ["encoder=bert", f"encoder.path={default_model_path()}"],
+        ["encoder=hashing"],
+        ["encoder=tiny"],
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_encoder_config_instantiates_and_encodes(overrides: list[str]) -> None:
+    cfg = make(*overrides)
+    encoder = instantiate(cfg.encoder)
+    assert isinstance(encoder, TextEncoder) and encoder.name == cfg.encoder.name
+    vectors = encoder.encode(["Nordik waterproof hiking boots, brown", ""])
+    assert vectors.shape == (2, encoder.dim) and vectors.dtype == np.float32
+    assert len(encoder.fingerprint) >= 16
+
+
+def test_store_config_instantiates(tmp_path: Path) -> None:
+    cfg = make(f"paths.root_dir={tmp_path}", "embedding_store.dtype=float16")
+    store = instantiate(cfg.embedding_store)
+    assert store.root == tmp_path / ".cache" / "embeddings" and store.dtype == "float16"
+
+
+def test_typo_in_key_is_rejected_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException, match="sclae"):
+        make("dataset.sclae=2")
+
+
+def test_bert_needs_a_path_and_bad_values_name_the_key() -> None:
+    with pytest.raises(MissingMandatoryValue, match="Missing mandatory value: encoder.path"):
+        instantiate(make("encoder=bert").encoder)
+    with pytest.raises(InstantiationException, match=r"encoder\.pooling='max'; allowed: mean, cls"):
+        instantiate(make("encoder.pooling=max").encoder)
