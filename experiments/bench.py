@@ -4,6 +4,7 @@ Usage::
 
     python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
     python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
+    python -m experiments.bench env [--num-envs 1024] [--steps 200]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -16,6 +17,11 @@ against ``SentenceTransformer.encode`` (same model, batch size, device; alternat
 repeat timed back to back); the first encode of the corpus through a fresh ``EmbeddingStore``
 against a second one (a new store object on the same directory, as a later run would see it);
 ``HashingEncoder`` texts/s.
+
+``env``: on the default synthetic world (hashing encoder, d=384; ground-truth clicks; K=20,
+slate 10; random actions): single-env steps/s; ``DummyVecEnv`` over B single envs against the
+batched env, per step; batched slot-steps/s in ``ids`` and ``embeddings`` modes (with and
+without per-request infos); bytes per stored transition in each observation mode.
 """
 
 from __future__ import annotations
@@ -184,6 +190,69 @@ def bench_encoders(n_texts: int, repeats: int, batch_size: int) -> dict[str, Any
     return results
 
 
+def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
+    """Single env, DummyVecEnv and the batched env on the same world and random actions."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from envs.click_models.simple import TruthClickModel
+    from envs.replay_data import ReplayConfig
+    from envs.session_replay import SessionReplayEnv, synthetic_world
+    from envs.vector import BatchedReplayEnv
+
+    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
+    k = 20
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, k, (steps + 10, num_envs))
+
+    def rate(env: Any, n: int, batch: int) -> float:
+        env.seed(0)
+        env.reset()
+        for t in range(5):  # warm-up
+            env.step(actions[t, :batch])
+        start = time.perf_counter()
+        for t in range(n):
+            env.step(actions[5 + t % steps, :batch])
+        return (time.perf_counter() - start) / n  # seconds per vectorised step
+
+    results: dict[str, Any] = {"num_envs": num_envs, "K": k, "d": encoded.dim, "slate_size": 10}
+    single = SessionReplayEnv(log, encoded, TruthClickModel(truth=truth))
+    single.reset(seed=0)
+    start = time.perf_counter()
+    for t in range(2000):
+        _, _, terminated, _, _ = single.step(int(actions[t % steps, 0]))
+        if terminated:
+            single.reset()
+    results["single_env_steps_per_s"] = round(2000 / (time.perf_counter() - start))
+
+    for mode in ("embeddings", "ids"):
+        cfg = ReplayConfig(obs_mode=mode, max_candidates=k)
+        dummy = DummyVecEnv(
+            [lambda cfg=cfg: SessionReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg)]
+            * num_envs
+        )
+        dummy_s = rate(dummy, max(3, steps // 20), num_envs)
+        row: dict[str, Any] = {"dummy_vec_env_ms_per_step": round(dummy_s * 1e3, 2)}
+        for infos in (True, False):
+            batched = BatchedReplayEnv(
+                log, encoded, TruthClickModel(truth=truth), cfg, num_envs=num_envs,
+                device="cpu", request_infos=infos,
+            )  # fmt: skip
+            seconds = rate(batched, steps, num_envs)
+            tag = "with_infos" if infos else "no_infos"
+            row[f"batched_{tag}_ms_per_step"] = round(seconds * 1e3, 3)
+            row[f"batched_{tag}_slot_steps_per_s"] = round(num_envs / seconds)
+            row[f"speedup_vs_dummy_{tag}"] = round(dummy_s / seconds, 1)
+        space = batched.observation_space
+        obs_bytes = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in space.spaces.values())
+        row["bytes_per_observation"] = obs_bytes
+        # an SB3 DQN transition stores obs and next_obs, a Discrete action (int64), reward, done
+        row["bytes_per_dqn_transition"] = 2 * obs_bytes + 8 + 4 + 4
+        row["dqn_buffer_1M_transitions_GB"] = round(1e6 * row["bytes_per_dqn_transition"] / 1e9, 2)
+        results[mode] = row
+        print(f"{mode}: {row}")
+    return results
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -204,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     enc.add_argument("--repeats", type=int, default=3)
     enc.add_argument("--batch-size", type=int, default=64)
     enc.add_argument("--json", type=Path, default=None, help="also write the results here")
+    env = sub.add_parser("env", help="single env, DummyVecEnv and the batched env")
+    env.add_argument("--num-envs", type=int, default=1024)
+    env.add_argument("--steps", type=int, default=200)
+    env.add_argument("--repeats", type=int, default=1)
+    env.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -215,6 +289,10 @@ def main(argv: list[str] | None = None) -> None:
         if any(s <= 0 for s in args.scales):
             parser.error(f"--scales must be > 0, got {args.scales}")
         results = {**machine, **bench_data(args.scales, args.repeats)}
+    elif args.what == "env":
+        if args.num_envs < 1 or args.steps < 1:
+            parser.error("--num-envs and --steps must be >= 1")
+        results = {**machine, **bench_env(args.num_envs, args.steps)}
     else:
         if args.texts < 1 or args.batch_size < 1:
             parser.error("--texts and --batch-size must be >= 1")

@@ -423,9 +423,18 @@ class _Generator:
         width = int(self.imp_pos.max()) + 1
         ranking = np.full((n_r, width), -1, dtype=np.int64)
         ranking[self.imp_req, self.imp_pos] = self.imp_item
-        probs = truth.click_probs(np.arange(n_r), ranking)
-        p = probs[self.imp_req, self.imp_pos]
-        self.imp_click = (self.rng.random(len(p)) < p).astype(np.int8)
+        u = self.rng.random(len(self.imp_req))
+        if truth.click_model == "pbm":  # positions are examined independently
+            p = truth.click_probs(np.arange(n_r), ranking)[self.imp_req, self.imp_pos]
+            self.imp_click = (u < p).astype(np.int8)
+            return
+        # cascade: top-down, the user clicks the first attractive item examined and stops
+        attr = truth.attractiveness(np.arange(n_r)[:, None], np.maximum(ranking, 0))
+        would = np.zeros((n_r, width), dtype=bool)
+        would[self.imp_req, self.imp_pos] = u < attr[self.imp_req, self.imp_pos]
+        first = np.argmax(would, axis=1)
+        clicked = would.any(axis=1)[self.imp_req] & (self.imp_pos == first[self.imp_req])
+        self.imp_click = clicked.astype(np.int8)
 
     def _history(self, truth: GroundTruth) -> None:
         # pre-log history: items the user clicked before the log, drawn from their preferences

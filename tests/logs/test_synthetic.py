@@ -203,3 +203,16 @@ def test_scale_reaches_millions_of_impressions(tmp_path: Path) -> None:
     log = SyntheticWorld(scale=20, propensity_samples=20).write(tmp_path / "big")
     assert log.n_impressions > 1_500_000
     assert SessionLog.read(tmp_path / "big").n_impressions == log.n_impressions
+
+
+def test_cascade_world_has_at_most_one_click_per_request() -> None:
+    log, truth = SyntheticWorld(**SMALL_WORLD, click_model="cascade").generate()
+    clicks = np.add.reduceat(log.click, log.request_offsets[:-1])
+    assert clicks.max() == 1 and clicks.sum() > 50
+    # the clicked item is the first attractive one: its CTR matches the cascade probability
+    rows = truth.request_rows(log.request_ids)
+    width = int(log.position.max()) + 1
+    ranking = np.full((log.n_requests, width), -1)
+    ranking[log.impression_request, log.position] = log.item
+    expected = truth.click_probs(rows, ranking).sum()
+    assert abs(clicks.sum() - expected) < 4 * np.sqrt(expected)

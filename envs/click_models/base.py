@@ -1,0 +1,245 @@
+"""The click-model (reward-model) contract shared by every model and both environments.
+
+Every click model in rankgym is *attractiveness x position structure*:
+
+* ``attractiveness(requests, items)``: probability that the user clicks a candidate once they
+  examine it. It depends on the request (query, user) and the item, never on the ranking, so the
+  environments compute it once per request.
+* ``structure``: how examination depends on the ranking.
+
+  - ``pbm``: position ``k`` is examined with probability ``examination[k]``, independently;
+  - ``cascade``: top-down until the first click;
+  - ``dcm``: top-down; after a click at ``k`` the user goes on with probability
+    ``continuation[k]``, after a skip always;
+  - ``independent``: the attractiveness is the click probability (``logged``).
+
+:meth:`ClickModel.click_probs` turns both into per-position click probabilities of any ranking;
+:func:`slot_click_prob` does the same one slot at a time for the ``slot`` action mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from envs.logs import SessionLog
+
+STRUCTURES = ("pbm", "cascade", "dcm", "independent")
+MAX_POSITIONS = 64
+
+
+def log_fingerprint(log: SessionLog) -> str:
+    """Identity of a dataset's item, user and query tables (what a fitted model's codes mean)."""
+    h = hashlib.sha256()
+    for table in (log.item_ids, log.user_ids, log.query_texts):
+        h.update(str(len(table)).encode())
+        h.update("\x1f".join(map(str, table)).encode())
+    return h.hexdigest()[:24]
+
+
+class ClickModel:
+    """Base class of the reward models (``conf/reward/*.yaml``).
+
+    Subclasses set ``name`` and ``structure``, fill ``examination`` / ``continuation`` when
+    their structure uses them, and implement :meth:`attractiveness`; fitted models implement
+    :meth:`fit`, and persistent ones :meth:`state` / :meth:`from_state`.
+
+    Attributes:
+        examination: ``float64[MAX_POSITIONS]`` PBM examination probability per position.
+        continuation: ``float64[MAX_POSITIONS]`` DCM probability of going on after a click.
+        needs_user_state: ``True`` when attractiveness depends on the user's current state
+            (the environment then passes the pooled state on every request).
+        dataset: :func:`log_fingerprint` of the data it was fitted on (``None``: any log).
+    """
+
+    name: ClassVar[str] = "base"
+    structure: str = "pbm"
+    needs_user_state: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.examination = np.ones(MAX_POSITIONS)
+        self.continuation = np.zeros(MAX_POSITIONS)
+        self.dataset: str | None = None
+        self._bound: SessionLog | None = None
+
+    # ------------------------------------------------------------------ to implement
+    def fit(self, train: SessionLog, **context: Any) -> ClickModel:
+        """Fit on training sessions (no-op for models that need no fitting); returns self."""
+        return self
+
+    def attractiveness(
+        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``float64[B, K]`` click probability given examination.
+
+        Args:
+            requests: ``int64[B]`` request codes of the bound log (see :meth:`bind`).
+            items: ``int64[B, K]`` item codes, ``-1`` for empty slots (probability 0).
+            user_state: ``float32[B, d]`` pooled user states, for models that need them.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared behaviour
+    def bind(self, log: SessionLog) -> ClickModel:
+        """Use ``log``'s request codes from now on (the env calls this with the log it replays).
+
+        Raises:
+            ValueError: when the model was fitted on another dataset.
+        """
+        fingerprint = log_fingerprint(log)
+        if self.dataset is not None and self.dataset != fingerprint:
+            raise ValueError(
+                f"reward model {self.name!r} was fitted on dataset {self.dataset} but the log is "
+                f"dataset {fingerprint}: refit it on this dataset's training sessions"
+            )
+        self._bound = log
+        return self
+
+    @property
+    def bound(self) -> SessionLog:
+        """The log whose request codes :meth:`attractiveness` takes."""
+        if self._bound is None:
+            raise RuntimeError(f"reward model {self.name!r} is not bound to a log; call bind()")
+        return self._bound
+
+    def click_probs(
+        self, requests: np.ndarray, rankings: np.ndarray, user_state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``float64[B, L]`` click probability at each position of each ranking.
+
+        ``rankings`` holds item codes in display order, ``-1`` for empty positions (never
+        clicked; they do not stop a cascade).
+        """
+        rankings = np.atleast_2d(rankings)
+        attr = self.attractiveness(np.asarray(requests), rankings, user_state)
+        return positional_click_probs(attr, rankings >= 0, self)
+
+    def log_likelihood(self, log: SessionLog, user_state: np.ndarray | None = None) -> float:
+        """Mean log-likelihood per impression of ``log``'s clicks at their logged positions.
+
+        For ``cascade`` / ``dcm`` the probability of each click is conditioned on the clicks
+        above it (the sequential likelihood); for ``pbm`` / ``independent`` positions are
+        independent.
+        """
+        self.bind(log)
+        rankings, clicks = logged_rankings(log)
+        attr = self.attractiveness(np.arange(log.n_requests), rankings, user_state)
+        attr = np.clip(attr, 1e-6, 1 - 1e-6)
+        valid = rankings >= 0
+        width = rankings.shape[1]
+        if self.structure in ("pbm", "independent"):
+            exam = self.examination[:width] if self.structure == "pbm" else np.ones(width)
+            p = np.clip(attr * exam, 1e-6, 1 - 1e-6)
+        else:
+            # examined at k unless the user stopped above: cascade stops at the first click,
+            # dcm after a click at j with probability 1 - continuation[j]
+            go_on = 0.0 if self.structure == "cascade" else self.continuation[:width]
+            step = np.where(clicks == 1, go_on, 1.0)
+            step = np.where(valid, step, 1.0)
+            examined = np.concatenate(
+                [np.ones((len(step), 1)), np.cumprod(step, axis=1)[:, :-1]], axis=1
+            )
+            p = np.clip(attr * examined, 1e-6, 1 - 1e-6)
+        ll = clicks * np.log(p) + (1 - clicks) * np.log(1 - p)
+        return float(ll[valid].mean())
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays to save (subclasses add theirs)."""
+        return {"examination": self.examination, "continuation": self.continuation}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned."""
+        self.examination = arrays["examination"]
+        self.continuation = arrays["continuation"]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON), saved beside the arrays."""
+        return {}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.json`` + ``arrays.npz`` (no pickles)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "name": self.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "structure": self.structure,
+            "dataset": self.dataset,
+            "config": self.config(),
+        }
+        np.savez(out / "arrays.npz", **self.state())
+        (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ClickModel:
+        """Load a model written by :meth:`save` (the class is named in ``model.json``)."""
+        import importlib
+
+        src = Path(directory)
+        if not (src / "model.json").is_file():
+            raise FileNotFoundError(f"{src / 'model.json'}: missing; not a saved reward model")
+        meta = json.loads((src / "model.json").read_text())
+        module, _, qualname = meta["class"].rpartition(".")
+        if not module.startswith("envs.click_models"):
+            raise ValueError(f"{src / 'model.json'}: class {meta['class']!r} is not a click model")
+        klass = getattr(importlib.import_module(module), qualname)
+        model = klass(**meta["config"])
+        model.structure = meta["structure"]
+        model.dataset = meta["dataset"]
+        with np.load(src / "arrays.npz", allow_pickle=False) as arrays:
+            model.load_state({k: arrays[k] for k in arrays.files})
+        return model
+
+
+def positional_click_probs(attr: np.ndarray, valid: np.ndarray, model: ClickModel) -> np.ndarray:
+    """Per-position click probabilities from attractiveness in display order (``[B, L]``)."""
+    attr = np.where(valid, attr, 0.0)
+    width = attr.shape[1]
+    if model.structure == "independent":
+        return attr
+    if model.structure == "pbm":
+        return attr * model.examination[:width]
+    go_on = 0.0 if model.structure == "cascade" else model.continuation[:width]
+    survive = 1.0 - attr + attr * go_on  # P(go past position k | examined k)
+    examined = np.concatenate([np.ones((len(attr), 1)), np.cumprod(survive, axis=1)[:, :-1]], 1)
+    return attr * examined
+
+
+def slot_click_prob(
+    attr: np.ndarray, position: np.ndarray, examined: np.ndarray, model: ClickModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """One slot of :func:`positional_click_probs`, for building a slate left to right.
+
+    Args:
+        attr: ``float64[B]`` attractiveness of the item placed now.
+        position: ``int64[B]`` the position it is placed at.
+        examined: ``float64[B]`` probability that this position is examined given the items
+            above it (start each slate at 1).
+
+    Returns:
+        (click probability at this slot, examination probability of the next slot).
+    """
+    if model.structure == "independent":
+        return attr, examined
+    if model.structure == "pbm":
+        return attr * model.examination[position], examined
+    go_on = 0.0 if model.structure == "cascade" else model.continuation[position]
+    return attr * examined, examined * (1.0 - attr + attr * go_on)
+
+
+def logged_rankings(log: SessionLog, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The logged rankings and clicks as ``[R, width]`` matrices (``-1`` / 0 where empty)."""
+    width = width or int(log.position.max()) + 1
+    keep = log.position < width
+    req = log.impression_request[keep]
+    pos = log.position[keep]
+    rankings = np.full((log.n_requests, width), -1, dtype=np.int64)
+    clicks = np.zeros((log.n_requests, width), dtype=np.float64)
+    rankings[req, pos] = log.item[keep]
+    clicks[req, pos] = log.click[keep]
+    return rankings, clicks

@@ -1,0 +1,260 @@
+"""The replay environments: Gymnasium/SB3 contracts, determinism, semantics, batched == single."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs
+from encoders.encoded_log import encode_log
+from encoders.hashing import HashingEncoder
+from envs.click_models.simple import LoggedClickModel, TruthClickModel
+from envs.logs import LogValidationError
+from envs.logs.synthetic import SyntheticWorld
+from envs.replay_data import ReplayConfig
+from envs.session_replay import SessionReplayEnv
+from envs.vector import BatchedReplayEnv
+from tests.conftest import SMALL_WORLD
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    log, truth = small_world
+    return log, encode_log(log, HashingEncoder(dim=64), progress=False), truth
+
+
+def make(world, model=None, **options) -> SessionReplayEnv:
+    log, encoded, truth = world
+    return SessionReplayEnv(
+        log, encoded, model or TruthClickModel(truth=truth), ReplayConfig(**options)
+    )
+
+
+# ---------------------------------------------------------------------- contracts
+@pytest.mark.parametrize("env_id", envs.RANKGYM_ENV_IDS)
+@pytest.mark.parametrize(
+    "options", [{}, {"obs_mode": "ids"}, {"action_mode": "scores"}, {"action_mode": "top1"}]
+)
+def test_registered_envs_pass_checkers_without_warnings(env_id: str, options: dict) -> None:
+    env = gym.make(env_id, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        gym_check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+
+
+def test_make_takes_keyword_options() -> None:
+    env = gym.make("rankgym/SessionReplay-v0", slate_size=5, obs_mode="ids", max_candidates=12)
+    obs, _ = env.reset(seed=0)
+    assert obs["candidates"].shape == (12,) and obs["user"].dtype == np.int32
+    assert env.action_space.n == 12
+    with pytest.raises(TypeError, match="unknown env option.*'slate'.*allowed: action_mode"):
+        gym.make("rankgym/SessionReplay-v0", slate=5)
+
+
+def rollout(env, seed: int, steps: int) -> list:
+    obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    out = [(obs, info)]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(int(rng.integers(0, 20)))
+        out.append((obs, reward, terminated, truncated, info))
+        if terminated:
+            obs, info = env.reset()
+            out.append((obs, info))
+    return out
+
+
+def same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    return a == b
+
+
+def test_seeded_rollouts_are_identical(world) -> None:
+    """Gymnasium's determinism check: two envs, one seed, 200 steps, exact equality."""
+    a, b = rollout(make(world), 7, 200), rollout(make(world), 7, 200)
+    assert same(a, b)
+    c = rollout(make(world), 8, 200)
+    assert not same(a, c)
+
+
+# ---------------------------------------------------------------------- semantics
+def test_slot_mode_builds_slates_and_rewards_expected_clicks(world) -> None:
+    log, _, truth = world
+    env = make(world, slate_size=4)
+    env.reset(seed=1)
+    model = env.data.model
+    for _ in range(3):  # three requests
+        r = env._request
+        cand = env.data.candidates[r]
+        rewards, info, step = [], {}, 0
+        while "slate" not in info:
+            _, reward, terminated, _, info = env.step(step % 2)  # 0, 1, 0 (invalid), 1 ...
+            rewards.append(reward)
+            step += 1
+        slate = info["slate"]
+        assert len(slate) == min(4, int((cand >= 0).sum()))
+        assert len(set(slate.tolist())) == len(slate)  # never the same item twice
+        assert info["invalid_actions"] >= 1  # repeated actions fell back to a valid candidate
+        expected = model.click_probs(np.array([r]), slate[None])[0]
+        np.testing.assert_allclose(rewards, expected)
+        np.testing.assert_allclose(info["expected_clicks"], expected.sum())
+        truth_rows = truth.request_rows(log.request_ids[[r]])
+        np.testing.assert_allclose(expected, truth.click_probs(truth_rows, slate[None])[0])
+        if terminated:
+            break
+
+
+def test_mask_and_padding(world) -> None:
+    env = make(world, max_candidates=8, slate_size=3)
+    obs, _ = env.reset(seed=2)
+    cand = env.data.candidates[env._request]
+    np.testing.assert_array_equal(obs["mask"], (cand >= 0).astype(np.float32))
+    obs, *_ = env.step(int(np.argmax(obs["mask"])))
+    assert obs["mask"][np.argmax(cand >= 0)] == 0  # placed: no longer selectable
+    # longer requests keep their first K logged items
+    log = env.data.log
+    r = int(np.argmax(log.request_sizes))
+    assert log.request_sizes[r] > 8
+    first = log.item[log.request_offsets[r] : log.request_offsets[r] + 8]
+    np.testing.assert_array_equal(env.data.candidates[r], first)
+
+
+def test_clicks_update_the_user_history(world) -> None:
+    env = make(world, obs_mode="ids", slate_size=5, reward="sampled")
+    for episode in range(40):
+        obs, _ = env.reset(seed=episode)
+        before = obs["user"].copy()
+        info = {}
+        while "slate" not in info:
+            obs, _, terminated, _, info = env.step(int(np.argmax(obs["mask"])))
+        clicked = info["slate"][info["clicks"] == 1]
+        if len(clicked) and not terminated:
+            np.testing.assert_array_equal(obs["user"][-len(clicked) :], clicked)
+            np.testing.assert_array_equal(obs["user"][: -len(clicked)],
+                                          before[len(clicked) :])  # fmt: skip
+            return
+    pytest.fail("no request with a click in 40 episodes")
+
+
+def test_user_episodes_replay_all_of_a_users_requests(world) -> None:
+    log = world[0]
+    env = make(world, episode="user", action_mode="top1")
+    _, info = env.reset(seed=0, options={"episode": 3})
+    user = log.request_user[env._request]
+    assert info["requests"] == int((log.request_user == user).sum())
+    times = []
+    terminated = False
+    while not terminated:
+        times.append(log.request_timestamp[env._request])
+        _, _, terminated, _, _ = env.step(0)
+    assert len(times) == info["requests"] and times == sorted(times)
+
+
+# ---------------------------------------------------------------------- batched == single
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"obs_mode": "ids", "slate_size": 5, "reward": "sampled"},
+        {"action_mode": "scores", "max_candidates": 8, "slate_size": 4},
+        {"action_mode": "top1", "episode": "user", "pooling": "decay", "profile_weight": 0.3},
+    ],
+)
+@pytest.mark.parametrize("model_name", ["truth", "logged"])
+def test_batched_env_equals_single_envs(world, options: dict, model_name: str) -> None:
+    log, encoded, truth = world
+    build = (lambda: TruthClickModel(truth=truth)) if model_name == "truth" else LoggedClickModel
+    cfg = ReplayConfig(**options)
+    n = 5
+    single = DummyVecEnv([lambda: SessionReplayEnv(log, encoded, build(), cfg) for _ in range(n)])
+    batched = BatchedReplayEnv(log, encoded, build(), cfg, num_envs=n, device="cpu")
+    single.seed(3)
+    batched.seed(3)
+    obs_a, obs_b = single.reset(), batched.reset()
+    rng = np.random.default_rng(0)
+    episodes = 0
+    for _ in range(250):
+        assert same({k: v for k, v in obs_a.items()}, obs_b)
+        if cfg.action_mode == "scores":
+            actions = rng.uniform(-1, 1, (n, cfg.max_candidates)).astype(np.float32)
+        else:
+            actions = rng.integers(0, cfg.max_candidates, n)
+        obs_a, rew_a, done_a, info_a = single.step(actions)
+        obs_b, rew_b, done_b, info_b = batched.step(actions)
+        np.testing.assert_array_equal(done_a, done_b)
+        np.testing.assert_allclose(rew_a, rew_b, rtol=0, atol=1e-7)
+        for a, b in zip(info_a, info_b, strict=True):
+            assert ("terminal_observation" in a) == ("terminal_observation" in b)
+            if "terminal_observation" in a:
+                assert same(a["terminal_observation"], b["terminal_observation"])
+            if "slate" in a:
+                assert same({k: a[k] for k in ("slate", "clicks", "request")},
+                            {k: b[k] for k in ("slate", "clicks", "request")})  # fmt: skip
+                assert a["ndcg"] == pytest.approx(b["ndcg"])
+        episodes += int(done_a.sum())
+    assert episodes >= 5  # auto-reset was exercised
+
+
+def test_cascade_world_batched_equals_single() -> None:
+    log, truth = SyntheticWorld(**SMALL_WORLD, click_model="cascade").generate()
+    encoded = encode_log(log, HashingEncoder(dim=16), progress=False)
+    cfg = ReplayConfig(reward="sampled", slate_size=6)
+    single = DummyVecEnv(
+        [lambda: SessionReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg)] * 4
+    )
+    batched = BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg, num_envs=4)
+    single.seed(0)
+    batched.seed(0)
+    single.reset(), batched.reset()
+    clicks = 0.0
+    for t in range(200):
+        actions = np.full(4, t % 7)
+        _, ra, da, _ = single.step(actions)
+        _, rb, db, _ = batched.step(actions)
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(da, db)
+        clicks += ra.sum()
+    assert clicks > 0
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_options_name_the_value(world) -> None:
+    with pytest.raises(
+        ValueError, match=r"env\.slate_size=30; allowed: 1\.\.max_candidates \(20\)"
+    ):
+        make(world, slate_size=30)
+    with pytest.raises(ValueError, match=r"env\.max_candidates=0; allowed: 1\.\.64"):
+        make(world, max_candidates=0)
+    with pytest.raises(ValueError, match=r"env\.action_mode='rank'; allowed: slot, scores, top1"):
+        make(world, action_mode="rank")
+
+
+def test_mismatched_artifacts_are_refused(world) -> None:
+    log, encoded, _ = world
+    other_log, other_truth = SyntheticWorld(**{**SMALL_WORLD, "seed": 1}).generate()
+    # embeddings of another dataset: their query table does not fit this log
+    with pytest.raises(ValueError, match=r"encoded queries has \d+ rows but the log has \d+"):
+        SessionReplayEnv(other_log, encoded, TruthClickModel(truth=other_truth))
+    # the ground truth of another world (same ids, other requests)
+    with pytest.raises(LogValidationError, match="come from different worlds"):
+        SessionReplayEnv(log, encoded, TruthClickModel(truth=other_truth))
+
+
+def test_batched_env_rejects_bad_arguments(world) -> None:
+    log, encoded, truth = world
+    with pytest.raises(ValueError, match="num_envs=0; allowed: >= 1"):
+        BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), num_envs=0)
+    with pytest.raises(ValueError, match="device='tpu'; allowed: auto, cpu, cuda"):
+        BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), device="tpu")
