@@ -147,13 +147,14 @@ class SessionReplayEnv(gym.Env):
             u = uniform(self._key, counter(self._episodes_started, 0, 0, STREAM_EPISODE))
             episode = int(u * data.n_episodes)
         self._episode_no = self._episodes_started
+        self._episode = episode
         self._episodes_started += 1
         start, end = data.episode_offsets[episode], data.episode_offsets[episode + 1]
         self._requests = data.episode_requests[start:end]
         self._history = data.initial_history[data.log.request_user[self._requests[0]]].copy()
         self._j = 0
         self._start_request()
-        return self._observation(), {"episode": episode, "requests": len(self._requests)}
+        return self._observation(), {"episode_id": episode, "requests": len(self._requests)}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Place one candidate (``slot``) or a whole slate (``scores``, ``top1``)."""
@@ -248,6 +249,8 @@ class SessionReplayEnv(gym.Env):
             "expected_clicks": float(np.sum(self._probs)),
             "ndcg": ndcg(self._attr, slate, cand >= 0),
             "invalid_actions": self._invalid,
+            "episode_id": self._episode,
+            "queued": False,
         }
 
     def _observation(self) -> dict[str, np.ndarray]:

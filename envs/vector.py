@@ -11,6 +11,7 @@ present), the one step whose cost grows with ``K x d``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,6 +46,9 @@ class BatchedReplayEnv(VecEnv):
     PPO/DQN copy an observation into their buffers right after the step that follows it; copy
     it to keep it longer. (A fresh ``[B, K * d]`` array per step costs more than the rest of
     the step: page faults.)
+
+    When an episode ends, its infos also carry ``episode = {"r": return, "l": length, "t":
+    seconds}`` as SB3's ``Monitor`` does, so training logs ``rollout/ep_rew_mean``.
 
     Args:
         log, encoded, model, config: as for :class:`SessionReplayEnv`.
@@ -93,6 +97,12 @@ class BatchedReplayEnv(VecEnv):
         self._seeded = np.zeros(b, dtype=bool)
         self._episodes_started = np.zeros(b, dtype=np.int64)
         self._episode_no = np.zeros(b, dtype=np.int64)
+        self._episode = np.zeros(b, dtype=np.int64)
+        self._return = np.zeros(b)  # Monitor-style episode statistics for SB3's rollout/ tags
+        self._length = np.zeros(b, dtype=np.int64)
+        self._t0 = time.perf_counter()
+        self._queued = np.zeros(b, dtype=bool)
+        self._queue: list[int] = []
         self._ep_start = np.zeros(b, dtype=np.int64)
         self._ep_len = np.zeros(b, dtype=np.int64)
         self._j = np.zeros(b, dtype=np.int64)
@@ -132,6 +142,8 @@ class BatchedReplayEnv(VecEnv):
                 self._seeded[i] = True
         episodes = [opt.get("episode") for opt in self._options]
         self._start_episodes(self._rows, episodes)
+        self._return[:] = 0.0
+        self._length[:] = 0
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in range(self.num_envs)]
@@ -156,6 +168,8 @@ class BatchedReplayEnv(VecEnv):
                 reward += np.where(active, self._place(order[:, s], active), 0.0)
         else:
             reward = self._place(np.asarray(actions, dtype=np.int64).reshape(-1), None)
+        self._return += reward
+        self._length += 1
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         finished = np.flatnonzero(self._pos == self._slate_len)
         dones = np.zeros(self.num_envs, dtype=bool)
@@ -173,6 +187,13 @@ class BatchedReplayEnv(VecEnv):
             for n, i in enumerate(ended):
                 infos[i]["terminal_observation"] = {k: v[n] for k, v in terminal.items()}
                 infos[i]["TimeLimit.truncated"] = False
+                infos[i]["episode"] = {
+                    "r": float(self._return[i]),
+                    "l": int(self._length[i]),
+                    "t": round(time.perf_counter() - self._t0, 6),
+                }
+            self._return[ended] = 0.0
+            self._length[ended] = 0
             self._start_episodes(ended, [None] * len(ended))
         obs = self._observation()
         return obs, reward.astype(np.float32), dones, infos
@@ -206,14 +227,42 @@ class BatchedReplayEnv(VecEnv):
             return [indices]
         return list(indices) if isinstance(indices, Iterable) else [indices]
 
+    # ------------------------------------------------------------------ evaluation hooks
+    def queue_episodes(self, episodes: Sequence[int]) -> None:
+        """Play these episodes (in order) before drawing random ones: one pass over a test set.
+
+        Sub-envs take queued episodes whenever they start one (at :meth:`reset` and at
+        auto-reset); request infos carry ``queued=True`` for them.
+        """
+        bad = [e for e in episodes if not 0 <= int(e) < self.data.n_episodes]
+        if bad:
+            raise ValueError(f"episodes {bad[:5]} out of range 0..{self.data.n_episodes - 1}")
+        self._queue = [int(e) for e in reversed(list(episodes))]
+
+    @property
+    def queue_left(self) -> int:
+        """Queued episodes not started yet."""
+        return len(self._queue)
+
+    def current_attractiveness(self) -> np.ndarray:
+        """``float64[B, K]`` the reward model's attractiveness of each sub-env's candidates
+        (what an oracle ranks by)."""
+        return self._attr.copy()
+
     # ------------------------------------------------------------------ episode logic
     def _start_episodes(self, rows: np.ndarray, chosen: list[int | None]) -> None:
         data = self.data
         u = uniform(self._key[rows], counter(self._episodes_started[rows], 0, 0, STREAM_EPISODE))
         episode = (u * data.n_episodes).astype(np.int64)
+        queued = np.zeros(len(rows), dtype=bool)
         for n, pick in enumerate(chosen):
             if pick is not None:
                 episode[n] = int(pick)
+            elif self._queue:
+                episode[n] = self._queue.pop()
+                queued[n] = True
+        self._episode[rows] = episode
+        self._queued[rows] = queued
         self._episode_no[rows] = self._episodes_started[rows]
         self._episodes_started[rows] += 1
         self._ep_start[rows] = data.episode_offsets[episode]
@@ -306,6 +355,8 @@ class BatchedReplayEnv(VecEnv):
                     "expected_clicks": float(expected[n]),
                     "ndcg": float(scores[n]),
                     "invalid_actions": invalid[n],
+                    "episode_id": int(self._episode[i]),
+                    "queued": bool(self._queued[i]),
                 }
             )
 

@@ -5,6 +5,7 @@ Usage::
     python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
     python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
     python -m experiments.bench env [--num-envs 1024] [--steps 200]
+    python -m experiments.bench train [--timesteps 40000]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -22,6 +23,11 @@ against a second one (a new store object on the same directory, as a later run w
 slate 10; random actions): single-env steps/s; ``DummyVecEnv`` over B single envs against the
 batched env, per step; batched slot-steps/s in ``ids`` and ``embeddings`` modes (with and
 without per-request infos); bytes per stored transition in each observation mode.
+
+``train``: SB3 PPO and DQN (``conf/agent/*.yaml`` settings, ``ids`` observations) training on the
+batched env over the default world's training sessions: timesteps per second (timesteps / wall
+time, not SB3's ``time/fps``, which is logged before the last update) and the share of the wall
+time spent inside the env (``reset``/``step`` timed around the env's own methods).
 """
 
 from __future__ import annotations
@@ -253,6 +259,57 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
     return results
 
 
+def bench_train(timesteps: int) -> dict[str, Any]:
+    """Training throughput of PPO and DQN, and the share of time spent in the env."""
+    import yaml
+
+    from agents.training import build_agent
+    from envs.click_models.simple import TruthClickModel
+    from envs.replay_data import ReplayConfig
+    from envs.session_replay import synthetic_world
+    from envs.vector import BatchedReplayEnv
+
+    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
+    train, _ = log.split(0.2, seed=0)
+    conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
+    results: dict[str, Any] = {"timesteps": timesteps, "torch_threads": torch_threads()}
+    for name in ("ppo", "dqn"):
+        agent_cfg = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        venv = BatchedReplayEnv(
+            train, encoded, TruthClickModel(truth=truth), ReplayConfig(obs_mode="ids"),
+            num_envs=agent_cfg["num_envs"], device="cpu", request_infos=False,
+        )  # fmt: skip
+        in_env = [0.0]
+        for method in ("reset", "step_async", "step_wait"):
+            original = getattr(venv, method)
+
+            def timed(
+                *args: Any, _original: Any = original, _clock: list = in_env, **kwargs: Any
+            ) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    _clock[0] += time.perf_counter() - start
+
+            setattr(venv, method, timed)
+        venv.seed(0)
+        model = build_agent(name, venv, 0, "cpu", agent_cfg["hyperparams"], agent_cfg["scorer"])
+        start = time.perf_counter()
+        model.learn(timesteps)
+        wall = time.perf_counter() - start
+        results[name] = {
+            "num_envs": agent_cfg["num_envs"],
+            "timesteps": model.num_timesteps,
+            "seconds": round(wall, 2),
+            "timesteps_per_s": round(model.num_timesteps / wall),
+            "env_seconds": round(in_env[0], 3),
+            "env_share": round(in_env[0] / wall, 4),
+        }
+        print(f"{name}: {results[name]}")
+    return results
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -278,6 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     env.add_argument("--steps", type=int, default=200)
     env.add_argument("--repeats", type=int, default=1)
     env.add_argument("--json", type=Path, default=None, help="also write the results here")
+    tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
+    tr.add_argument("--timesteps", type=int, default=40000)
+    tr.add_argument("--repeats", type=int, default=1)
+    tr.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -289,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         if any(s <= 0 for s in args.scales):
             parser.error(f"--scales must be > 0, got {args.scales}")
         results = {**machine, **bench_data(args.scales, args.repeats)}
+    elif args.what == "train":
+        if args.timesteps < 1:
+            parser.error("--timesteps must be >= 1")
+        results = {**machine, **bench_train(args.timesteps)}
     elif args.what == "env":
         if args.num_envs < 1 or args.steps < 1:
             parser.error("--num-envs and --steps must be >= 1")

@@ -75,3 +75,28 @@ def test_bert_needs_a_path_and_bad_values_name_the_key() -> None:
         instantiate(make("encoder=bert").encoder)
     with pytest.raises(InstantiationException, match=r"encoder\.pooling='max'; allowed: mean, cls"):
         instantiate(make("encoder.pooling=max").encoder)
+
+
+def test_env_config_instantiates() -> None:
+    from envs.replay_data import ReplayConfig
+
+    config = instantiate(make("env.slate_size=5").env)
+    assert isinstance(config, ReplayConfig) and config.slate_size == 5
+    with pytest.raises(InstantiationException, match=r"env\.obs_mode='pixels'; allowed"):
+        instantiate(make("env.obs_mode=pixels").env)
+
+
+@pytest.mark.parametrize(
+    "agent", ["ppo", "a2c", "dqn", "random", "logged", "popularity", "cosine", "oracle"]
+)
+def test_every_agent_config_composes(agent: str) -> None:
+    from agents.baselines import BASELINES
+    from agents.training import SB3_AGENTS
+
+    cfg = make(f"agent={agent}")
+    assert cfg.agent.name == agent
+    if agent in SB3_AGENTS:
+        assert cfg.agent.num_envs >= 1 and {"variant", "hidden"} <= set(cfg.agent.scorer)
+        assert "learning_rate" in cfg.agent.hyperparams
+    else:
+        assert agent in BASELINES

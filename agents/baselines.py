@@ -1,0 +1,207 @@
+"""Baseline ranking policies for evaluation: random, logged order, popularity, cosine, oracle.
+
+A policy for :func:`agents.evaluation.evaluate` is any object with ``name: str``, ``obs_mode: str``
+and ``act(obs, env) -> int64[B]`` (the candidate index to place now, ``slot`` action mode).
+Baselines derive ``act`` from ``scores(obs, env) -> float64[B, K]``: the masked argmax
+(candidates with ``mask == 0`` get ``-inf``; ties go to the lowest index), so a baseline never
+picks a masked candidate and builds its slate greedily, best first. Every baseline reads
+``ids`` observations (integer codes); embedding tables are held by the policy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from encoders.pooling import pool_user_state
+from envs.logs import SessionLog
+
+if TYPE_CHECKING:
+    from envs.vector import BatchedReplayEnv
+
+BASELINES = ("random", "logged", "popularity", "cosine", "oracle")
+
+
+def masked_argmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``int64[B]`` index of the best candidate with ``mask > 0`` (ties: lowest index)."""
+    keyed = np.where(np.asarray(mask) > 0, np.asarray(scores, dtype=np.float64), -np.inf)
+    return np.argmax(keyed, axis=1).astype(np.int64)
+
+
+class ScoringPolicy:
+    """Base of the baselines: ``act`` is the masked argmax of :meth:`scores`."""
+
+    name: str = "scoring"
+    obs_mode: str = "ids"
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """``float64[B, K]`` score of each candidate (higher is placed first)."""
+        raise NotImplementedError
+
+    def act(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """``int64[B]``: the best unmasked candidate of each sub-env."""
+        return masked_argmax(self.scores(obs, env), obs["mask"])
+
+    def reset(self) -> None:
+        """Restore the initial state (evaluation calls it first; stateless policies: no-op)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class RandomPolicy(ScoringPolicy):
+    """I.i.d. uniform scores from its own generator (``reset`` restarts it from ``seed``)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Restart the generator, so repeated evaluations are identical."""
+        self.rng = np.random.default_rng(self.seed)
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Uniform ``[0, 1)`` scores."""
+        return self.rng.random(np.shape(obs["candidates"]))
+
+
+class LoggedPolicy(ScoringPolicy):
+    """The logging policy's order: candidates arrive in logged order, so score ``-index``."""
+
+    name = "logged"
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """``-index`` of each candidate."""
+        b, k = np.shape(obs["candidates"])
+        return np.broadcast_to(-np.arange(k, dtype=np.float64), (b, k))
+
+
+class PopularityPolicy(ScoringPolicy):
+    """The item's smoothed training CTR ``(clicks + prior * global_ctr) / (impressions + prior)``.
+
+    Items never shown in ``train`` score the global CTR.
+    """
+
+    name = "popularity"
+
+    def __init__(self, train: SessionLog, prior: float = 10.0) -> None:
+        if prior < 0:
+            raise ValueError(f"prior={prior}; allowed: >= 0")
+        n = train.n_items
+        items = np.asarray(train.item, dtype=np.int64)
+        clicks = np.bincount(items, weights=np.asarray(train.click, dtype=np.float64), minlength=n)
+        shown = np.bincount(items, minlength=n).astype(np.float64)
+        total = shown.sum()
+        self.global_ctr = float(clicks.sum() / total) if total > 0 else 0.0
+        denom = shown + prior
+        self.ctr = np.where(
+            denom > 0, (clicks + prior * self.global_ctr) / np.where(denom > 0, denom, 1.0),
+            self.global_ctr,
+        )  # fmt: skip
+        # index -1 (padding) reads the appended last entry; padding is masked anyway
+        self._table = np.concatenate([self.ctr, [self.global_ctr]])
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Smoothed CTR of each candidate."""
+        cand = np.asarray(obs["candidates"], dtype=np.int64)
+        return self._table[np.where(cand >= 0, cand, len(self._table) - 1)]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; zero rows stay zero (cosine 0, never NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+class CosinePolicy(ScoringPolicy):
+    """``cos(query, item) + cos(user state, item)`` on the encoder's embeddings.
+
+    The user state is pooled from the observation's history codes with
+    :func:`encoders.pooling.pool_user_state` (``pooling``: ``mean``, ``decay`` or ``last_k``).
+    An empty query's embedding is used as is; zero vectors (empty history, padding) give
+    cosine 0.
+
+    Args:
+        tables: ``items`` and ``queries`` embedding tables (``env.embedding_tables``).
+    """
+
+    name = "cosine"
+
+    def __init__(self, tables: dict[str, np.ndarray], pooling: str = "mean") -> None:
+        self.pooling = pooling
+        self.items = np.asarray(tables["items"])
+        d = self.items.shape[1]
+        # row I is zeros: padding (-1) gathers it
+        self._items_unit = np.concatenate([_unit_rows(self.items), np.zeros((1, d))])
+        self._queries_unit = _unit_rows(tables["queries"])
+        pool_user_state(self.items[:1], np.full((1, 1), -1), method=pooling)  # validate early
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Query-item plus user-item cosine of each candidate."""
+        cand = np.asarray(obs["candidates"], dtype=np.int64)
+        vectors = self._items_unit[np.where(cand >= 0, cand, len(self._items_unit) - 1)]
+        query = self._queries_unit[np.asarray(obs["query"], dtype=np.int64).reshape(-1)]
+        history = np.asarray(obs["user"], dtype=np.int64)
+        state = _unit_rows(pool_user_state(self.items, history, method=self.pooling))
+        return np.einsum("bkd,bd->bk", vectors, query + state)
+
+
+class OraclePolicy(ScoringPolicy):
+    """Ranks by the reward model's attractiveness (``env.current_attractiveness()``).
+
+    The best order under the reward model for PBM (decreasing examination), cascade and
+    independent structures; it reads the env's reward model, so it is an upper reference, not a
+    deployable policy.
+    """
+
+    name = "oracle"
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Attractiveness of each candidate under the env's reward model."""
+        return env.current_attractiveness()
+
+
+class SB3Policy:
+    """A trained stable-baselines3 model (PPO, DQN, ...) as an evaluation policy.
+
+    ``act`` is ``model.predict(obs, deterministic=True)[0]``; actions on masked candidates are
+    replaced by the env's fallback and counted in ``invalid_actions``.
+    """
+
+    def __init__(self, model: Any, obs_mode: str, name: str) -> None:
+        self.model, self.obs_mode, self.name = model, obs_mode, name
+
+    def act(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """The model's deterministic action for every sub-env."""
+        actions, _ = self.model.predict(obs, deterministic=True)
+        return np.asarray(actions, dtype=np.int64).reshape(-1)
+
+    def __repr__(self) -> str:
+        return f"SB3Policy(name={self.name!r}, obs_mode={self.obs_mode!r})"
+
+
+def make_baseline(
+    name: str, train: SessionLog, tables: dict[str, np.ndarray], seed: int = 0
+) -> ScoringPolicy:
+    """Build baseline ``name`` (one of :data:`BASELINES`).
+
+    Args:
+        train: training sessions (popularity counts).
+        tables: embedding tables (``env.embedding_tables`` or an :class:`EncodedLog`'s arrays).
+        seed: the random baseline's seed.
+    """
+    if name == "random":
+        return RandomPolicy(seed=seed)
+    if name == "logged":
+        return LoggedPolicy()
+    if name == "popularity":
+        return PopularityPolicy(train)
+    if name == "cosine":
+        return CosinePolicy(tables)
+    if name == "oracle":
+        return OraclePolicy()
+    raise ValueError(f"baseline={name!r}; allowed: {', '.join(BASELINES)}")

@@ -1,0 +1,240 @@
+"""Evaluation protocol: replay every test session once under a reward model, with bootstrap CIs.
+
+:func:`evaluate` runs a policy (see :mod:`agents.baselines` for the contract) on a
+:class:`~envs.vector.BatchedReplayEnv` over the test log, queueing each test episode exactly once,
+and reports per-request means of
+
+* ``expected_clicks``: sum of the reward model's click probabilities over the slate;
+* ``ctr@1``: click probability of the top position;
+* ``ndcg@{slate_size}``: NDCG of the slate against the reward model's attractiveness;
+* ``mrr``: expected reciprocal rank of the first click (for ``cascade`` the click probabilities
+  are first-click probabilities already; otherwise positions are treated as independent:
+  ``P(first at i) = p_i * prod_{j<i} (1 - p_j)``);
+* ``true_expected_clicks`` (with a ground truth): expected clicks of the same slates under the
+  synthetic world's true click model.
+
+Confidence intervals are 95% percentile bootstraps over sessions (a session's requests are
+resampled together): each resample's metric is the sum over its sessions' requests divided by
+their request count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders.encoded_log import EncodedLog
+from envs.click_models.base import ClickModel
+from envs.logs import SessionLog
+from envs.logs.ground_truth import GroundTruth
+from envs.replay_data import ReplayConfig
+from envs.vector import BatchedReplayEnv
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of one policy on a test log.
+
+    Attributes:
+        policy: the policy's name.
+        n_sessions, n_requests: sessions and requests evaluated.
+        metrics: mean per request of each metric.
+        intervals: 95% bootstrap interval of each metric (over sessions).
+        invalid_actions: actions on masked candidates (replaced by the env's fallback).
+        per_request: each metric per request, plus ``request`` (request codes of the test log)
+            and ``slate`` (``int64[N, slate_size]`` item codes, ``-1`` past a slate's end).
+    """
+
+    policy: str
+    n_sessions: int
+    n_requests: int
+    metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    invalid_actions: int = 0
+    per_request: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready dict: ``metric``, ``metric_ci_low``, ``metric_ci_high``, ... plus
+        ``policy``, ``n_sessions``, ``n_requests`` and ``invalid_actions``."""
+        out: dict[str, Any] = {
+            "policy": self.policy,
+            "n_sessions": self.n_sessions,
+            "n_requests": self.n_requests,
+            "invalid_actions": self.invalid_actions,
+        }
+        for key, value in self.metrics.items():
+            low, high = self.intervals.get(key, (float("nan"), float("nan")))
+            out[key] = float(value)
+            out[f"{key}_ci_low"] = float(low)
+            out[f"{key}_ci_high"] = float(high)
+        return out
+
+
+def evaluate(
+    policy: Any,
+    test: SessionLog,
+    encoded: EncodedLog,
+    model: ClickModel,
+    config: ReplayConfig,
+    truth: GroundTruth | None = None,
+    num_envs: int = 256,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    max_sessions: int | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Replay every test episode once with ``policy`` and measure it under ``model``.
+
+    Args:
+        policy: an object with ``name``, ``obs_mode`` and ``act(obs, env) -> int64[B]``
+            (``slot`` actions); a ``reset()`` method, when present, is called first.
+        test: the test sessions; ``encoded`` their embedding tables.
+        model: the reward model; ``config`` the env options (``obs_mode`` and ``action_mode``
+            are overridden by the policy's and ``slot``).
+        truth: the synthetic world's ground truth, for ``true_expected_clicks``.
+        num_envs: sub-envs stepped at once (at most the number of episodes).
+        bootstrap: bootstrap resamples of sessions for the intervals (0: no intervals).
+        seed: seeds the env (click sampling), the session subset and the bootstrap.
+        max_sessions: evaluate only this many episodes, a seeded random subset.
+        progress: show a progress bar over episodes.
+    """
+    cfg = dataclasses.replace(config, obs_mode=policy.obs_mode, action_mode="slot")
+    if num_envs < 1:
+        raise ValueError(f"num_envs={num_envs}; allowed: >= 1")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap}; allowed: >= 0")
+    by_session = cfg.episode == "session"
+    n_episodes = test.n_sessions if by_session else len(np.unique(test.request_user))
+    episodes = np.arange(n_episodes)
+    if max_sessions is not None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions={max_sessions}; allowed: >= 1 or None")
+        perm = np.random.default_rng(seed).permutation(n_episodes)
+        episodes = perm[: min(max_sessions, n_episodes)]
+    env = BatchedReplayEnv(
+        test, encoded, model, cfg, num_envs=min(num_envs, len(episodes)), device="cpu"
+    )
+    data = env.data
+    if data.n_episodes != n_episodes:
+        raise RuntimeError(f"the env has {data.n_episodes} episodes, expected {n_episodes}")
+    lengths = data.episode_offsets[episodes + 1] - data.episode_offsets[episodes]
+    n_expected = int(lengths.sum())
+    if hasattr(policy, "reset"):
+        policy.reset()
+    env.queue_episodes(episodes.tolist())
+    env.seed(seed)
+    obs = env.reset()
+
+    requests: list[int] = []
+    slates: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    ndcg: list[float] = []
+    invalid = 0
+    done_episodes = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(episodes), desc=f"evaluate {policy.name}", unit="session")
+    max_steps = (int(lengths.max(initial=0)) * cfg.slate_size + 1) * (len(episodes) + 1)
+    steps = 0
+    while done_episodes < len(episodes):
+        if steps > max_steps:
+            raise RuntimeError(f"evaluation of {policy.name!r} did not finish in {steps} steps")
+        actions = np.asarray(policy.act(obs, env), dtype=np.int64).reshape(-1)
+        obs, _, dones, infos = env.step(actions)
+        steps += 1
+        for i, info in enumerate(infos):
+            if not info.get("queued"):
+                continue
+            requests.append(info["request"])
+            slates.append(info["slate"])
+            probs.append(info["click_probs"])
+            ndcg.append(info["ndcg"])
+            invalid += info["invalid_actions"]
+            if dones[i]:
+                done_episodes += 1
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    if len(requests) != n_expected:
+        raise RuntimeError(f"evaluated {len(requests)} requests, expected {n_expected}")
+
+    req = np.asarray(requests, dtype=np.int64)
+    width = cfg.slate_size
+    lens = np.array([len(s) for s in slates], dtype=np.int64)
+    filled = np.arange(width)[None, :] < lens[:, None]
+    slate_mat = np.full((len(req), width), -1, dtype=np.int64)
+    slate_mat[filled] = np.concatenate(slates) if slates else []
+    prob_mat = np.zeros((len(req), width))
+    prob_mat[filled] = np.concatenate(probs) if probs else []
+
+    per_request = {
+        "expected_clicks": prob_mat.sum(axis=1),
+        "ctr@1": prob_mat[:, 0],
+        f"ndcg@{width}": np.asarray(ndcg, dtype=np.float64),
+        "mrr": expected_reciprocal_rank(prob_mat, model.structure),
+    }
+    if truth is not None:
+        rows = truth.request_rows(test.request_ids[req])
+        per_request["true_expected_clicks"] = truth.click_probs(rows, slate_mat).sum(axis=1)
+
+    session_of = np.asarray(test.request_session)[req]
+    n_sessions = len(np.unique(session_of))
+    means = {k: float(v.mean()) if len(v) else float("nan") for k, v in per_request.items()}
+    intervals = bootstrap_intervals(per_request, session_of, bootstrap, seed)
+    per_request["request"] = req
+    per_request["slate"] = slate_mat
+    return EvaluationResult(
+        policy=policy.name,
+        n_sessions=n_sessions,
+        n_requests=len(req),
+        metrics=means,
+        intervals=intervals,
+        invalid_actions=int(invalid),
+        per_request=per_request,
+    )
+
+
+def expected_reciprocal_rank(click_probs: np.ndarray, structure: str) -> np.ndarray:
+    """``float64[N]`` expected reciprocal rank of the first click of each slate.
+
+    Args:
+        click_probs: ``[N, L]`` click probability per position (0 past a slate's end).
+        structure: the reward model's structure; for ``cascade`` the probabilities are already
+            first-click probabilities, otherwise positions are treated as independent.
+    """
+    p = np.asarray(click_probs, dtype=np.float64)
+    if structure == "cascade":
+        first = p
+    else:
+        none_above = np.cumprod(1.0 - p, axis=1)
+        none_above = np.concatenate([np.ones((len(p), 1)), none_above[:, :-1]], axis=1)
+        first = p * none_above
+    return first @ (1.0 / np.arange(1, p.shape[1] + 1))
+
+
+def bootstrap_intervals(
+    per_request: dict[str, np.ndarray], session: np.ndarray, resamples: int, seed: int
+) -> dict[str, tuple[float, float]]:
+    """95% percentile bootstrap intervals of per-request means, resampling whole sessions."""
+    keys = list(per_request)
+    if resamples == 0 or len(session) == 0:
+        return {k: (float("nan"), float("nan")) for k in keys}
+    _, group = np.unique(session, return_inverse=True)
+    n = int(group.max()) + 1
+    counts = np.bincount(group, minlength=n).astype(np.float64)
+    sums = np.stack([np.bincount(group, weights=per_request[k], minlength=n) for k in keys], 1)
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, len(keys)))
+    chunk = max(1, (1 << 22) // n)  # bounds the [chunk, n] weight matrix
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=m).astype(np.float64)
+        out[start : start + m] = (weights @ sums) / (weights @ counts)[:, None]
+    low, high = np.percentile(out, [2.5, 97.5], axis=0)
+    return {k: (float(low[j]), float(high[j])) for j, k in enumerate(keys)}

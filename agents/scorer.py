@@ -1,0 +1,166 @@
+"""CandidateScorer: one network scores every candidate of a request from the same weights."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+VARIANTS = ("mlp", "dot")
+MASKED = -1e9  # logit / Q-value of a candidate that may not be placed (finite: no NaN)
+
+
+def obs_mode_of(space: spaces.Dict) -> str:
+    """``ids`` when candidates are integer codes, else ``embeddings``."""
+    return "ids" if np.issubdtype(space["candidates"].dtype, np.integer) else "embeddings"
+
+
+class CandidateScorer(nn.Module):
+    """Scores each candidate from (query, user, item, position) with weights shared across them.
+
+    Because the same function scores every candidate, the policy is permutation-equivariant,
+    works for any ``K`` and is exactly what a ranker export ships. Masked candidates score
+    :data:`MASKED`.
+
+    * ``mlp``: ``MLP([item_h, ctx_h, item_h * ctx_h])`` with ``item_h = W_i item`` and
+      ``ctx_h = W_c [query, user] + position embedding``;
+    * ``dot``: ``<item_h, ctx_h>``;
+
+    both plus a learned weighting of two cosine features (candidate with query, with user
+    state): the similarity ranker's signal as an input, so learning starts from it.
+
+    In ``ids`` observations the frozen embedding tables live on the module (buffers, moved with
+    it to the GPU), the user state is the mean of the history items' embeddings, and a learned
+    per-item bias (``item_bias``) can capture what the texts do not say (quality, popularity).
+
+    Args:
+        observation_space: the env's ``Dict`` space (decides the observation mode and sizes).
+        tables: ``items`` / ``queries`` arrays for ``ids`` mode (``None`` when loading: the
+            buffers then come from the state dict, sized by ``table_shapes``).
+        table_shapes: ``{"items": (I, d), "queries": (Q, d)}``.
+        variant: ``mlp`` or ``dot``.
+        hidden: width of the projections.
+        item_bias: learn a bias per item (``ids`` mode).
+        max_positions: positions the position embedding covers.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        tables: dict[str, np.ndarray] | None = None,
+        table_shapes: dict[str, tuple[int, int]] | None = None,
+        variant: str = "mlp",
+        hidden: int = 64,
+        item_bias: bool = True,
+        max_positions: int = 64,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"agent.scorer.variant={variant!r}; allowed: {', '.join(VARIANTS)}")
+        if hidden < 1:
+            raise ValueError(f"agent.scorer.hidden={hidden}; allowed: >= 1")
+        self.mode = obs_mode_of(observation_space)
+        self.variant = variant
+        self.k = int(observation_space["mask"].shape[0])
+        if self.mode == "ids":
+            if tables is not None:
+                table_shapes = {n: tuple(tables[n].shape) for n in ("items", "queries")}
+            if table_shapes is None:
+                raise ValueError("ids observations need the embedding tables (or their shapes)")
+            n_items, dim = table_shapes["items"]
+            items = torch.zeros((n_items + 1, dim))  # last row: padding
+            queries = torch.zeros(tuple(table_shapes["queries"]))
+            if tables is not None:
+                items[:n_items] = torch.as_tensor(tables["items"], dtype=torch.float32)
+                queries[:] = torch.as_tensor(tables["queries"], dtype=torch.float32)
+            self.register_buffer("items", items)
+            self.register_buffer("queries", queries)
+            self.bias = nn.Embedding(n_items + 1, 1) if item_bias else None
+            if self.bias is not None:
+                nn.init.zeros_(self.bias.weight)
+        else:
+            dim = int(observation_space["query"].shape[0])
+            self.bias = None
+        self.dim = dim
+        self.item_proj = nn.Linear(dim, hidden)
+        self.ctx_proj = nn.Linear(2 * dim, hidden)
+        self.position = nn.Embedding(max_positions, hidden)
+        if variant == "mlp":
+            self.head = nn.Sequential(
+                nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            )
+        self.similarity = nn.Linear(2, 1)  # weights of the two cosine features
+        self.hidden = hidden
+
+    @property
+    def table_shapes(self) -> dict[str, tuple[int, int]] | None:
+        """Shapes of the frozen tables (``ids`` mode), what a checkpoint needs to rebuild them."""
+        if self.mode != "ids":
+            return None
+        return {"items": (self.items.shape[0] - 1, self.dim), "queries": tuple(self.queries.shape)}
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> Encoded:
+        """Project the observation: context, candidates, mask, codes and similarity features."""
+        mask = obs["mask"] > 0.5
+        position = obs["position"].long().reshape(-1).clamp(0, self.position.num_embeddings - 1)
+        if self.mode == "ids":
+            pad = self.items.shape[0] - 1
+            codes = obs["candidates"].long()
+            codes = torch.where(codes >= 0, codes, pad)
+            items = self.items[codes]
+            history = obs["user"].long()
+            valid = (history >= 0).unsqueeze(-1).float()
+            hist = self.items[torch.where(history >= 0, history, pad)]
+            user = (hist * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+            query = self.queries[obs["query"].long().reshape(-1)]
+        else:
+            items = obs["candidates"].reshape(len(mask), self.k, self.dim)
+            codes, user, query = None, obs["user"], obs["query"]
+        ctx = self.ctx_proj(torch.cat([query, user], dim=1)) + self.position(position)
+        # cosine of the candidate with the query and with the user state: the signal a
+        # similarity ranker uses, given to the network directly rather than rediscovered
+        unit = torch.nn.functional.normalize(items, dim=-1)
+        sims = torch.stack(
+            [
+                (unit * torch.nn.functional.normalize(query, dim=-1).unsqueeze(1)).sum(-1),
+                (unit * torch.nn.functional.normalize(user, dim=-1).unsqueeze(1)).sum(-1),
+            ],
+            dim=-1,
+        )
+        return Encoded(ctx, self.item_proj(items), mask, codes, sims)
+
+    def score(self, enc: Encoded) -> torch.Tensor:
+        """``[B, K]`` scores from :meth:`encode`'s output; masked candidates get MASKED."""
+        c = enc.ctx.unsqueeze(1)
+        if self.variant == "mlp":
+            x = torch.cat([enc.item_h, c.expand_as(enc.item_h), enc.item_h * c], dim=-1)
+            scores = self.head(torch.relu(x)).squeeze(-1)
+        else:
+            scores = (enc.item_h * c).sum(-1) / self.hidden**0.5
+        scores = scores + self.similarity(enc.sims).squeeze(-1)
+        if self.bias is not None and enc.codes is not None:
+            scores = scores + self.bias(enc.codes).squeeze(-1)
+        return scores.masked_fill(~enc.mask, MASKED)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, K]`` candidate scores."""
+        return self.score(self.encode(obs))
+
+    def pooled(self, enc: Encoded) -> torch.Tensor:
+        """``[B, 2h]`` state summary for a critic: context and the mean placeable candidate."""
+        m = enc.mask.unsqueeze(-1).float()
+        mean_item = (enc.item_h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return torch.cat([enc.ctx, mean_item], dim=1)
+
+
+class Encoded(NamedTuple):
+    """What :meth:`CandidateScorer.encode` computes once and the heads share."""
+
+    ctx: torch.Tensor  # [B, h] query + user + position
+    item_h: torch.Tensor  # [B, K, h] projected candidates
+    mask: torch.Tensor  # [B, K] bool, True = may be placed
+    codes: torch.Tensor | None  # [B, K] item codes (ids mode; padding = the zero row)
+    sims: torch.Tensor  # [B, K, 2] cosine with the query and with the user state

@@ -1,0 +1,106 @@
+"""Turn a sweep's run directories into a table: mean and 95% interval over seeds, per policy.
+
+Usage::
+
+    python -m experiments.compare outputs/train-multirun/2026-11-23_01-40-00 [--metric ...]
+
+Every ``metrics.json`` below the directory is one run. Runs are grouped by ``policy``; for each
+metric the table gives the mean over seeds and a 95% Student-t interval over seeds (a single
+seed, or seeds that agree exactly, give a zero-width interval), and the median of the runs'
+own session-bootstrap intervals. Markdown goes to stdout, ``compare.csv`` beside the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DEFAULT_METRICS = ("true_expected_clicks", "expected_clicks", "ctr@1", "ndcg@10", "mrr")
+# two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def seed_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over seeds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    sd = statistics.stdev(values)
+    t = T975[min(len(values) - 1, len(T975)) - 1]
+    half = t * sd / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def load_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run's ``metrics.json`` below ``root``."""
+    runs = [json.loads(p.read_text()) for p in sorted(root.rglob("metrics.json"))]
+    if not runs:
+        raise FileNotFoundError(f"{root}: no metrics.json below it (is this a sweep directory?)")
+    return runs
+
+
+def compare(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> pd.DataFrame:
+    """One row per policy: seeds, and per metric the mean and 95% interval over seeds."""
+    rows = []
+    for policy in sorted({r["policy"] for r in runs}):
+        group = [r for r in runs if r["policy"] == policy]
+        row: dict[str, Any] = {"policy": policy, "seeds": len(group)}
+        for m in metrics:
+            values = [r[m] for r in group if m in r]
+            if not values:
+                continue
+            mean, low, high = seed_interval(values)
+            row[m], row[f"{m}_low"], row[f"{m}_high"] = mean, low, high
+            lows = [r[f"{m}_ci_low"] for r in group if f"{m}_ci_low" in r]
+            highs = [r[f"{m}_ci_high"] for r in group if f"{m}_ci_high" in r]
+            if lows:
+                row[f"{m}_session_ci"] = (statistics.median(lows), statistics.median(highs))
+        row["train_seconds"] = statistics.fmean(r.get("train_seconds", 0.0) for r in group)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    key = metrics[0] if metrics[0] in table else table.columns[2]
+    return table.sort_values(key, ascending=False).reset_index(drop=True)
+
+
+def markdown(table: pd.DataFrame, metrics: tuple[str, ...]) -> str:
+    """The table as Markdown: ``mean [low, high]`` over seeds per metric."""
+    shown = [m for m in metrics if m in table]
+    lines = ["| policy | seeds | " + " | ".join(shown) + " | train s |",
+             "| --- | ---: | " + " | ".join("---:" for _ in shown) + " | ---: |"]  # fmt: skip
+    for _, row in table.iterrows():
+        cells = [f"{row[m]:.4f} [{row[m + '_low']:.4f}, {row[m + '_high']:.4f}]" for m in shown]
+        lines.append(
+            f"| {row['policy']} | {row['seeds']} | " + " | ".join(cells)
+            + f" | {row['train_seconds']:.0f} |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, print the table, write ``compare.csv``."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__)
+    parser.add_argument("sweep", type=Path, help="directory holding the runs' metrics.json")
+    parser.add_argument("--metric", action="append", help="metrics to show (repeatable)")
+    args = parser.parse_args(argv)
+    metrics = tuple(args.metric) if args.metric else DEFAULT_METRICS
+    try:
+        runs = load_runs(args.sweep)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    table = compare(runs, metrics)
+    table.to_csv(args.sweep / "compare.csv", index=False)
+    print(markdown(table, metrics))
+
+
+if __name__ == "__main__":
+    main()

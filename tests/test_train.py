@@ -1,0 +1,105 @@
+"""`python -m experiments.train` end to end, in a subprocess, on a tiny world and encoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "encoder=tiny",
+    "dataset.scale=0.08",
+    "dataset.n_items=200",
+    "dataset.propensity_samples=5",
+    "eval.sessions=20",
+    "eval.final_sessions=40",
+    "eval.bootstrap=50",
+    "eval.num_envs=16",
+]
+SMALL = {
+    "ppo": ["agent.num_envs=8", "agent.hyperparams.n_steps=16", "agent.hyperparams.batch_size=64"],
+    "a2c": ["agent.num_envs=8", "agent.hyperparams.n_steps=8"],
+    "dqn": ["agent.num_envs=8", "agent.hyperparams.learning_starts=64",
+            "agent.hyperparams.buffer_size=5000", "agent.hyperparams.batch_size=32"],
+}  # fmt: skip
+METRIC_KEYS = {
+    "policy", "seed", "total_timesteps", "train_seconds", "expected_clicks", "ctr@1", "ndcg@10",
+    "mrr", "true_expected_clicks", "expected_clicks_ci_low", "expected_clicks_ci_high",
+    "n_sessions", "n_requests",
+}  # fmt: skip
+
+
+def train(tmp: Path, *overrides: str, run: str = "run") -> subprocess.CompletedProcess:
+    args = [
+        sys.executable, "-m", "experiments.train", f"paths.root_dir={tmp}", f"out={tmp}/data",
+        f"hydra.run.dir={tmp}/{run}", *TINY, *overrides,
+    ]  # fmt: skip
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: set[str] = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        found |= set(acc.Tags()["scalars"])
+    return found
+
+
+@pytest.mark.parametrize("agent", ["ppo", "a2c", "dqn"])
+def test_tiny_training_run_writes_everything(tmp_path: Path, agent: str) -> None:
+    done = train(tmp_path, f"agent={agent}", "total_timesteps=400", "eval.freq=200",
+                 "checkpoint_freq=200", *SMALL[agent])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    assert metrics["policy"] == agent and metrics["total_timesteps"] >= 400
+    assert metrics["expected_clicks_ci_low"] <= metrics["expected_clicks"]
+    assert metrics["expected_clicks"] <= metrics["expected_clicks_ci_high"]
+    assert (run / "checkpoints" / "last.zip").is_file() and (run / ".hydra").is_dir()
+    found = tags(run)
+    assert {"eval/expected_clicks", "eval/true_expected_clicks", "eval/ndcg@10", "eval/mrr",
+            "eval/ctr@1", "time/fps", "rollout/ep_rew_mean"} <= found, found  # fmt: skip
+    assert any(t.startswith("train/") for t in found)
+
+
+@pytest.mark.parametrize("agent", ["random", "logged", "popularity", "cosine", "oracle"])
+def test_baselines_write_the_same_outputs(tmp_path: Path, agent: str) -> None:
+    done = train(tmp_path, f"agent={agent}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS and metrics["total_timesteps"] == 0
+    assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= tags(tmp_path / "run")
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    first = train(tmp_path, "agent=ppo", "total_timesteps=256", "checkpoint_freq=128",
+                  "eval.freq=100000", *SMALL["ppo"])  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    # as if killed at 256 steps of a 512-step run: the same run directory, resume=true
+    second = train(tmp_path, "agent=ppo", "total_timesteps=512", "checkpoint_freq=128",
+                   "eval.freq=100000", "resume=true", *SMALL["ppo"])  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout + second.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 512 <= metrics["total_timesteps"] < 768  # continued, not restarted
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("agent.name=sac", "error: agent.name='sac'; allowed: ppo, a2c, dqn, random, logged"),
+        ("total_timesteps=-5", "error: total_timesteps=-5; allowed: >= 0"),
+    ],
+)
+def test_config_errors_are_one_clear_line(tmp_path: Path, override: str, message: str) -> None:
+    done = train(tmp_path, override)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
