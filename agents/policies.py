@@ -33,8 +33,12 @@ def masked_random_actions(mask: np.ndarray, rng: np.random.Generator | None = No
     return np.argmax(np.where(mask > 0.5, u, 0.0), axis=1)
 
 
-class RankingActorCriticPolicy(ActorCriticPolicy):
-    """Actor-critic over candidates for PPO/A2C (``policy_kwargs``: ``scorer``, ``tables``)."""
+class _ScorerArguments:
+    """Constructor arguments both policies share: the scorer's settings and the tables.
+
+    ``tables`` are used once, to fill the scorer's buffers; ``table_shapes`` (what checkpoints
+    keep) rebuild empty buffers on load, which the saved state dict then fills.
+    """
 
     def __init__(
         self,
@@ -51,6 +55,15 @@ class RankingActorCriticPolicy(ActorCriticPolicy):
         self.table_shapes = table_shapes
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(scorer=self.scorer_kwargs, table_shapes=self.table_shapes)
+        return data
+
+
+class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
+    """Actor-critic over candidates for PPO/A2C (``policy_kwargs``: ``scorer``, ``tables``)."""
+
     def _build(self, lr_schedule: Any) -> None:
         self.scorer = CandidateScorer(
             self.observation_space, self._tables, self.table_shapes, **self.scorer_kwargs
@@ -62,11 +75,6 @@ class RankingActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(scorer=self.scorer_kwargs, table_shapes=self.table_shapes)
-        return data
 
     def _heads(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.scorer.encode(obs)
@@ -124,23 +132,8 @@ class RankingQNetwork(BasePolicy):
         return self(observation).argmax(dim=1)
 
 
-class RankingDQNPolicy(DQNPolicy):
+class RankingDQNPolicy(_ScorerArguments, DQNPolicy):
     """DQN policy whose Q-network and target are :class:`RankingQNetwork` s."""
-
-    def __init__(
-        self,
-        observation_space: spaces.Dict,
-        action_space: spaces.Discrete,
-        lr_schedule: Any,
-        scorer: dict[str, Any] | None = None,
-        tables: dict[str, np.ndarray] | None = None,
-        table_shapes: dict[str, tuple[int, int]] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.scorer_kwargs = dict(scorer or {})
-        self._tables = tables
-        self.table_shapes = table_shapes
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def make_q_net(self) -> RankingQNetwork:  # type: ignore[override]
         """A fresh Q-network (called for the online and the target network)."""
@@ -156,11 +149,6 @@ class RankingDQNPolicy(DQNPolicy):
         super()._build(lr_schedule)
         self._tables = None  # copied into both networks' buffers
         self.table_shapes = self.q_net.scorer.table_shapes
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(scorer=self.scorer_kwargs, table_shapes=self.table_shapes)
-        return data
 
 
 class MaskedDQN(DQN):
