@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from encoders.encoded_log import EncodedLog
 from encoders.pooling import pool_user_state
-from envs.click_models.base import ClickModel, slot_click_prob
+from envs.click_models.base import ClickModel, sample_slot_click, slot_click_prob
 from envs.logs import SessionLog
 from envs.replay_data import (
     STREAM_CLICK,
@@ -218,16 +218,11 @@ class SessionReplayEnv(gym.Env):
         )
         self._examined = float(examined[0])
         u = uniform(self._key, counter(self._episode_no, self._j, pos, STREAM_CLICK))
-        if model.structure == "pbm":
-            click = bool(u < attr * model.examination[pos])
-        elif model.structure == "independent":
-            click = bool(u < attr)
-        else:
-            click = self._examining and bool(u < attr)
-            if click:
-                go_on = 0.0 if model.structure == "cascade" else model.continuation[pos]
-                v = uniform(self._key, counter(self._episode_no, self._j, pos, STREAM_CONTINUE))
-                self._examining = bool(v < go_on)
+        v = uniform(self._key, counter(self._episode_no, self._j, pos, STREAM_CONTINUE))
+        clicked, examining = sample_slot_click(
+            np.array([attr]), np.array([pos]), np.array([self._examining]), u, v, model
+        )
+        click, self._examining = bool(clicked[0]), bool(examining[0])
         self._placed[a] = True
         self._slate.append(a)
         self._clicks.append(int(click))

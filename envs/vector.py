@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepRetu
 
 from encoders.encoded_log import EncodedLog
 from encoders.pooling import pool_user_state
-from envs.click_models.base import ClickModel, slot_click_prob
+from envs.click_models.base import ClickModel, sample_slot_click, slot_click_prob
 from envs.logs import SessionLog
 from envs.replay_data import (
     STREAM_CLICK,
@@ -313,15 +313,10 @@ class BatchedReplayEnv(VecEnv):
         p, self._examined[rows] = slot_click_prob(attr, pos, self._examined[rows], model)
         key, ep, j = self._key[rows], self._episode_no[rows], self._j[rows]
         u = uniform(key, counter(ep, j, pos, STREAM_CLICK))
-        if model.structure == "pbm":
-            click = u < attr * model.examination[pos]
-        elif model.structure == "independent":
-            click = u < attr
-        else:
-            click = self._examining[rows] & (u < attr)
-            go_on = 0.0 if model.structure == "cascade" else model.continuation[pos]
-            v = uniform(key, counter(ep, j, pos, STREAM_CONTINUE))
-            self._examining[rows] = np.where(click, v < go_on, self._examining[rows])
+        v = uniform(key, counter(ep, j, pos, STREAM_CONTINUE))
+        click, self._examining[rows] = sample_slot_click(
+            attr, pos, self._examining[rows], u, v, model
+        )
         self._placed[rows, a] = True
         self._slate[rows, pos] = a
         self._clicks[rows, pos] = click

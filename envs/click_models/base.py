@@ -232,6 +232,34 @@ def slot_click_prob(
     return attr * examined, examined * (1.0 - attr + attr * go_on)
 
 
+def sample_slot_click(
+    attr: np.ndarray,
+    position: np.ndarray,
+    examining: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    model: ClickModel,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the click of the item placed now: the sampled counterpart of slot_click_prob.
+
+    Args:
+        attr: ``float64[B]`` attractiveness of the placed item.
+        position: ``int64[B]`` its position.
+        examining: ``bool[B]`` whether the (cascade / dcm) user still scans at this position.
+        u, v: ``float64[B]`` uniforms for the click and for going on after a click.
+
+    Returns:
+        (clicks, whether the user still scans the next position).
+    """
+    if model.structure == "pbm":
+        return u < attr * model.examination[position], examining
+    if model.structure == "independent":
+        return u < attr, examining
+    click = examining & (u < attr)
+    go_on = 0.0 if model.structure == "cascade" else model.continuation[position]
+    return click, np.where(click, v < go_on, examining)
+
+
 def logged_rankings(log: SessionLog, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The logged rankings and clicks as ``[R, width]`` matrices (``-1`` / 0 where empty)."""
     width = width or int(log.position.max()) + 1

@@ -25,15 +25,6 @@ class LoggedClickModel(ClickModel):
     name = "logged"
     structure = "independent"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._click: dict[tuple[int, int], int] = {}
-
-    def bind(self, log: SessionLog) -> ClickModel:
-        """Index the log's (request, item) -> click."""
-        super().bind(log)
-        return self
-
     def attractiveness(
         self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
     ) -> np.ndarray:

@@ -214,12 +214,12 @@ class SessionLog:
         sess = self.request_session[req]
         impressions = pa.table(
             {
-                "session_id": _dict_column(sess, self.session_ids),
-                "request_id": _dict_column(req, self.request_ids),
-                "user_id": _dict_column(self.request_user[req], self.user_ids),
+                "session_id": dict_column(sess, self.session_ids),
+                "request_id": dict_column(req, self.request_ids),
+                "user_id": dict_column(self.request_user[req], self.user_ids),
                 "timestamp": pa.array(self.request_timestamp[req], pa.int64()),
-                "query": _dict_column(self.request_query[req], self.query_texts),
-                "item_id": _dict_column(self.item, self.item_ids),
+                "query": dict_column(self.request_query[req], self.query_texts),
+                "item_id": dict_column(self.item, self.item_ids),
                 "position": pa.array(self.position, pa.int32()),
                 "click": pa.array(self.click, pa.int8()),
                 "propensity": pa.array(
@@ -384,8 +384,8 @@ def _read_parquet(path: Path, dictionary_columns: list[str]) -> pa.Table:
         raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
 
 
-def _dict_column(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
-    """Dictionary-encoded string column from codes and their string table."""
+def dict_column(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
+    """Dictionary-encoded string column from codes and their string table (no per-row strings)."""
     return pa.DictionaryArray.from_arrays(
         pa.array(codes, pa.int32()), pa.array(values, pa.string())
     )

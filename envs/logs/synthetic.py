@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from envs.logs.atomic import atomic_directory
 from envs.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
-from envs.logs.session_log import SessionLog, ranges
+from envs.logs.session_log import SessionLog, dict_column, ranges
 from envs.logs.source import LogSource
 
 # category -> (title nouns, query synonyms, material / use modifiers)
@@ -459,12 +459,12 @@ class _Generator:
         req = self.imp_req
         impressions = pa.table(
             {
-                "session_id": _dict(self.req_sess[req], self.session_ids),
-                "request_id": _dict(req, self.request_ids),
-                "user_id": _dict(self.req_user[req], self.user_ids),
+                "session_id": dict_column(self.req_sess[req], self.session_ids),
+                "request_id": dict_column(req, self.request_ids),
+                "user_id": dict_column(self.req_user[req], self.user_ids),
                 "timestamp": pa.array(self.req_time[req], pa.int64()),
-                "query": _dict(self.req_query[req], self.query_table),
-                "item_id": _dict(self.imp_item, self.item_ids),
+                "query": dict_column(self.req_query[req], self.query_table),
+                "item_id": dict_column(self.imp_item, self.item_ids),
                 "position": pa.array(self.imp_pos, pa.int32()),
                 "click": pa.array(self.imp_click, pa.int8()),
                 "propensity": pa.array(self.imp_prop, pa.float64()),
@@ -617,9 +617,3 @@ def _pl_position_propensity(
             hits[s : s + chunk] += np.take_along_axis(order, at, axis=1) == slots
     bar.close()
     return (1.0 + hits[imp_req, slot]) / (1.0 + n_samples)
-
-
-def _dict(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(
-        pa.array(codes, pa.int32()), pa.array(values, pa.string())
-    )
