@@ -1,1 +1,1 @@
-"""Ranking agents: scoring networks, SB3 policies, baselines, evaluation and export."""
+"""Ranking agents: the candidate scorer, masked SB3 policies, baselines, training, evaluation."""

@@ -1,5 +1,9 @@
 """Baseline ranking policies for evaluation: random, logged order, popularity, cosine, oracle.
 
+Each baseline is a config (``conf/agent/<name>.yaml`` names its class as ``_target_``, with its
+settings); ``fit(train, encoded)`` gives it what it reads from the data (counts, embedding
+tables) and returns it, ready to evaluate.
+
 A policy for :func:`agents.evaluation.evaluate` is any object with ``name: str``, ``obs_mode: str``
 and ``act(obs, env) -> int64[B]`` (the candidate index to place now, ``slot`` action mode).
 Baselines derive ``act`` from ``scores(obs, env) -> float64[B, K]``: the masked argmax
@@ -14,13 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from encoders.pooling import pool_user_state
+from encoders.encoded_log import EncodedLog
 from envs.logs import SessionLog
 
 if TYPE_CHECKING:
     from envs.vector import BatchedReplayEnv
-
-BASELINES = ("random", "logged", "popularity", "cosine", "oracle")
 
 
 def masked_argmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -30,10 +32,22 @@ def masked_argmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 class ScoringPolicy:
-    """Base of the baselines: ``act`` is the masked argmax of :meth:`scores`."""
+    """Base of the baselines: ``act`` is the masked argmax of :meth:`scores`.
+
+    Args:
+        name: the name reported in results (default: the class's).
+    """
 
     name: str = "scoring"
     obs_mode: str = "ids"
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+
+    def fit(self, train: SessionLog, encoded: EncodedLog) -> ScoringPolicy:
+        """Read what the policy needs from the training sessions; returns self."""
+        return self
 
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """``float64[B, K]`` score of each candidate (higher is placed first)."""
@@ -55,7 +69,8 @@ class RandomPolicy(ScoringPolicy):
 
     name = "random"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, name: str | None = None) -> None:
+        super().__init__(name)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
@@ -83,13 +98,22 @@ class PopularityPolicy(ScoringPolicy):
     """The item's smoothed training CTR ``(clicks + prior * global_ctr) / (impressions + prior)``.
 
     Items never shown in ``train`` score the global CTR.
+
+    Args:
+        prior: pseudo-impressions at the global CTR, >= 0.
     """
 
     name = "popularity"
 
-    def __init__(self, train: SessionLog, prior: float = 10.0) -> None:
+    def __init__(self, prior: float = 10.0, name: str | None = None) -> None:
+        super().__init__(name)
         if prior < 0:
-            raise ValueError(f"prior={prior}; allowed: >= 0")
+            raise ValueError(f"agent.prior={prior}; allowed: >= 0")
+        self.prior = float(prior)
+
+    def fit(self, train: SessionLog, encoded: EncodedLog | None = None) -> PopularityPolicy:
+        """Count clicks and impressions per item in ``train``; returns self."""
+        prior = self.prior
         n = train.n_items
         items = np.asarray(train.item, dtype=np.int64)
         clicks = np.bincount(items, weights=np.asarray(train.click, dtype=np.float64), minlength=n)
@@ -103,6 +127,7 @@ class PopularityPolicy(ScoringPolicy):
         )  # fmt: skip
         # index -1 (padding) reads the appended last entry; padding is masked anyway
         self._table = np.concatenate([self.ctr, [self.global_ctr]])
+        return self
 
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """Smoothed CTR of each candidate."""
@@ -120,25 +145,35 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 class CosinePolicy(ScoringPolicy):
     """``cos(query, item) + cos(user state, item)`` on the encoder's embeddings.
 
-    The user state is pooled from the observation's history codes with
-    :func:`encoders.pooling.pool_user_state` (``pooling``: ``mean``, ``decay`` or ``last_k``).
-    An empty query's embedding is used as is; zero vectors (empty history, padding) give
-    cosine 0.
+    The user state is the observation's history codes weighted by its ``user_weights``: the
+    env's pooling (``env.pooling``, ``env.decay``, ``env.last_k``), the state the env and
+    its click model see. An empty query's embedding is used as is; zero vectors (empty
+    history, padding) give cosine 0.
 
     Args:
-        tables: ``items`` and ``queries`` embedding tables (``env.embedding_tables``).
+        tables: ``items`` and ``queries`` embedding tables (``env.embedding_tables``); or
+            :meth:`fit` takes them from the encoded log.
     """
 
     name = "cosine"
 
-    def __init__(self, tables: dict[str, np.ndarray], pooling: str = "mean") -> None:
-        self.pooling = pooling
+    def __init__(self, tables: dict[str, np.ndarray] | None = None, name: str | None = None):
+        super().__init__(name)
+        if tables is not None:
+            self._set_tables(tables)
+
+    def fit(self, train: SessionLog, encoded: EncodedLog) -> CosinePolicy:
+        """Take the embedding tables of ``encoded``; returns self."""
+        self._set_tables({"items": encoded.items, "queries": encoded.queries})
+        return self
+
+    def _set_tables(self, tables: dict[str, np.ndarray]) -> None:
         self.items = np.asarray(tables["items"])
         d = self.items.shape[1]
         # row I is zeros: padding (-1) gathers it
+        self._items = np.concatenate([self.items, np.zeros((1, d), self.items.dtype)])
         self._items_unit = np.concatenate([_unit_rows(self.items), np.zeros((1, d))])
         self._queries_unit = _unit_rows(tables["queries"])
-        pool_user_state(self.items[:1], np.full((1, 1), -1), method=pooling)  # validate early
 
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """Query-item plus user-item cosine of each candidate."""
@@ -146,7 +181,8 @@ class CosinePolicy(ScoringPolicy):
         vectors = self._items_unit[np.where(cand >= 0, cand, len(self._items_unit) - 1)]
         query = self._queries_unit[np.asarray(obs["query"], dtype=np.int64).reshape(-1)]
         history = np.asarray(obs["user"], dtype=np.int64)
-        state = _unit_rows(pool_user_state(self.items, history, method=self.pooling))
+        pooled = np.einsum("bh,bhd->bd", obs["user_weights"], self._items[history])
+        state = _unit_rows(pooled)
         return np.einsum("bkd,bd->bk", vectors, query + state)
 
 
@@ -182,26 +218,3 @@ class SB3Policy:
 
     def __repr__(self) -> str:
         return f"SB3Policy(name={self.name!r}, obs_mode={self.obs_mode!r})"
-
-
-def make_baseline(
-    name: str, train: SessionLog, tables: dict[str, np.ndarray], seed: int = 0
-) -> ScoringPolicy:
-    """Build baseline ``name`` (one of :data:`BASELINES`).
-
-    Args:
-        train: training sessions (popularity counts).
-        tables: embedding tables (``env.embedding_tables`` or an :class:`EncodedLog`'s arrays).
-        seed: the random baseline's seed.
-    """
-    if name == "random":
-        return RandomPolicy(seed=seed)
-    if name == "logged":
-        return LoggedPolicy()
-    if name == "popularity":
-        return PopularityPolicy(train)
-    if name == "cosine":
-        return CosinePolicy(tables)
-    if name == "oracle":
-        return OraclePolicy()
-    raise ValueError(f"baseline={name!r}; allowed: {', '.join(BASELINES)}")

@@ -7,9 +7,8 @@ and reports per-request means of
 * ``expected_clicks``: sum of the reward model's click probabilities over the slate;
 * ``ctr@1``: click probability of the top position;
 * ``ndcg@{slate_size}``: NDCG of the slate against the reward model's attractiveness;
-* ``mrr``: expected reciprocal rank of the first click (for ``cascade`` the click probabilities
-  are first-click probabilities already; otherwise positions are treated as independent:
-  ``P(first at i) = p_i * prod_{j<i} (1 - p_j)``);
+* ``mrr``: expected reciprocal rank of the first click under the reward model's structure
+  (:func:`envs.metrics.first_click_probs`);
 * ``true_expected_clicks`` (with a ground truth): expected clicks of the same slates under the
   synthetic world's true click model.
 
@@ -30,7 +29,8 @@ from encoders.encoded_log import EncodedLog
 from envs.click_models.base import ClickModel
 from envs.logs import SessionLog
 from envs.logs.ground_truth import GroundTruth
-from envs.replay_data import ReplayConfig
+from envs.metrics import expected_reciprocal_rank
+from envs.replay import ReplayConfig
 from envs.vector import BatchedReplayEnv
 
 
@@ -131,6 +131,7 @@ def evaluate(
     requests: list[int] = []
     slates: list[np.ndarray] = []
     probs: list[np.ndarray] = []
+    attrs: list[np.ndarray] = []
     ndcg: list[float] = []
     invalid = 0
     done_episodes = 0
@@ -153,6 +154,7 @@ def evaluate(
             requests.append(info["request"])
             slates.append(info["slate"])
             probs.append(info["click_probs"])
+            attrs.append(info["attractiveness"])
             ndcg.append(info["ndcg"])
             invalid += info["invalid_actions"]
             if dones[i]:
@@ -172,12 +174,14 @@ def evaluate(
     slate_mat[filled] = np.concatenate(slates) if slates else []
     prob_mat = np.zeros((len(req), width))
     prob_mat[filled] = np.concatenate(probs) if probs else []
+    attr_mat = np.zeros((len(req), width))
+    attr_mat[filled] = np.concatenate(attrs) if attrs else []
 
     per_request = {
         "expected_clicks": prob_mat.sum(axis=1),
         "ctr@1": prob_mat[:, 0],
         f"ndcg@{width}": np.asarray(ndcg, dtype=np.float64),
-        "mrr": expected_reciprocal_rank(prob_mat, model.structure),
+        "mrr": expected_reciprocal_rank(prob_mat, model.structure, attr_mat),
     }
     if truth is not None:
         rows = truth.request_rows(test.request_ids[req])
@@ -198,24 +202,6 @@ def evaluate(
         invalid_actions=int(invalid),
         per_request=per_request,
     )
-
-
-def expected_reciprocal_rank(click_probs: np.ndarray, structure: str) -> np.ndarray:
-    """``float64[N]`` expected reciprocal rank of the first click of each slate.
-
-    Args:
-        click_probs: ``[N, L]`` click probability per position (0 past a slate's end).
-        structure: the reward model's structure; for ``cascade`` the probabilities are already
-            first-click probabilities, otherwise positions are treated as independent.
-    """
-    p = np.asarray(click_probs, dtype=np.float64)
-    if structure == "cascade":
-        first = p
-    else:
-        none_above = np.cumprod(1.0 - p, axis=1)
-        none_above = np.concatenate([np.ones((len(p), 1)), none_above[:, :-1]], axis=1)
-        first = p * none_above
-    return first @ (1.0 / np.arange(1, p.shape[1] + 1))
 
 
 def bootstrap_intervals(

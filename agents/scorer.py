@@ -33,7 +33,8 @@ class CandidateScorer(nn.Module):
     state): the similarity ranker's signal as an input, so learning starts from it.
 
     In ``ids`` observations the frozen embedding tables live on the module (buffers, moved with
-    it to the GPU), the user state is the mean of the history items' embeddings, and a learned
+    it to the GPU), the user state is the history items' embeddings weighted by the
+    observation's ``user_weights`` (the env's pooling), and a learned
     per-item bias (``item_bias``) can capture what the texts do not say (quality, popularity).
 
     Args:
@@ -112,9 +113,9 @@ class CandidateScorer(nn.Module):
             codes = torch.where(codes >= 0, codes, pad)
             items = self.items[codes]
             history = obs["user"].long()
-            valid = (history >= 0).unsqueeze(-1).float()
             hist = self.items[torch.where(history >= 0, history, pad)]
-            user = (hist * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+            # the env's pooling weights (padding weighs 0): the state the env itself pools
+            user = (hist * obs["user_weights"].unsqueeze(-1)).sum(1)
             query = self.queries[obs["query"].long().reshape(-1)]
         else:
             items = obs["candidates"].reshape(len(mask), self.k, self.dim)

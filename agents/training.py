@@ -1,11 +1,11 @@
 """Building and training SB3 ranking agents: plain arguments in, no Hydra objects.
 
-``experiments.train`` composes the config and calls these; a notebook can call them directly.
+:class:`SB3Agent` is what ``conf/agent/{ppo,a2c,dqn}.yaml`` instantiate; ``experiments.train``
+composes the config and calls it; a notebook can call these directly.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,18 +15,72 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
 from agents.policies import MaskedDQN, RankingActorCriticPolicy, RankingDQNPolicy
+from envs.logs.atomic import atomic_file
 
-SB3_AGENTS = {"ppo": PPO, "a2c": A2C, "dqn": MaskedDQN}
+# algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
+ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
+    "ppo": (PPO, RankingActorCriticPolicy),
+    "a2c": (A2C, RankingActorCriticPolicy),
+    "dqn": (MaskedDQN, RankingDQNPolicy),
+}
 CHECKPOINT = "last.zip"
 REPLAY_BUFFER = "last_replay_buffer.pkl"
 
 
+def _algorithm(name: str) -> tuple[type[BaseAlgorithm], type[BasePolicy]]:
+    if name not in ALGORITHMS:
+        raise ValueError(f"agent.algorithm={name!r}; allowed: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+class SB3Agent:
+    """A trainable agent config (``conf/agent/{ppo,a2c,dqn}.yaml``): algorithm and settings.
+
+    Args:
+        name: the name reported in results.
+        algorithm: ``ppo``, ``a2c`` or ``dqn``.
+        num_envs: sessions the batched training env steps at once, >= 1.
+        hyperparams: keyword arguments of the SB3 algorithm (``learning_rate``, ``n_steps``...).
+        scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        algorithm: str,
+        num_envs: int = 64,
+        hyperparams: dict[str, Any] | None = None,
+        scorer: dict[str, Any] | None = None,
+    ) -> None:
+        _algorithm(algorithm)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
+        self.name, self.algorithm, self.num_envs = name, algorithm, num_envs
+        self.hyperparams = dict(hyperparams or {})
+        self.scorer = dict(scorer or {})
+
+    @property
+    def log_interval(self) -> int:
+        """SB3's ``log_interval``: off-policy algorithms count episodes, on-policy updates."""
+        return 4 if issubclass(_algorithm(self.algorithm)[0], OffPolicyAlgorithm) else 1
+
+    def build(self, venv: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
+        """A fresh agent on ``venv`` (see :func:`build_agent`)."""
+        return build_agent(self.algorithm, venv, seed, device, self.hyperparams, self.scorer)
+
+    def load(self, path: str | Path, venv: VecEnv, device: str = "auto") -> BaseAlgorithm:
+        """The agent saved at ``path`` (see :func:`load_agent`)."""
+        return load_agent(self.algorithm, path, venv, device)
+
+
 def build_agent(
-    name: str,
+    algorithm: str,
     venv: VecEnv,
     seed: int,
     device: str = "auto",
@@ -36,25 +90,23 @@ def build_agent(
     """A PPO, A2C or DQN agent with the masked candidate-scoring policy.
 
     Args:
-        name: ``ppo``, ``a2c`` or ``dqn``.
+        algorithm: ``ppo``, ``a2c`` or ``dqn``.
         venv: the training env (``BatchedReplayEnv``); its embedding tables go into the policy.
         seed: seeds SB3 (torch, numpy, the env).
         device: ``auto`` (cuda when present), ``cpu`` or ``cuda``.
         hyperparams: keyword arguments of the SB3 algorithm (``learning_rate``, ``n_steps``...).
         scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
     """
-    if name not in SB3_AGENTS:
-        raise ValueError(f"agent.name={name!r} is not trainable; allowed: {', '.join(SB3_AGENTS)}")
+    klass, policy = _algorithm(algorithm)
     tables = venv.get_attr("embedding_tables")[0]
-    policy = RankingDQNPolicy if name == "dqn" else RankingActorCriticPolicy
     policy_kwargs = {"scorer": dict(scorer or {}), "tables": tables}
     try:
-        model = SB3_AGENTS[name](
+        model = klass(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,
             **(hyperparams or {}),
         )  # fmt: skip
     except TypeError as err:  # an unknown hyperparameter: name it
-        raise ValueError(f"agent.hyperparams for {name}: {err}") from err
+        raise ValueError(f"agent.hyperparams for {algorithm}: {err}") from err
     # the tables now live in the policy's buffers (saved in its state dict); the kwargs SB3
     # pickles into every checkpoint keep only their shapes, to rebuild the buffers on load
     model.policy_kwargs.pop("tables")
@@ -62,13 +114,14 @@ def build_agent(
     return model
 
 
-def load_agent(name: str, path: str | Path, venv: VecEnv, device: str = "auto") -> BaseAlgorithm:
+def load_agent(
+    algorithm: str, path: str | Path, venv: VecEnv, device: str = "auto"
+) -> BaseAlgorithm:
     """Load a checkpoint written by :class:`CheckpointCallback` (or ``model.save``)."""
-    if name not in SB3_AGENTS:
-        raise ValueError(f"agent.name={name!r} is not trainable; allowed: {', '.join(SB3_AGENTS)}")
-    model = SB3_AGENTS[name].load(path, env=venv, device=device)
+    klass, _ = _algorithm(algorithm)
+    model = klass.load(path, env=venv, device=device)
     buffer = Path(path).with_name(REPLAY_BUFFER)
-    if name == "dqn" and buffer.is_file():
+    if isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
         model.load_replay_buffer(buffer)
     return model
 
@@ -151,14 +204,11 @@ class CheckpointCallback(BaseCallback):
 def save_checkpoint(model: BaseAlgorithm, directory: str | Path) -> Path:
     """Write ``last.zip`` (+ replay buffer) through temporary files renamed into place."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, MaskedDQN):
-        tmp = directory / f".{REPLAY_BUFFER}.tmp"
-        model.save_replay_buffer(tmp)
-        os.replace(tmp, directory / REPLAY_BUFFER)
-    tmp = directory / f".tmp-{CHECKPOINT}"
-    model.save(tmp)
-    os.replace(tmp, directory / CHECKPOINT)
+    if isinstance(model, OffPolicyAlgorithm):
+        with atomic_file(directory / REPLAY_BUFFER) as tmp:
+            model.save_replay_buffer(tmp)
+    with atomic_file(directory / CHECKPOINT) as tmp:
+        model.save(tmp)
     return directory / CHECKPOINT
 
 

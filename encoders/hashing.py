@@ -30,9 +30,13 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MAX_CACHED_WORDS = 1 << 18  # bounded cache: cleared when full (~100 B per word)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array: a cheap, well-mixed deterministic hash."""
-    x = x.copy()
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 values (a new array): a cheap, well-mixed hash.
+
+    The one copy in rankgym: the hashing encoder's features and the replay environments'
+    counter-based random numbers both use it.
+    """
+    x = np.array(x, dtype=np.uint64)  # in-place array ops wrap around silently
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)
@@ -178,7 +182,7 @@ class HashingEncoder:
 
         # fixed sparse projection: `projections` (coordinate, sign) pairs per feature hash
         salts = (np.arange(1, n_proj + 1, dtype=np.uint64) + np.uint64(self.seed)) * _GOLDEN
-        mixed = _splitmix64(hashes[:, None] ^ salts[None, :])
+        mixed = splitmix64(hashes[:, None] ^ salts[None, :])
         coords = ((mixed >> np.uint64(32)) % np.uint64(dim)).astype(np.int64)
         signed = np.where(mixed & np.uint64(1), -1.0, 1.0) * weights[:, None]
 

@@ -8,6 +8,8 @@ batch of users is a single vectorised gather and weighted sum.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 POOLING_METHODS = ("mean", "decay", "last_k")
@@ -118,19 +120,10 @@ def pool_user_state(
         if profile.shape != (n_users, d):
             raise ValueError(f"profile: expected shape {(n_users, d)}, got {profile.shape}")
 
-    valid = histories >= 0
-    age = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1] - 1  # 0 = most recent non-padded item
-    if method == "mean":
-        weights = valid.astype(np.float64)
-    elif method == "decay":
-        weights = np.where(valid, float(decay) ** np.maximum(age, 0), 0.0)
-    else:
-        weights = (valid & (age < k)).astype(np.float64)
-    total = weights.sum(axis=1)
-    weights = (weights / np.where(total > 0, total, 1.0)[:, None]).astype(np.float32)
-
+    weights = pooling_weights(histories, method, decay, k)
+    total = (histories >= 0).sum(axis=1)
     pooled = np.zeros((n_users, d), dtype=np.float32)
-    codes = np.where(valid, histories, 0)
+    codes = np.where(histories >= 0, histories, 0)
     step = max(1, _GATHER_ELEMENTS // max(1, hist_len * d))
     for start in range(0, n_users, step):  # chunks bound the [B, H, d] gather's memory
         stop = start + step
@@ -141,3 +134,65 @@ def pool_user_state(
         mix = np.where(total > 0, np.float32(profile_weight), np.float32(1.0))[:, None]
         pooled = (1 - mix) * pooled + mix * profile.astype(np.float32, copy=False)
     return pooled.astype(np.float32, copy=False)
+
+
+def pooling_weights(
+    histories: np.ndarray, method: str = "mean", decay: float = 0.8, k: int = 5
+) -> np.ndarray:
+    """``float32[B, H]`` weight of each history slot in the pooled state (rows sum to 1 or 0).
+
+    The one definition of the pooling methods: :func:`pool_user_state` applies these weights,
+    and ``ids`` observations carry them so that policies pool exactly as the environment does.
+    """
+    valid = np.asarray(histories) >= 0
+    if method == "mean":
+        weights = valid.astype(np.float32)
+    else:
+        age = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1] - 1  # 0 = most recent non-padded item
+        if method == "decay":
+            weights = np.where(valid, float(decay) ** np.maximum(age, 0), 0.0)
+        else:
+            weights = (valid & (age < k)).astype(np.float64)
+    total = weights.sum(axis=1, keepdims=True)
+    return (weights / np.where(total > 0, total, 1)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class UserPooling:
+    """How a user's state is pooled: the settings every consumer of the state shares.
+
+    The replay engine pools with them, ``ids`` observations carry the resulting weights, and a
+    click model that reads the user state (``neural``) is fitted with them, so the agent, the
+    baselines and the reward model all see one user state.
+
+    Args:
+        history_len: most recent history items kept.
+        method, decay, last_k: see :func:`pool_user_state`.
+        profile_weight: weight of the profile embedding, in ``[0, 1]``.
+    """
+
+    history_len: int = 20
+    method: str = "mean"
+    decay: float = 0.8
+    last_k: int = 5
+    profile_weight: float = 0.0
+
+    def weights(self, histories: np.ndarray) -> np.ndarray:
+        """``float32[B, H]`` slot weights (see :func:`pooling_weights`)."""
+        return pooling_weights(histories, self.method, self.decay, self.last_k)
+
+    def pool(
+        self, items: np.ndarray, histories: np.ndarray, profiles: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``float32[B, d]`` states of right-aligned ``histories`` (``profiles``: ``[B, d]``)."""
+        return pool_user_state(
+            items, histories, method=self.method, decay=self.decay, k=self.last_k,
+            profile=profiles if self.profile_weight > 0 else None,
+            profile_weight=self.profile_weight,
+        )  # fmt: skip
+
+    def pre_log_states(
+        self, items: np.ndarray, offsets: np.ndarray, history: np.ndarray, profiles: np.ndarray
+    ) -> np.ndarray:
+        """``float32[U, d]`` every user's state before the log (CSR histories, profiles)."""
+        return self.pool(items, pad_histories(offsets, history, self.history_len), profiles)

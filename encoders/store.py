@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from encoders.base import TextEncoder
+from envs.logs.atomic import atomic_file
 
 STORE_DTYPES = ("float32", "float16")
 KEY_BYTES = 16
@@ -176,11 +177,5 @@ class EmbeddingStore:
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary sibling and rename, so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)

@@ -1,1 +1,1 @@
-"""Entry points (thin Hydra / argparse mains): prepare, bench, and later train, compare, export."""
+"""Entry points (thin Hydra / argparse mains): prepare, train, compare, bench."""

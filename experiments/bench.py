@@ -201,7 +201,7 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from envs.click_models.simple import TruthClickModel
-    from envs.replay_data import ReplayConfig
+    from envs.replay import ReplayConfig
     from envs.session_replay import SessionReplayEnv, synthetic_world
     from envs.vector import BatchedReplayEnv
 
@@ -261,11 +261,11 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
 
 def bench_train(timesteps: int) -> dict[str, Any]:
     """Training throughput of PPO and DQN, and the share of time spent in the env."""
-    import yaml
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from agents.training import build_agent
     from envs.click_models.simple import TruthClickModel
-    from envs.replay_data import ReplayConfig
+    from envs.replay import ReplayConfig
     from envs.session_replay import synthetic_world
     from envs.vector import BatchedReplayEnv
 
@@ -274,10 +274,10 @@ def bench_train(timesteps: int) -> dict[str, Any]:
     conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
     results: dict[str, Any] = {"timesteps": timesteps, "torch_threads": torch_threads()}
     for name in ("ppo", "dqn"):
-        agent_cfg = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        agent = instantiate(OmegaConf.load(conf / f"{name}.yaml"))
         venv = BatchedReplayEnv(
             train, encoded, TruthClickModel(truth=truth), ReplayConfig(obs_mode="ids"),
-            num_envs=agent_cfg["num_envs"], device="cpu", request_infos=False,
+            num_envs=agent.num_envs, device="cpu", request_infos=False,
         )  # fmt: skip
         in_env = [0.0]
         for method in ("reset", "step_async", "step_wait"):
@@ -294,12 +294,12 @@ def bench_train(timesteps: int) -> dict[str, Any]:
 
             setattr(venv, method, timed)
         venv.seed(0)
-        model = build_agent(name, venv, 0, "cpu", agent_cfg["hyperparams"], agent_cfg["scorer"])
+        model = agent.build(venv, 0, "cpu")
         start = time.perf_counter()
         model.learn(timesteps)
         wall = time.perf_counter() - start
         results[name] = {
-            "num_envs": agent_cfg["num_envs"],
+            "num_envs": agent.num_envs,
             "timesteps": model.num_timesteps,
             "seconds": round(wall, 2),
             "timesteps_per_s": round(model.num_timesteps / wall),

@@ -78,7 +78,7 @@ def test_bert_needs_a_path_and_bad_values_name_the_key() -> None:
 
 
 def test_env_config_instantiates() -> None:
-    from envs.replay_data import ReplayConfig
+    from envs.replay import ReplayConfig
 
     config = instantiate(make("env.slate_size=5").env)
     assert isinstance(config, ReplayConfig) and config.slate_size == 5
@@ -89,14 +89,26 @@ def test_env_config_instantiates() -> None:
 @pytest.mark.parametrize(
     "agent", ["ppo", "a2c", "dqn", "random", "logged", "popularity", "cosine", "oracle"]
 )
-def test_every_agent_config_composes(agent: str) -> None:
-    from agents.baselines import BASELINES
-    from agents.training import SB3_AGENTS
+def test_every_agent_config_instantiates(agent: str) -> None:
+    from agents.baselines import ScoringPolicy
+    from agents.training import SB3Agent
 
-    cfg = make(f"agent={agent}")
-    assert cfg.agent.name == agent
-    if agent in SB3_AGENTS:
-        assert cfg.agent.num_envs >= 1 and {"variant", "hidden"} <= set(cfg.agent.scorer)
-        assert "learning_rate" in cfg.agent.hyperparams
+    cfg = make(f"agent={agent}", "seed=5")
+    assert "_target_" in cfg.agent
+    built = instantiate(cfg.agent)
+    assert built.name == agent
+    if agent in ("ppo", "a2c", "dqn"):
+        assert isinstance(built, SB3Agent) and built.algorithm == agent
+        assert built.num_envs >= 1 and {"variant", "hidden"} <= set(built.scorer)
+        assert "learning_rate" in built.hyperparams and isinstance(built.hyperparams, dict)
     else:
-        assert agent in BASELINES
+        assert isinstance(built, ScoringPolicy)
+    if agent == "random":
+        assert built.seed == 5  # the run's seed
+
+
+def test_bad_agent_settings_name_the_key() -> None:
+    with pytest.raises(InstantiationException, match=r"agent\.algorithm='sac'; allowed: ppo, a2c"):
+        instantiate(make("agent.algorithm=sac").agent)
+    with pytest.raises(InstantiationException, match=r"agent\.num_envs=0; allowed"):
+        instantiate(make("agent.num_envs=0").agent)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,18 @@ def test_tiny_training_run_writes_everything(tmp_path: Path, agent: str) -> None
     assert any(t.startswith("train/") for t in found)
 
 
+@pytest.mark.parametrize("reward", ["truth", "logged", "pbm", "dcm", "cascade", "neural"])
+def test_every_reward_model_trains_with_periodic_evaluation(tmp_path: Path, reward: str) -> None:
+    """One fitted model serves the training env and the evaluation env at once."""
+    done = train(tmp_path, "agent=ppo", f"reward={reward}", "total_timesteps=384",
+                 "eval.freq=128", "checkpoint_freq=100000", *SMALL["ppo"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["reward_model"] == reward and metrics["total_timesteps"] >= 384
+    assert metrics["true_expected_clicks"] > 0 and np.isfinite(metrics["expected_clicks"])
+    assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= tags(tmp_path / "run")
+
+
 @pytest.mark.parametrize("agent", ["random", "logged", "popularity", "cosine", "oracle"])
 def test_baselines_write_the_same_outputs(tmp_path: Path, agent: str) -> None:
     done = train(tmp_path, f"agent={agent}")
@@ -95,7 +108,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("agent.name=sac", "error: agent.name='sac'; allowed: ppo, a2c, dqn, random, logged"),
+        ("agent.algorithm=sac", "error: agent.algorithm='sac'; allowed: ppo, a2c, dqn"),
         ("total_timesteps=-5", "error: total_timesteps=-5; allowed: >= 0"),
     ],
 )

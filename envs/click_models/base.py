@@ -2,9 +2,9 @@
 
 Every click model in rankgym is *attractiveness x position structure*:
 
-* ``attractiveness(requests, items)``: probability that the user clicks a candidate once they
-  examine it. It depends on the request (query, user) and the item, never on the ranking, so the
-  environments compute it once per request.
+* ``attractiveness(context, requests, items, user_state)``: probability that the user clicks a
+  candidate once they examine it. It depends on the request (query, user) and the item, never on
+  the ranking, so the environments compute it once per request.
 * ``structure``: how examination depends on the ranking.
 
   - ``pbm``: position ``k`` is examined with probability ``examination[k]``, independently;
@@ -15,20 +15,26 @@ Every click model in rankgym is *attractiveness x position structure*:
 
 :meth:`ClickModel.click_probs` turns both into per-position click probabilities of any ranking;
 :func:`slot_click_prob` does the same one slot at a time for the ``slot`` action mode.
+
+A fitted model holds no state about the log it is applied to: whoever replays or evaluates a log
+asks the model once for that log's :class:`LogContext` (:meth:`ClickModel.context`, which also
+refuses a log of another dataset) and passes it to every call. One model object can therefore
+serve a training env, an evaluation env and a fidelity report at the same time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from encoders.pooling import UserPooling
 from envs.logs import SessionLog
 
-STRUCTURES = ("pbm", "cascade", "dcm", "independent")
 MAX_POSITIONS = 64
 
 
@@ -39,6 +45,19 @@ def log_fingerprint(log: SessionLog) -> str:
         h.update(str(len(table)).encode())
         h.update("\x1f".join(map(str, table)).encode())
     return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True, eq=False)
+class LogContext:
+    """What a click model reads about the log it is applied to, computed once per log.
+
+    Attributes:
+        log: the log whose request codes the calls take.
+        arrays: per-log arrays a model precomputes (truth rows, pre-log user states...).
+    """
+
+    log: SessionLog
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ClickModel:
@@ -53,6 +72,10 @@ class ClickModel:
         continuation: ``float64[MAX_POSITIONS]`` DCM probability of going on after a click.
         needs_user_state: ``True`` when attractiveness depends on the user's current state
             (the environment then passes the pooled state on every request).
+        pooling: the :class:`~encoders.pooling.UserPooling` the model was fitted with, for
+            models that read the user state (the environment must pool the same way).
+        encoder_fingerprint: the text encoder of the embeddings it was fitted on (``None``:
+            it reads no embeddings).
         dataset: :func:`log_fingerprint` of the data it was fitted on (``None``: any log).
     """
 
@@ -64,7 +87,8 @@ class ClickModel:
         self.examination = np.ones(MAX_POSITIONS)
         self.continuation = np.zeros(MAX_POSITIONS)
         self.dataset: str | None = None
-        self._bound: SessionLog | None = None
+        self.pooling: UserPooling | None = None
+        self.encoder_fingerprint: str | None = None
 
     # ------------------------------------------------------------------ to implement
     def fit(self, train: SessionLog, **context: Any) -> ClickModel:
@@ -72,20 +96,25 @@ class ClickModel:
         return self
 
     def attractiveness(
-        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """``float64[B, K]`` click probability given examination.
 
         Args:
-            requests: ``int64[B]`` request codes of the bound log (see :meth:`bind`).
+            context: :meth:`context` of the log whose request codes ``requests`` are.
+            requests: ``int64[B]`` request codes.
             items: ``int64[B, K]`` item codes, ``-1`` for empty slots (probability 0).
             user_state: ``float32[B, d]`` pooled user states, for models that need them.
         """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared behaviour
-    def bind(self, log: SessionLog) -> ClickModel:
-        """Use ``log``'s request codes from now on (the env calls this with the log it replays).
+    def context(self, log: SessionLog) -> LogContext:
+        """The per-log inputs of this model for ``log`` (subclasses add their arrays).
 
         Raises:
             ValueError: when the model was fitted on another dataset.
@@ -96,18 +125,34 @@ class ClickModel:
                 f"reward model {self.name!r} was fitted on dataset {self.dataset} but the log is "
                 f"dataset {fingerprint}: refit it on this dataset's training sessions"
             )
-        self._bound = log
-        return self
+        return LogContext(log)
 
-    @property
-    def bound(self) -> SessionLog:
-        """The log whose request codes :meth:`attractiveness` takes."""
-        if self._bound is None:
-            raise RuntimeError(f"reward model {self.name!r} is not bound to a log; call bind()")
-        return self._bound
+    def check_replay(self, encoder_fingerprint: str, pooling: UserPooling) -> None:
+        """Refuse to serve user states made another way than those the model was fitted on.
+
+        Raises:
+            ValueError: naming both encoders, or both poolings, and what to change.
+        """
+        if not self.needs_user_state:
+            return
+        if self.encoder_fingerprint not in (None, encoder_fingerprint):
+            raise ValueError(
+                f"reward model {self.name!r} was fitted on embeddings of encoder "
+                f"{self.encoder_fingerprint} but the env's are of encoder {encoder_fingerprint}: "
+                "refit it with this encoder"
+            )
+        if self.pooling is not None and self.pooling != pooling:
+            raise ValueError(
+                f"reward model {self.name!r} was fitted on user states pooled as {self.pooling} "
+                f"but the env pools them as {pooling}: refit it with the env's pooling"
+            )
 
     def click_probs(
-        self, requests: np.ndarray, rankings: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        rankings: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """``float64[B, L]`` click probability at each position of each ranking.
 
@@ -115,7 +160,7 @@ class ClickModel:
         clicked; they do not stop a cascade).
         """
         rankings = np.atleast_2d(rankings)
-        attr = self.attractiveness(np.asarray(requests), rankings, user_state)
+        attr = self.attractiveness(context, np.asarray(requests), rankings, user_state)
         return positional_click_probs(attr, rankings >= 0, self)
 
     def log_likelihood(self, log: SessionLog, user_state: np.ndarray | None = None) -> float:
@@ -125,9 +170,10 @@ class ClickModel:
         above it (the sequential likelihood); for ``pbm`` / ``independent`` positions are
         independent.
         """
-        self.bind(log)
         rankings, clicks = logged_rankings(log)
-        attr = self.attractiveness(np.arange(log.n_requests), rankings, user_state)
+        attr = self.attractiveness(
+            self.context(log), np.arange(log.n_requests), rankings, user_state
+        )
         attr = np.clip(attr, 1e-6, 1 - 1e-6)
         valid = rankings >= 0
         width = rankings.shape[1]
@@ -170,6 +216,7 @@ class ClickModel:
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "structure": self.structure,
             "dataset": self.dataset,
+            "pooling": None if self.pooling is None else asdict(self.pooling),
             "config": self.config(),
         }
         np.savez(out / "arrays.npz", **self.state())
@@ -191,6 +238,8 @@ class ClickModel:
         model = klass(**meta["config"])
         model.structure = meta["structure"]
         model.dataset = meta["dataset"]
+        pooling = meta.get("pooling")
+        model.pooling = None if pooling is None else UserPooling(**pooling)
         with np.load(src / "arrays.npz", allow_pickle=False) as arrays:
             model.load_state({k: arrays[k] for k in arrays.files})
         return model

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.click_models.base import MAX_POSITIONS, ClickModel, log_fingerprint
+from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
 from envs.logs import SessionLog
 
 
@@ -150,11 +150,15 @@ class _PairClickModel(ClickModel):
         self.train_log_likelihood = self.log_likelihood(train)
 
     def attractiveness(
-        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """Smoothed attractiveness of ``(query of request, item)``; see the module docstring."""
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))
-        query = self.bound.request_query[np.asarray(requests, dtype=np.int64)]
+        query = context.log.request_query[np.asarray(requests, dtype=np.int64)]
         return self.table.lookup(query[:, None], items)
 
     def state(self) -> dict[str, np.ndarray]:

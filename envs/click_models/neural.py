@@ -5,12 +5,11 @@
 (:class:`encoders.encoded_log.EncodedLog`). Unlike the pair-counting models it generalises to
 (query, item) pairs never logged, and it reacts to the user's state.
 
-User state: the mean of the embeddings of the user's last ``history_length`` pre-log history
-items (:func:`encoders.pooling.pool_user_state`, ``method="mean"``), mixed with the user's
-profile embedding with weight ``profile_weight`` (a user without history gets the profile
-alone). Training uses this pre-log state for every logged request; the environment passes the
-current pooled state (its own pooling, same embedding space) as ``user_state``; without it the
-pre-log state of the bound log's request user is used.
+User state: the user's history pooled with a :class:`~encoders.pooling.UserPooling` given to
+:meth:`NeuralClickModel.fit` (the run setup passes the environment's, so the model is fitted on
+the states it is served). Training uses the pre-log state for every logged request; the
+environment passes the current pooled state as ``user_state``; without it the pre-log state of
+the request's user (from the log's :class:`~envs.click_models.base.LogContext`) is used.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ import torch
 from torch import nn
 
 from encoders.encoded_log import EncodedLog
-from encoders.pooling import pad_histories, pool_user_state
-from envs.click_models.base import MAX_POSITIONS, ClickModel, log_fingerprint
+from encoders.pooling import UserPooling
+from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
 from envs.click_models.fitted import _check_positive
 from envs.logs import SessionLog
 
@@ -64,8 +63,6 @@ class NeuralClickModel(ClickModel):
         lr: Adam learning rate of the MLP, > 0 (10x for the examination logits).
         batch_size: impressions per minibatch, >= 1.
         weight_decay: Adam weight decay, >= 0.
-        history_length: pre-log history items pooled into the user state, >= 1.
-        profile_weight: weight of the profile embedding in the user state, in [0, 1].
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -81,33 +78,26 @@ class NeuralClickModel(ClickModel):
         lr: float = 2e-3,
         batch_size: int = 512,
         weight_decay: float = 0.0,
-        history_length: int = 20,
-        profile_weight: float = 0.5,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
         super().__init__()
         for arg, value in (("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size)):
             _check_positive(arg, value, integer=True)
-        _check_positive("history_length", history_length, integer=True)
         _check_positive("lr", lr)
         _check_positive("weight_decay", weight_decay, allow_zero=True)
-        if isinstance(profile_weight, bool) or not 0 <= profile_weight <= 1:
-            raise ValueError(f"profile_weight={profile_weight!r}: expected a number in [0, 1]")
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
             raise ValueError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
         self.hidden, self.epochs, self.lr = int(hidden), int(epochs), float(lr)
         self.batch_size, self.weight_decay = int(batch_size), float(weight_decay)
-        self.history_length, self.profile_weight = int(history_length), float(profile_weight)
         self.seed, self.device = int(seed), device
         self.items = np.zeros((0, 0), dtype=np.float32)
         self.queries = np.zeros((0, 0), dtype=np.float32)
         self.user_profiles = np.zeros((0, 0), dtype=np.float32)
         self.encoder_fingerprint: str | None = None
         self.module: _Scorer | None = None
-        self._user_states = np.zeros((0, 0), dtype=np.float32)
         self.train_log_likelihood: float | None = None
         self.validation_log_likelihood: float | None = None
 
@@ -119,14 +109,9 @@ class NeuralClickModel(ClickModel):
 
     def _pre_log_states(self, log: SessionLog) -> np.ndarray:
         """``float32[U, d]`` pooled pre-log user states of ``log``'s users."""
-        histories = pad_histories(
-            log.user_history_offsets, log.user_history_items, self.history_length
-        )
-        return pool_user_state(
-            self.items,
-            histories,
-            profile=self.user_profiles,
-            profile_weight=self.profile_weight,
+        assert self.pooling is not None
+        return self.pooling.pre_log_states(
+            self.items, log.user_history_offsets, log.user_history_items, self.user_profiles
         )
 
     def _check_tables(self, log: SessionLog) -> None:
@@ -144,9 +129,13 @@ class NeuralClickModel(ClickModel):
         train: SessionLog,
         encoded: EncodedLog | None = None,
         validation: SessionLog | None = None,
+        pooling: UserPooling | None = None,
         **context: Any,
     ) -> NeuralClickModel:
         """Fit on ``train``'s impressions with the text embeddings ``encoded``; returns self.
+
+        ``pooling`` is how user states are pooled (default :class:`UserPooling`); environments
+        replaying with this model must pool the same way.
 
         Raises:
             ValueError: without ``encoded``, or when its tables do not fit ``train``.
@@ -165,6 +154,7 @@ class NeuralClickModel(ClickModel):
         self.user_profiles = np.ascontiguousarray(encoded.user_profiles, dtype=np.float32)
         self.encoder_fingerprint = encoded.fingerprint
         self.dataset = log_fingerprint(train)
+        self.pooling = pooling or UserPooling()
         states = self._pre_log_states(train)
 
         device = self._torch_device()
@@ -216,40 +206,37 @@ class NeuralClickModel(ClickModel):
         self.train_log_likelihood = self.log_likelihood(train)
         if validation is not None:
             self.validation_log_likelihood = self.log_likelihood(validation)
-        self.bind(train)
         return self
 
     # ------------------------------------------------------------------ inference
-    def bind(self, log: SessionLog, encoded: EncodedLog | None = None) -> ClickModel:
-        """Bind ``log`` (see :meth:`ClickModel.bind`); also pools its users' pre-log states.
+    def context(self, log: SessionLog) -> LogContext:
+        """Check ``log`` against the fitted tables; pool its users' pre-log states.
 
         Raises:
-            ValueError: for a log of another dataset, or ``encoded`` tables of another encoder.
+            ValueError: for a log of another dataset.
         """
-        if encoded is not None and encoded.fingerprint != self.encoder_fingerprint:
-            raise ValueError(
-                f"reward model 'neural' was fitted on embeddings of encoder "
-                f"{self.encoder_fingerprint} but got embeddings of encoder {encoded.fingerprint}: "
-                "refit it with this encoder"
-            )
-        super().bind(log)
         if self.module is None:
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
+        context = super().context(log)
         self._check_tables(log)
-        self._user_states = self._pre_log_states(log)
-        return self
+        context.arrays["user_states"] = self._pre_log_states(log)
+        return context
 
     def attractiveness(
-        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """``sigmoid(MLP(...))`` per candidate; 0 where ``items < 0``."""
         if self.module is None:
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
-        log = self.bound
+        log = context.log
         requests = np.asarray(requests, dtype=np.int64)
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))
         if user_state is None:
-            user_state = self._user_states[log.request_user[requests]]
+            user_state = context.arrays["user_states"][log.request_user[requests]]
         user_state = np.asarray(user_state, dtype=np.float32)
         if user_state.shape != (len(requests), self.items.shape[1]):
             raise ValueError(
@@ -311,8 +298,6 @@ class NeuralClickModel(ClickModel):
             "lr": self.lr,
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
-            "history_length": self.history_length,
-            "profile_weight": self.profile_weight,
             "seed": self.seed,
             "device": self.device,
         }

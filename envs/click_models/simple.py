@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.click_models.base import MAX_POSITIONS, ClickModel
+from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext
 from envs.logs import SessionLog
 from envs.logs.errors import LogValidationError
 from envs.logs.ground_truth import TRUTH_DIR, GroundTruth
@@ -26,10 +26,14 @@ class LoggedClickModel(ClickModel):
     structure = "independent"
 
     def attractiveness(
-        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """The logged click (0/1) of each item in the request; 0 for items not shown there."""
-        log = self.bound
+        log = context.log
         requests = np.asarray(requests, dtype=np.int64)
         items = np.atleast_2d(items)
         out = np.zeros(items.shape, dtype=np.float64)
@@ -65,14 +69,13 @@ class TruthClickModel(ClickModel):
         exam = np.ones(MAX_POSITIONS)
         exam[: min(MAX_POSITIONS, len(truth.examination))] = truth.examination[:MAX_POSITIONS]
         self.examination = exam
-        self._rows = np.zeros(0, dtype=np.int64)
 
-    def bind(self, log: SessionLog) -> ClickModel:
+    def context(self, log: SessionLog) -> LogContext:
         """Map the log's requests to truth rows; refuses a log from another world."""
         self.truth.check_log(log.item_ids, log.user_ids)
-        super().bind(log)
-        self._rows = self.truth.request_rows(log.request_ids)
-        users = self.truth.request_user[self._rows]
+        context = super().context(log)
+        rows = self.truth.request_rows(log.request_ids)
+        users = self.truth.request_user[rows]
         if not np.array_equal(users, log.request_user):
             r = int(np.argmax(users != log.request_user))
             raise LogValidationError(
@@ -81,14 +84,19 @@ class TruthClickModel(ClickModel):
                 f"but to user {users[r]} in the ground truth: the log and truth come from "
                 "different worlds",
             )
-        return self
+        context.arrays["rows"] = rows
+        return context
 
     def attractiveness(
-        self, requests: np.ndarray, items: np.ndarray, user_state: np.ndarray | None = None
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        user_state: np.ndarray | None = None,
     ) -> np.ndarray:
         """True click probability given examination."""
         items = np.atleast_2d(items)
-        rows = self._rows[np.asarray(requests, dtype=np.int64)]
+        rows = context.arrays["rows"][np.asarray(requests, dtype=np.int64)]
         valid = items >= 0
         attr = self.truth.attractiveness(rows[:, None], np.where(valid, items, 0))
         return np.where(valid, attr, 0.0)

@@ -1,4 +1,4 @@
-"""Atomic directory writes: a reader sees either the old directory or the complete new one."""
+"""Atomic writes: a reader sees either the old file or directory or the complete new one."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path that replaces ``path`` only if the block succeeds.
+
+    Write the file at the yielded path; it is renamed over ``path`` when the block returns and
+    removed when it raises, so ``path`` is never seen half-written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

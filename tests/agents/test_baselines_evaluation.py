@@ -10,29 +10,33 @@ lead by > 0.25 and > 0.2 (over 15 bootstrap-CI widths' worth of paired noise).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from agents.baselines import (
-    BASELINES,
     CosinePolicy,
     LoggedPolicy,
     OraclePolicy,
     PopularityPolicy,
     RandomPolicy,
     SB3Policy,
-    make_baseline,
     masked_argmax,
 )
-from agents.evaluation import EvaluationResult, evaluate, expected_reciprocal_rank
+from agents.evaluation import EvaluationResult, evaluate
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
 from envs.click_models.base import ClickModel
 from envs.click_models.simple import TruthClickModel
-from envs.replay_data import ReplayConfig
+from envs.metrics import expected_reciprocal_rank
+from envs.replay import ReplayConfig
 from envs.vector import BatchedReplayEnv
 
 CONFIG = ReplayConfig(obs_mode="ids")
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +60,19 @@ def run(world, policy, **kwargs) -> EvaluationResult:
                     **kwargs)  # fmt: skip
 
 
+BASELINES = ("random", "logged", "popularity", "cosine", "oracle")
+
+
+def baseline(name: str, world, *overrides: str):
+    """The baseline ``conf/agent/<name>.yaml`` describes, fitted on the training sessions."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"agent={name}", *overrides])
+    return instantiate(cfg.agent).fit(world[0], world[2])
+
+
 @pytest.fixture(scope="module")
-def results(world, tables) -> dict[str, EvaluationResult]:
-    return {name: run(world, make_baseline(name, world[0], tables)) for name in BASELINES}
+def results(world) -> dict[str, EvaluationResult]:
+    return {name: run(world, baseline(name, world)) for name in BASELINES}
 
 
 # ---------------------------------------------------------------------- coverage and validity
@@ -130,8 +144,33 @@ def test_same_seed_gives_identical_results(world, tables) -> None:
         a = run(world, policy, seed=7, max_sessions=60).to_dict()
         b = run(world, policy, seed=7, max_sessions=60).to_dict()
         assert a == b
-    c = run(world, RandomPolicy(seed=3), seed=8, max_sessions=60).to_dict()
-    assert c != a
+    random_a = run(world, RandomPolicy(seed=3), seed=7, max_sessions=60).to_dict()
+    # another evaluation seed draws another subset of sessions
+    random_c = run(world, RandomPolicy(seed=3), seed=8, max_sessions=60).to_dict()
+    assert random_c["expected_clicks"] != random_a["expected_clicks"]
+    # another policy seed ranks the same sessions differently
+    random_d = run(world, RandomPolicy(seed=4), seed=7, max_sessions=60).to_dict()
+    assert random_d["expected_clicks"] != random_a["expected_clicks"]
+
+
+USER_STATE_OPTIONS = [
+    {"pooling": "last_k", "last_k": 2},
+    {"pooling": "decay", "decay": 0.3},
+    {"history_len": 3},
+]
+
+
+@pytest.mark.parametrize("options", USER_STATE_OPTIONS)
+def test_cosine_follows_the_env_user_state_settings(world, tables, options) -> None:
+    """Every user-state option changes what cosine ranks by (it reads the env's pooling)."""
+    _, test, encoded, truth = world
+
+    def value(config: ReplayConfig) -> float:
+        r = evaluate(CosinePolicy(tables), test, encoded, TruthClickModel(truth=truth), config,
+                     bootstrap=0)  # fmt: skip
+        return r.metrics["expected_clicks"]
+
+    assert value(ReplayConfig(obs_mode="ids", **options)) != value(CONFIG)
 
 
 def test_to_dict_is_flat(results) -> None:
@@ -152,6 +191,20 @@ def test_mrr_by_hand() -> None:
     np.testing.assert_allclose(expected_reciprocal_rank(p, "cascade"), [0.6, 0.2 + 0.5 / 3])
 
 
+def test_dcm_mrr_reads_the_first_click_not_independent_positions() -> None:
+    """DCM with continuation 0 is the cascade: the same first-click probabilities and MRR."""
+    attr = np.array([[0.5, 0.4, 0.3]])
+    cascade = attr * np.array([[1.0, 0.5, 0.3]])  # a_i prod_{j<i} (1 - a_j)
+    want = 0.5 + 0.2 / 2 + 0.09 / 3
+    np.testing.assert_allclose(expected_reciprocal_rank(cascade, "cascade"), [want])
+    np.testing.assert_allclose(expected_reciprocal_rank(cascade, "dcm", attr), [want])
+    # with continuation 1 a DCM user clicks each item independently of those above (p = a),
+    # but the first click is still a_i prod_{j<i} (1 - a_j)
+    np.testing.assert_allclose(expected_reciprocal_rank(attr, "dcm", attr), [want])
+    with pytest.raises(ValueError, match="dcm need the attractiveness"):
+        expected_reciprocal_rank(attr, "dcm")
+
+
 class _FixedModel(ClickModel):
     """Attractiveness 0.5 for every candidate, examination 1 then 0.5: easy to compute."""
 
@@ -161,7 +214,7 @@ class _FixedModel(ClickModel):
         super().__init__()
         self.examination[1:] = 0.5
 
-    def attractiveness(self, requests, items, user_state=None):
+    def attractiveness(self, context, requests, items, user_state=None):
         return np.where(np.asarray(items) >= 0, 0.5, 0.0)
 
 
@@ -184,7 +237,7 @@ def test_policy_scores(world, tables) -> None:
     obs = env.reset()
     assert np.array_equal(LoggedPolicy().act(obs, env), np.zeros(8))
     np.testing.assert_array_equal(OraclePolicy().scores(obs, env), env.current_attractiveness())
-    pop = PopularityPolicy(train, prior=10.0)
+    pop = PopularityPolicy(prior=10.0).fit(train)
     unseen = np.setdiff1d(np.arange(train.n_items), train.item)
     if len(unseen):
         assert pop.ctr[unseen[0]] == pytest.approx(pop.global_ctr)
@@ -204,10 +257,12 @@ def test_policy_scores(world, tables) -> None:
         assert np.all(obs["mask"][np.arange(8), a] == 1)
 
 
-def test_make_baseline_rejects_unknown_names(world, tables) -> None:
-    with pytest.raises(ValueError, match="allowed: random, logged, popularity, cosine, oracle"):
-        make_baseline("greedy", world[0], tables)
-    assert isinstance(make_baseline("random", world[0], tables, seed=4), RandomPolicy)
+def test_baseline_configs_carry_their_settings(world) -> None:
+    assert baseline("random", world, "seed=4").seed == 4
+    assert baseline("popularity", world, "agent.prior=0.0").prior == 0.0
+    assert baseline("cosine", world, "agent.name=cos2").name == "cos2"
+    with pytest.raises(Exception, match=r"agent\.prior=-1\.0; allowed: >= 0"):
+        baseline("popularity", world, "agent.prior=-1.0")
 
 
 def test_sb3_policy_evaluates_an_untrained_ppo(world) -> None:

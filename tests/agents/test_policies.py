@@ -17,7 +17,7 @@ from agents.training import build_agent, load_agent, save_checkpoint
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
 from envs.click_models.simple import TruthClickModel
-from envs.replay_data import ReplayConfig
+from envs.replay import ReplayConfig
 from envs.vector import BatchedReplayEnv
 
 SMALL_PPO = {"n_steps": 16, "batch_size": 64, "n_epochs": 2, "learning_rate": 1e-3}
@@ -144,7 +144,7 @@ def test_same_seed_same_training(world, name: str) -> None:
 
 
 def test_unknown_agent_and_hyperparameter_are_named(world) -> None:
-    with pytest.raises(ValueError, match="agent.name='sac' is not trainable; allowed: ppo, a2c"):
+    with pytest.raises(ValueError, match="agent.algorithm='sac'; allowed: ppo, a2c"):
         build_agent("sac", venv(world), seed=0)
     with pytest.raises(ValueError, match="agent.hyperparams for ppo: .*n_stepz"):
         build_agent("ppo", venv(world), seed=0, hyperparams={"n_stepz": 3})

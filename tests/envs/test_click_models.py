@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from encoders.encoded_log import EncodedLog, encode_log
 from encoders.hashing import HashingEncoder
+from encoders.pooling import UserPooling
 from envs.click_models.base import ClickModel, log_fingerprint, logged_rankings
 from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
 from envs.click_models.neural import NeuralClickModel
@@ -49,6 +50,10 @@ def fitted(world, encoded) -> dict[str, ClickModel]:
     return models
 
 
+def attractiveness(model: ClickModel, log: SessionLog, requests, rankings) -> np.ndarray:
+    return model.attractiveness(model.context(log), requests, rankings)
+
+
 def constant_ctr_ll(train: SessionLog, test: SessionLog) -> float:
     ctr = float(train.click.mean())
     return float(np.mean(test.click * np.log(ctr) + (1 - test.click) * np.log(1 - ctr)))
@@ -83,9 +88,8 @@ def test_pbm_attractiveness_correlates_with_truth_on_held_out_requests(world, fi
     rankings, _ = logged_rankings(test)
     requests = np.arange(test.n_requests)
     valid = rankings >= 0
-    true_attr = TruthClickModel(truth=truth).bind(test).attractiveness(requests, rankings)
-    fitted["pbm"].bind(test)
-    got = fitted["pbm"].attractiveness(requests, rankings)
+    true_attr = attractiveness(TruthClickModel(truth=truth), test, requests, rankings)
+    got = attractiveness(fitted["pbm"], test, requests, rankings)
     pearson = np.corrcoef(got[valid], true_attr[valid])[0, 1]
     # Measured Pearson 0.187 (seed 0) and 0.191 (seed 1): only ~27% of held-out impressions
     # are (query, item) pairs seen in training (the rest fall back to item means), and the truth
@@ -93,8 +97,7 @@ def test_pbm_attractiveness_correlates_with_truth_on_held_out_requests(world, fi
     # cannot see. With ~19k held-out impressions the standard error of r is ~0.007, so 0.12 is
     # far below the measurement and far above the ~0 of an uninformed model.
     assert pearson > 0.12, pearson
-    fitted["neural"].bind(test)
-    neural = fitted["neural"].attractiveness(requests, rankings)
+    neural = attractiveness(fitted["neural"], test, requests, rankings)
     # measured 0.71 / 0.70: text embeddings generalise to unseen pairs
     assert np.corrcoef(neural[valid], true_attr[valid])[0, 1] > 0.5
 
@@ -148,25 +151,25 @@ def test_save_load_round_trip(name: str, world, fitted, tmp_path: Path) -> None:
     requests = np.arange(min(500, test.n_requests))
     rankings = rankings[requests]
     rankings[:, -1] = 7  # an item at a position it may never have been logged at
-    expected = model.bind(test).click_probs(requests, rankings)
-    np.testing.assert_array_equal(loaded.bind(test).click_probs(requests, rankings), expected)
-    assert loaded.config() == model.config()
+    expected = model.click_probs(model.context(test), requests, rankings)
+    got = loaded.click_probs(loaded.context(test), requests, rankings)
+    np.testing.assert_array_equal(got, expected)
+    assert loaded.config() == model.config() and loaded.pooling == model.pooling
 
 
 @pytest.mark.parametrize("name", ["pbm", "cascade", "dcm", "neural"])
-def test_bind_to_another_dataset_names_both_fingerprints(name, fitted, world, small_world):
+def test_another_dataset_is_refused_naming_both_fingerprints(name, fitted, world, small_world):
     other, _ = small_world
     model = fitted[name]
     with pytest.raises(ValueError) as err:
-        model.bind(other)
+        model.context(other)
     assert log_fingerprint(world[0]) in str(err.value)
     assert log_fingerprint(other) in str(err.value)
 
 
 def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None:
     train, _, _ = world
-    pbm = fitted["pbm"].bind(train)
-    table = pbm.table
+    table = fitted["pbm"].table
     item = int(train.item[0])
     unused_query = len(train.query_texts) + 5  # a code no pair has
     got = table.lookup(np.array([unused_query]), np.array([item, -1]))
@@ -185,7 +188,6 @@ def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None
         (NeuralClickModel, {"device": "tpu"}, ["device", "cpu", "cuda", "auto"]),
         (NeuralClickModel, {"hidden": 0}, ["hidden", "int > 0"]),
         (NeuralClickModel, {"lr": 0}, ["lr", "> 0"]),
-        (NeuralClickModel, {"profile_weight": 2.0}, ["profile_weight", "[0, 1]"]),
         (NeuralClickModel, {"epochs": 1.5}, ["epochs", "int"]),
     ],
 )
@@ -205,26 +207,30 @@ def test_neural_refuses_embeddings_of_another_dataset_or_encoder(small_world, wo
         NeuralClickModel(epochs=1).fit(world[0])
     train, _, _ = world
     other_encoder = encode_log(train, HashingEncoder(seed=1), progress=False)
+    model = fitted["neural"]
     with pytest.raises(ValueError) as err:
-        fitted["neural"].bind(train, encoded=other_encoder)
+        model.check_replay(other_encoder.fingerprint, model.pooling)
     assert other_encoder.fingerprint in str(err.value)
-    assert fitted["neural"].encoder_fingerprint in str(err.value)
+    assert model.encoder_fingerprint in str(err.value)
+    with pytest.raises(ValueError, match="pooled as .*method='mean'.* but the env pools.*decay"):
+        model.check_replay(model.encoder_fingerprint, UserPooling(method="decay"))
 
 
 def test_neural_uses_the_current_user_state(world, fitted) -> None:
     train, _, _ = world
-    model = fitted["neural"].bind(train)
+    model = fitted["neural"]
+    context = model.context(train)
     requests = np.arange(4)
     rankings, _ = logged_rankings(train)
     rankings = rankings[requests]
-    default = model.attractiveness(requests, rankings)
-    pre_log = model._user_states[train.request_user[requests]]
-    np.testing.assert_allclose(model.attractiveness(requests, rankings, pre_log), default)
-    shifted = model.attractiveness(requests, rankings, np.roll(pre_log, 1, axis=0))
+    default = model.attractiveness(context, requests, rankings)
+    pre_log = context.arrays["user_states"][train.request_user[requests]]
+    np.testing.assert_allclose(model.attractiveness(context, requests, rankings, pre_log), default)
+    shifted = model.attractiveness(context, requests, rankings, np.roll(pre_log, 1, axis=0))
     assert not np.allclose(shifted, default)
     assert np.all(default[rankings < 0] == 0.0)
     with pytest.raises(ValueError, match="user_state"):
-        model.attractiveness(requests, rankings, pre_log[:, :3])
+        model.attractiveness(context, requests, rankings, pre_log[:, :3])
 
 
 def test_neural_is_deterministic_given_the_seed(small_world) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import gymnasium as gym
@@ -14,10 +15,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
+from encoders.pooling import UserPooling
+from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
+from envs.click_models.neural import NeuralClickModel
 from envs.click_models.simple import LoggedClickModel, TruthClickModel
 from envs.logs import LogValidationError
 from envs.logs.synthetic import SyntheticWorld
-from envs.replay_data import ReplayConfig
+from envs.replay import ReplayConfig
 from envs.session_replay import SessionReplayEnv
 from envs.vector import BatchedReplayEnv
 from tests.conftest import SMALL_WORLD
@@ -27,6 +31,38 @@ from tests.conftest import SMALL_WORLD
 def world(small_world):
     log, truth = small_world
     return log, encode_log(log, HashingEncoder(dim=64), progress=False), truth
+
+
+REWARD_MODELS = ("truth", "logged", "pbm", "dcm", "cascade", "neural")
+
+
+class _Models(dict):
+    """Every reward model, fitted once on the small world; neural per user-state pooling."""
+
+    def __init__(self, log, encoded, truth) -> None:
+        super().__init__(
+            truth=TruthClickModel(truth=truth),
+            logged=LoggedClickModel(),
+            pbm=PBMClickModel().fit(log),
+            dcm=DCMClickModel().fit(log),
+            cascade=CascadeClickModel().fit(log),
+            neural=None,
+        )
+        self._fit = lambda pooling: NeuralClickModel(epochs=1, hidden=16).fit(
+            log, encoded=encoded, pooling=pooling
+        )
+        self._neural: dict = {}
+        self["neural"] = self.neural(UserPooling())
+
+    def neural(self, pooling: UserPooling) -> NeuralClickModel:
+        if pooling not in self._neural:
+            self._neural[pooling] = self._fit(pooling)
+        return self._neural[pooling]
+
+
+@pytest.fixture(scope="module")
+def models(world) -> _Models:
+    return _Models(*world)
 
 
 def make(world, model=None, **options) -> SessionReplayEnv:
@@ -96,7 +132,7 @@ def test_slot_mode_builds_slates_and_rewards_expected_clicks(world) -> None:
     env.reset(seed=1)
     model = env.data.model
     for _ in range(3):  # three requests
-        r = env._request
+        r = int(env.engine.req[0])
         cand = env.data.candidates[r]
         rewards, info, step = [], {}, 0
         while "slate" not in info:
@@ -107,7 +143,7 @@ def test_slot_mode_builds_slates_and_rewards_expected_clicks(world) -> None:
         assert len(slate) == min(4, int((cand >= 0).sum()))
         assert len(set(slate.tolist())) == len(slate)  # never the same item twice
         assert info["invalid_actions"] >= 1  # repeated actions fell back to a valid candidate
-        expected = model.click_probs(np.array([r]), slate[None])[0]
+        expected = model.click_probs(env.data.context, np.array([r]), slate[None])[0]
         np.testing.assert_allclose(rewards, expected)
         np.testing.assert_allclose(info["expected_clicks"], expected.sum())
         truth_rows = truth.request_rows(log.request_ids[[r]])
@@ -119,7 +155,7 @@ def test_slot_mode_builds_slates_and_rewards_expected_clicks(world) -> None:
 def test_mask_and_padding(world) -> None:
     env = make(world, max_candidates=8, slate_size=3)
     obs, _ = env.reset(seed=2)
-    cand = env.data.candidates[env._request]
+    cand = env.data.candidates[int(env.engine.req[0])]
     np.testing.assert_array_equal(obs["mask"], (cand >= 0).astype(np.float32))
     obs, *_ = env.step(int(np.argmax(obs["mask"])))
     assert obs["mask"][np.argmax(cand >= 0)] == 0  # placed: no longer selectable
@@ -152,12 +188,12 @@ def test_user_episodes_replay_all_of_a_users_requests(world) -> None:
     log = world[0]
     env = make(world, episode="user", action_mode="top1")
     _, info = env.reset(seed=0, options={"episode": 3})
-    user = log.request_user[env._request]
+    user = log.request_user[int(env.engine.req[0])]
     assert info["requests"] == int((log.request_user == user).sum())
     times = []
     terminated = False
     while not terminated:
-        times.append(log.request_timestamp[env._request])
+        times.append(log.request_timestamp[int(env.engine.req[0])])
         _, _, terminated, _, _ = env.step(0)
     assert len(times) == info["requests"] and times == sorted(times)
 
@@ -172,14 +208,17 @@ def test_user_episodes_replay_all_of_a_users_requests(world) -> None:
         {"action_mode": "top1", "episode": "user", "pooling": "decay", "profile_weight": 0.3},
     ],
 )
-@pytest.mark.parametrize("model_name", ["truth", "logged"])
-def test_batched_env_equals_single_envs(world, options: dict, model_name: str) -> None:
-    log, encoded, truth = world
-    build = (lambda: TruthClickModel(truth=truth)) if model_name == "truth" else LoggedClickModel
+@pytest.mark.parametrize("model_name", REWARD_MODELS)
+def test_batched_env_equals_single_envs(world, models, options: dict, model_name: str) -> None:
+    log, encoded, _ = world
     cfg = ReplayConfig(**options)
+    model = models[model_name]
+    if model.needs_user_state:  # fitted on the env's user states
+        model = models.neural(cfg.user_pooling)
     n = 5
-    single = DummyVecEnv([lambda: SessionReplayEnv(log, encoded, build(), cfg) for _ in range(n)])
-    batched = BatchedReplayEnv(log, encoded, build(), cfg, num_envs=n, device="cpu")
+    # one model object serves all six envs: click models hold no per-env state
+    single = DummyVecEnv([lambda: SessionReplayEnv(log, encoded, model, cfg) for _ in range(n)])
+    batched = BatchedReplayEnv(log, encoded, model, cfg, num_envs=n, device="cpu")
     single.seed(3)
     batched.seed(3)
     obs_a, obs_b = single.reset(), batched.reset()
@@ -205,6 +244,34 @@ def test_batched_env_equals_single_envs(world, options: dict, model_name: str) -
                 assert a["ndcg"] == pytest.approx(b["ndcg"])
         episodes += int(done_a.sum())
     assert episodes >= 5  # auto-reset was exercised
+
+
+@pytest.mark.parametrize("model_name", REWARD_MODELS)
+def test_one_model_serves_envs_on_different_logs_at_once(world, models, model_name) -> None:
+    """The train env and the eval env share the run's reward model (the old neural crash)."""
+    log, encoded, _ = world
+    train, test = log.split(0.3, seed=0)
+    cfg = ReplayConfig(obs_mode="ids", slate_size=4)
+    shared = models[model_name]
+    fresh = copy.deepcopy(shared)
+
+    def run(envs) -> list[np.ndarray]:
+        for env in envs:
+            env.seed(1)
+            env.reset()
+        out = []
+        for t in range(60):  # interleaved: the test env starts after the train env
+            for env in envs:
+                out.append(env.step(np.full(env.num_envs, t % 5))[1])
+        return out
+
+    together = run([BatchedReplayEnv(part, encoded, shared, cfg, num_envs=4, device="cpu")
+                    for part in (train, test)])  # fmt: skip
+    alone = run([BatchedReplayEnv(train, encoded, fresh, cfg, num_envs=4, device="cpu")])
+    alone += run([BatchedReplayEnv(test, encoded, copy.deepcopy(shared), cfg, num_envs=4,
+                                   device="cpu")])  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate(together[0::2]), np.concatenate(alone[:60]))
+    np.testing.assert_array_equal(np.concatenate(together[1::2]), np.concatenate(alone[60:]))
 
 
 def test_cascade_world_batched_equals_single() -> None:
@@ -239,6 +306,35 @@ def test_bad_options_name_the_value(world) -> None:
         make(world, max_candidates=0)
     with pytest.raises(ValueError, match=r"env\.action_mode='rank'; allowed: slot, scores, top1"):
         make(world, action_mode="rank")
+
+
+def test_options_that_would_do_nothing_are_refused(world) -> None:
+    with pytest.raises(ValueError, match=r"env\.decay=0\.5 is used only by env\.pooling=decay"):
+        ReplayConfig(decay=0.5)
+    with pytest.raises(ValueError, match=r"env\.last_k=3 is used only by env\.pooling=last_k"):
+        ReplayConfig(pooling="decay", last_k=3)
+    with pytest.raises(ValueError, match=r"env\.profile_weight=0\.5 needs env\.obs_mode=embed"):
+        ReplayConfig(obs_mode="ids", profile_weight=0.5)
+
+
+@pytest.mark.parametrize("pooling", [{"pooling": "decay", "decay": 0.5},
+                                     {"pooling": "last_k", "last_k": 2}])  # fmt: skip
+def test_pooling_reaches_the_observation_in_both_modes(world, pooling) -> None:
+    """The ids observation carries the env's pooling weights; embeddings its pooled state."""
+    encoded = world[1]
+    states = {}
+    for options in ({}, pooling):
+        ids = make(world, obs_mode="ids", **options)
+        emb = make(world, obs_mode="embeddings", **options)
+        obs_ids, _ = ids.reset(seed=0, options={"episode": 5})
+        obs_emb, _ = emb.reset(seed=0, options={"episode": 5})
+        history = obs_ids["user"].astype(np.int64)
+        pooled = obs_ids["user_weights"] @ np.where(
+            (history >= 0)[:, None], encoded.items[np.maximum(history, 0)], 0.0
+        )
+        np.testing.assert_allclose(pooled, obs_emb["user"], rtol=1e-5, atol=1e-6)
+        states[len(options)] = obs_emb["user"]
+    assert (history >= 0).sum() > 2 and not np.allclose(states[0], states[2])
 
 
 def test_mismatched_artifacts_are_refused(world) -> None:

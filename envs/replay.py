@@ -1,0 +1,553 @@
+"""The replay engine: the state machine that replays logged sessions under a click model.
+
+It is written once, for a batch of ``B >= 1`` sessions stepped together in array operations.
+:class:`~envs.session_replay.SessionReplayEnv` (Gymnasium) is a batch of one and
+:class:`~envs.vector.BatchedReplayEnv` (an SB3 ``VecEnv``) a batch of many; both are thin adapters
+that add their API (seeding, auto-reset, infos), so "batched == single" holds by construction.
+
+* :class:`ReplayConfig`: the options (``conf/env/*.yaml``).
+* :class:`ReplayData`: what replaying a log needs, computed once: candidates, the reward model's
+  per-log context, episodes, initial histories and the spaces.
+* :class:`ReplayEngine`: the batch state (which request, what is placed, who still examines,
+  each user's history and pooled state) and one :meth:`ReplayEngine.step`.
+
+Randomness is counter-based: every random number is splitmix64 of a per-row key and an event id
+(episode, request, position, stream), so a row's numbers do not depend on the batch around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from encoders.encoded_log import EncodedLog
+from encoders.hashing import splitmix64
+from encoders.pooling import POOLING_METHODS, UserPooling, pad_histories
+from envs.click_models.base import (
+    MAX_POSITIONS,
+    ClickModel,
+    LogContext,
+    sample_slot_click,
+    slot_click_prob,
+)
+from envs.logs import SessionLog
+from envs.metrics import ndcg_batch
+
+ACTION_MODES = ("slot", "scores", "top1")
+OBS_MODES = ("embeddings", "ids")
+REWARDS = ("expected", "sampled")
+EPISODES = ("session", "user")
+RING = 2  # a batched observation's candidates array stays valid for RING - 1 further steps
+SMALL_GATHER = 256  # candidate rows up to which numpy gathers faster than torch on the CPU
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Options of the replay environments (``conf/env/*.yaml``).
+
+    Args:
+        max_candidates: ``K``, candidates per request. Shorter requests are padded (masked);
+            longer ones keep their first ``K`` items in logged order (the logging ranker's top K,
+            the items most likely examined, so the click evidence stays).
+        slate_size: positions to fill per request (``<= K``); requests with fewer candidates fill
+            as many as they have.
+        action_mode: ``slot`` (``Discrete(K)``: one step per position), ``scores`` (``Box(K)``:
+            one step per request, the slate is the top scores), ``top1`` (one item per request).
+        obs_mode: ``embeddings`` (vectors) or ``ids`` (integer codes and the pooling weights of
+            the history; the tables are ``env.embedding_tables``, held once by the policy).
+        reward: ``expected`` clicks (the click probability of each placed item) or ``sampled``.
+        episode: ``session`` (one logged session) or ``user`` (all of a user's requests in time
+            order).
+        history_len: user-history items kept for the user state (most recent).
+        pooling, decay, last_k: user-state pooling (``encoders.pooling``); they reach the
+            observation, the baselines and click models that read the user state.
+        profile_weight: weight of the user's profile text in the state (embeddings mode: an
+            ``ids`` observation carries item codes only).
+    """
+
+    max_candidates: int = 20
+    slate_size: int = 10
+    action_mode: str = "slot"
+    obs_mode: str = "embeddings"
+    reward: str = "expected"
+    episode: str = "session"
+    history_len: int = 20
+    pooling: str = "mean"
+    decay: float = 0.8
+    last_k: int = 5
+    profile_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "action_mode": ACTION_MODES,
+            "obs_mode": OBS_MODES,
+            "reward": REWARDS,
+            "episode": EPISODES,
+            "pooling": POOLING_METHODS,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"env.{key}={getattr(self, key)!r}; allowed: {', '.join(allowed)}")
+        if not 1 <= self.max_candidates <= MAX_POSITIONS:
+            raise ValueError(
+                f"env.max_candidates={self.max_candidates}; allowed: 1..{MAX_POSITIONS}"
+            )
+        if not 1 <= self.slate_size <= self.max_candidates:
+            raise ValueError(
+                f"env.slate_size={self.slate_size}; allowed: 1..max_candidates "
+                f"({self.max_candidates})"
+            )
+        if self.history_len < 1:
+            raise ValueError(f"env.history_len={self.history_len}; allowed: >= 1")
+        if not 0 < self.decay <= 1:
+            raise ValueError(f"env.decay={self.decay}; allowed: (0, 1]")
+        if self.last_k < 1:
+            raise ValueError(f"env.last_k={self.last_k}; allowed: >= 1")
+        if not 0 <= self.profile_weight <= 1:
+            raise ValueError(f"env.profile_weight={self.profile_weight}; allowed: [0, 1]")
+        if self.obs_mode == "ids" and self.profile_weight > 0:
+            raise ValueError(
+                f"env.profile_weight={self.profile_weight} needs env.obs_mode=embeddings (ids "
+                "observations carry item codes, not the profile); allowed with ids: 0"
+            )
+        if self.pooling != "decay" and self.decay != 0.8:
+            raise ValueError(f"env.decay={self.decay} is used only by env.pooling=decay")
+        if self.pooling != "last_k" and self.last_k != 5:
+            raise ValueError(f"env.last_k={self.last_k} is used only by env.pooling=last_k")
+
+    @property
+    def user_pooling(self) -> UserPooling:
+        """The user-state pooling these options describe."""
+        return UserPooling(
+            self.history_len, self.pooling, self.decay, self.last_k, self.profile_weight
+        )
+
+
+class ReplayData:
+    """What replaying ``log`` under ``model`` needs, computed once (shared by every row).
+
+    Attributes:
+        candidates: ``int64[R, K]`` item codes, ``-1`` padding.
+        slate_len: ``int64[R]`` positions filled per request: ``min(slate_size, candidates)``.
+        context: the reward model's :class:`LogContext` for ``log``.
+        attractiveness: ``float64[R, K]`` (``None`` when the model needs the user state; it is
+            then computed when a request starts).
+        episode_offsets, episode_requests: episodes as CSR ranges of request codes.
+        initial_history: ``int64[U, H]`` each user's pre-log history, right-aligned.
+        embedding_tables: ``items``, ``queries``, ``user_profiles`` (what ``ids`` codes index).
+        observation_space, action_space: the spaces of one row.
+    """
+
+    def __init__(
+        self, log: SessionLog, encoded: EncodedLog, model: ClickModel, config: ReplayConfig
+    ) -> None:
+        encoded.check(log)
+        model.check_replay(encoded.fingerprint, config.user_pooling)
+        self.log, self.encoded, self.model, self.config = log, encoded, model, config
+        self.context: LogContext = model.context(log)
+        k = config.max_candidates
+        sizes = log.request_sizes
+        self.slate_len = np.minimum(np.minimum(sizes, k), config.slate_size).astype(np.int64)
+        slot = np.arange(log.n_impressions) - np.repeat(log.request_offsets[:-1], sizes)
+        keep = slot < k
+        self.candidates = np.full((log.n_requests, k), -1, dtype=np.int64)
+        self.candidates[log.impression_request[keep], slot[keep]] = log.item[keep]
+        self.attractiveness = (
+            None
+            if model.needs_user_state
+            else model.attractiveness(self.context, np.arange(log.n_requests), self.candidates)
+        )
+        if config.episode == "session":
+            self.episode_offsets = log.session_offsets.astype(np.int64)
+            self.episode_requests = np.arange(log.n_requests, dtype=np.int64)
+        else:
+            order = np.lexsort((log.request_timestamp, log.request_user))
+            counts = np.bincount(log.request_user, minlength=log.n_users)
+            counts = counts[counts > 0]
+            self.episode_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            self.episode_requests = order.astype(np.int64)
+        self.n_episodes = len(self.episode_offsets) - 1
+        self.initial_history = pad_histories(
+            log.user_history_offsets, log.user_history_items, config.history_len
+        )
+        self.embedding_tables = {
+            "items": encoded.items,
+            "queries": encoded.queries,
+            "user_profiles": encoded.user_profiles,
+        }
+        self.observation_space = self._observation_space()
+        self.action_space: spaces.Space = (
+            spaces.Box(-1, 1, (k,), np.float32)
+            if config.action_mode == "scores"
+            else spaces.Discrete(k)
+        )
+
+    def _observation_space(self) -> spaces.Dict:
+        cfg, log, k = self.config, self.log, self.config.max_candidates
+        common = {
+            "mask": spaces.Box(0, 1, (k,), np.float32),
+            "position": spaces.Box(0, cfg.slate_size, (1,), np.float32),
+        }
+        if cfg.obs_mode == "embeddings":
+            bound = float(
+                np.ceil(max(np.abs(t).max() for t in self.embedding_tables.values()) + 1e-6)
+            )
+            d = self.encoded.dim
+            vec = lambda *shape: spaces.Box(-bound, bound, shape, np.float32)  # noqa: E731
+            return spaces.Dict(
+                {"query": vec(d), "user": vec(d), "candidates": vec(k * d), **common}
+            )
+        ints = lambda n, high: spaces.Box(-1, max(high - 1, 0), (n,), np.int32)  # noqa: E731
+        return spaces.Dict(
+            {
+                "query": ints(1, len(log.query_texts)),
+                "user": ints(cfg.history_len, log.n_items),
+                "user_weights": spaces.Box(0, 1, (cfg.history_len,), np.float32),
+                "candidates": ints(k, log.n_items),
+                **common,
+            }
+        )
+
+    def request_attractiveness(
+        self, requests: np.ndarray, user_state: np.ndarray | None
+    ) -> np.ndarray:
+        """``float64[B, K]`` attractiveness of the candidates of ``requests``."""
+        if self.attractiveness is not None:
+            return self.attractiveness[requests]
+        return self.model.attractiveness(
+            self.context, requests, self.candidates[requests], user_state
+        )
+
+
+# ---------------------------------------------------------------------- randomness
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+STREAM_EPISODE, STREAM_CLICK, STREAM_CONTINUE = 0, 1, 2
+
+
+def counter(
+    episode: np.ndarray, request: np.ndarray, position: np.ndarray, stream: int
+) -> np.ndarray:
+    """A unique uint64 event id (episode < 2^32, request < 2^16, position < 2^8, stream < 4)."""
+    e = np.asarray(episode, dtype=np.uint64) << np.uint64(26)
+    r = np.asarray(request, dtype=np.uint64) << np.uint64(10)
+    p = np.asarray(position, dtype=np.uint64) << np.uint64(2)
+    return e | r | p | np.uint64(stream)
+
+
+def uniform(key: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1) from (key, event) pairs: splitmix64, vectorised, stateless."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(key, dtype=np.uint64) + (np.asarray(event, dtype=np.uint64) + 1) * _GOLDEN
+    return (splitmix64(z) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def new_key(rng: np.random.Generator) -> np.uint64:
+    """Draw a row's random key from an env's ``np_random``."""
+    return np.uint64(rng.integers(0, 2**63, dtype=np.int64))
+
+
+def append_history(history: np.ndarray, new_items: np.ndarray) -> np.ndarray:
+    """Append items (``-1`` = nothing) to right-aligned histories, keeping the last ``H``.
+
+    Args:
+        history: ``int64[B, H]``, ``-1`` padding on the left.
+        new_items: ``int64[B, S]`` in the order they happened.
+    """
+    both = np.concatenate([history, new_items], axis=1)
+    order = np.argsort(both >= 0, axis=1, kind="stable")  # padding first, items keep their order
+    return np.take_along_axis(both, order, axis=1)[:, -history.shape[1] :]
+
+
+# ---------------------------------------------------------------------- the engine
+class ReplayEngine:
+    """``B`` session replays in array operations: the one implementation of the dynamics.
+
+    A row plays an episode (a session, or a user's requests) request by request. Per request it
+    pools the user state from the row's history, asks the click model for the candidates'
+    attractiveness, then places candidates one position at a time (or a whole slate from
+    scores); each placement earns the click model's click probability given the items above it
+    (or a sampled click). When a request's slate is full, its sampled clicks join the history.
+
+    The adapters own the episode choice: :meth:`start_episodes` starts the ones they pick
+    (:meth:`draw_episodes` draws uniformly from each row's key), and :meth:`step` reports which
+    rows ended their episode without starting another.
+
+    Args:
+        data: the :class:`ReplayData` of the log.
+        num_envs: ``B``.
+        device: where candidate embeddings are gathered (``embeddings`` observations).
+        request_infos: build the per-request info dicts (slate, clicks, NDCG...) in
+            :meth:`step`; off for raw speed.
+    """
+
+    def __init__(
+        self,
+        data: ReplayData,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        request_infos: bool = True,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}; allowed: >= 1")
+        self.data, self.config = data, data.config
+        self.request_infos = request_infos
+        self.pooling = data.config.user_pooling
+        cfg, encoded = self.config, data.encoded
+        b, k, width, h = num_envs, cfg.max_candidates, cfg.slate_size, cfg.history_len
+        self.num_envs = b
+        self.rows = np.arange(b)
+        self.key = np.zeros(b, dtype=np.uint64)
+        self.episodes_started = np.zeros(b, dtype=np.int64)
+        self.episode_no = np.zeros(b, dtype=np.int64)  # this row's count of started episodes
+        self.episode = np.zeros(b, dtype=np.int64)  # the episode (index into data) played
+        self.queued = np.zeros(b, dtype=bool)
+        self.ep_start = np.zeros(b, dtype=np.int64)
+        self.ep_len = np.ones(b, dtype=np.int64)
+        self.j = np.zeros(b, dtype=np.int64)  # request number within the episode
+        self.req = np.zeros(b, dtype=np.int64)
+        self.cand = np.full((b, k), -1, dtype=np.int64)
+        self.attr = np.zeros((b, k))
+        self.placed = np.zeros((b, k), dtype=bool)
+        self.slate_len = np.ones(b, dtype=np.int64)
+        self.pos = np.zeros(b, dtype=np.int64)
+        self.examined = np.ones(b)  # P(this position is examined | items above)
+        self.examining = np.ones(b, dtype=bool)  # the sampled user still scans (cascade/dcm)
+        self.invalid = np.zeros(b, dtype=np.int64)
+        self.slate = np.zeros((b, width), dtype=np.int64)  # candidate index per position
+        self.clicks = np.zeros((b, width), dtype=np.int64)
+        self.probs = np.zeros((b, width))
+        self.history = np.full((b, h), -1, dtype=np.int64)
+        self.weights = np.zeros((b, h), dtype=np.float32)
+        self.state = np.zeros((b, encoded.dim), dtype=np.float32)
+        self._needs_state = cfg.obs_mode == "embeddings" or data.model.needs_user_state
+        self._embeddings = cfg.obs_mode == "embeddings"
+        if self._embeddings:
+            self._setup_gather(torch.device(device), encoded)
+
+    # ------------------------------------------------------------------ episodes
+    def seed(self, rows: np.ndarray, keys: np.ndarray) -> None:
+        """Give ``rows`` new random keys; their episode counters restart."""
+        self.key[rows] = keys
+        self.episodes_started[rows] = 0
+
+    def draw_episodes(self, rows: np.ndarray) -> np.ndarray:
+        """``int64`` a uniformly drawn episode for each of ``rows`` (from its key)."""
+        event = counter(self.episodes_started[rows], 0, 0, STREAM_EPISODE)
+        return (uniform(self.key[rows], event) * self.data.n_episodes).astype(np.int64)
+
+    def start_episodes(
+        self, rows: np.ndarray, episodes: np.ndarray, queued: np.ndarray | None = None
+    ) -> None:
+        """Start episode ``episodes[n]`` on row ``rows[n]`` (``queued`` marks evaluation ones)."""
+        data = self.data
+        episodes = np.asarray(episodes, dtype=np.int64)
+        self.episode[rows] = episodes
+        self.queued[rows] = False if queued is None else queued
+        self.episode_no[rows] = self.episodes_started[rows]
+        self.episodes_started[rows] += 1
+        self.ep_start[rows] = data.episode_offsets[episodes]
+        self.ep_len[rows] = data.episode_offsets[episodes + 1] - data.episode_offsets[episodes]
+        self.j[rows] = 0
+        first = data.episode_requests[self.ep_start[rows]]
+        self.history[rows] = data.initial_history[data.log.request_user[first]]
+        self._start_requests(rows)
+
+    def _start_requests(self, rows: np.ndarray) -> None:
+        data, cfg = self.data, self.config
+        req = data.episode_requests[self.ep_start[rows] + self.j[rows]]
+        self.req[rows] = req
+        self.cand[rows] = data.candidates[req]
+        history = self.history[rows]
+        if not self._embeddings:
+            self.weights[rows] = self.pooling.weights(history)
+        if self._needs_state:
+            profiles = data.encoded.user_profiles[data.log.request_user[req]]
+            self.state[rows] = self.pooling.pool(data.encoded.items, history, profiles)
+        state = self.state[rows] if data.model.needs_user_state else None
+        self.attr[rows] = data.request_attractiveness(req, state)
+        self.slate_len[rows] = 1 if cfg.action_mode == "top1" else data.slate_len[req]
+        self.placed[rows] = False
+        self.pos[rows] = 0
+        self.examined[rows] = 1.0
+        self.examining[rows] = True
+        self.invalid[rows] = 0
+        if self._embeddings:
+            self._row_version[rows] += 1
+
+    # ------------------------------------------------------------------ stepping
+    def valid(self) -> np.ndarray:
+        """``bool[B, K]`` candidates that can be placed now."""
+        return (self.cand >= 0) & ~self.placed
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Apply one action per row.
+
+        Returns:
+            ``float64[B]`` rewards; ``bool[B]`` rows whose episode ended (they stay at their
+            final state until :meth:`start_episodes`); ``B`` info dicts, filled for rows whose
+            request ended (when ``request_infos``).
+        """
+        if self.config.action_mode == "scores":
+            scores = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)
+            keyed = np.where(self.valid(), scores, -np.inf)
+            index = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+            order = np.lexsort((index, -keyed))  # best first, ties: lower index
+            reward = np.zeros(self.num_envs)
+            for s in range(self.config.slate_size):
+                active = np.flatnonzero(self.pos < self.slate_len)
+                reward[active] += self._place(active, order[active, s])
+        else:
+            reward = self._place(self.rows, np.asarray(actions, dtype=np.int64).reshape(-1))
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        ended = np.zeros(self.num_envs, dtype=bool)
+        finished = np.flatnonzero(self.pos == self.slate_len)
+        if len(finished):
+            if self.request_infos:
+                self._request_infos(finished, infos)
+            self._finish_requests(finished)
+            self.j[finished] += 1
+            going = finished[self.j[finished] < self.ep_len[finished]]
+            ended[finished[self.j[finished] == self.ep_len[finished]]] = True
+            if len(going):
+                self._start_requests(going)
+        return reward, ended, infos
+
+    def _place(self, rows: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Place candidate ``a[n]`` at the next position of row ``rows[n]``; its rewards.
+
+        An invalid choice (padding, placed, out of range) places the row's first valid
+        candidate instead and is counted in ``invalid``.
+        """
+        model = self.data.model
+        valid = self.valid()[rows]
+        inside = (a >= 0) & (a < valid.shape[1])
+        ok = inside & valid[np.arange(len(rows)), np.where(inside, a, 0)]
+        a = np.where(ok, a, np.argmax(valid, axis=1))
+        self.invalid[rows] += ~ok
+        pos = self.pos[rows]
+        attr = self.attr[rows, a]
+        p, self.examined[rows] = slot_click_prob(attr, pos, self.examined[rows], model)
+        key, ep, j = self.key[rows], self.episode_no[rows], self.j[rows]
+        u = uniform(key, counter(ep, j, pos, STREAM_CLICK))
+        v = uniform(key, counter(ep, j, pos, STREAM_CONTINUE))
+        click, self.examining[rows] = sample_slot_click(
+            attr, pos, self.examining[rows], u, v, model
+        )
+        self.placed[rows, a] = True
+        self.slate[rows, pos] = a
+        self.clicks[rows, pos] = click
+        self.probs[rows, pos] = p
+        self.pos[rows] += 1
+        return p if self.config.reward == "expected" else click.astype(np.float64)
+
+    def _finish_requests(self, rows: np.ndarray) -> None:
+        """The sampled clicks of finished slates join their users' histories."""
+        filled = np.arange(self.slate.shape[1])[None, :] < self.slate_len[rows][:, None]
+        items = np.take_along_axis(self.cand[rows], self.slate[rows], axis=1)
+        clicked = np.where(filled & (self.clicks[rows] == 1), items, -1)
+        self.history[rows] = append_history(self.history[rows], clicked)
+
+    def _request_infos(self, rows: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        width = self.slate_len[rows]
+        slates = self.slate[rows]
+        items = np.take_along_axis(self.cand[rows], slates, axis=1)
+        attrs = np.take_along_axis(self.attr[rows], slates, axis=1)
+        ndcg = ndcg_batch(self.attr[rows], slates, self.cand[rows] >= 0, width)
+        probs, clicks = self.probs[rows], self.clicks[rows]  # fresh arrays: infos hold views
+        filled = np.arange(slates.shape[1])[None, :] < width[:, None]
+        expected = np.where(filled, probs, 0.0).sum(axis=1)
+        requests, invalid = self.req[rows].tolist(), self.invalid[rows].tolist()
+        episodes, queued = self.episode[rows].tolist(), self.queued[rows].tolist()
+        for n, i in enumerate(rows.tolist()):
+            s = int(width[n])
+            infos[i].update(
+                {
+                    "request": requests[n],
+                    "slate": items[n, :s],
+                    "clicks": clicks[n, :s],
+                    "click_probs": probs[n, :s],
+                    "attractiveness": attrs[n, :s],
+                    "expected_clicks": float(expected[n]),
+                    "ndcg": float(ndcg[n]),
+                    "invalid_actions": invalid[n],
+                    "episode_id": episodes[n],
+                    "queued": queued[n],
+                }
+            )
+
+    # ------------------------------------------------------------------ observations
+    def observation(self, rows: np.ndarray | None = None, copy: bool = False) -> dict[str, Any]:
+        """Observations of all rows (or of ``rows``), one ``[n, ...]`` array per key.
+
+        In ``embeddings`` mode the ``candidates`` array of a whole-batch observation is one of
+        ``RING`` preallocated buffers, valid until the next call but one; ``copy=True`` (or
+        ``rows``) returns fresh arrays.
+        """
+        sel = slice(None) if rows is None else rows
+        req, cand = self.req[sel], self.cand[sel]
+        ready = (self.pos[sel] < self.slate_len[sel])[:, None]
+        mask = ((cand >= 0) & ~self.placed[sel] & ready).astype(np.float32)
+        position = self.pos[sel].astype(np.float32)[:, None]
+        queries = self.data.log.request_query[req]
+        if not self._embeddings:
+            return {
+                "query": queries.astype(np.int32)[:, None],
+                "user": self.history[sel].astype(np.int32),
+                "user_weights": self.weights[sel].copy(),
+                "candidates": cand.astype(np.int32),
+                "mask": mask,
+                "position": position,
+            }
+        fresh = copy or rows is not None
+        return {
+            "query": self.data.encoded.queries[queries].astype(np.float32),
+            "user": self.state[sel].copy(),
+            "candidates": self._gather(cand).copy() if fresh else self._next_ring_buffer(),
+            "mask": mask,
+            "position": position,
+        }
+
+    def _setup_gather(self, device: torch.device, encoded: EncodedLog) -> None:
+        b, k, d = self.num_envs, self.config.max_candidates, encoded.dim
+        # on the CPU this shares the table's memory: a thousand single envs hold one copy
+        self._items = torch.as_tensor(encoded.items, dtype=torch.float32, device=device)
+        self._scratch = torch.empty((b * k, d), dtype=torch.float32, device=device)
+        # a ring of preallocated buffers (fresh 30 MB arrays cost page faults); rows are
+        # re-gathered only when their request changed since that buffer was filled
+        self._ring = [np.zeros((b, k * d), dtype=np.float32) for _ in range(RING)]
+        self._ring_version = np.full((RING, b), -1, dtype=np.int64)
+        self._row_version = np.zeros(b, dtype=np.int64)
+        self._ring_next = 0
+
+    def _gather(self, cand: np.ndarray) -> np.ndarray:
+        """``float32[n, K * d]`` embeddings of candidate codes (zeros for padding).
+
+        Large batches are gathered by torch on the device into a scratch tensor (the result
+        is a view of it, valid until the next gather); a few rows on the CPU by numpy, which
+        has less overhead per call.
+        """
+        flat = cand.reshape(-1)
+        padded = np.flatnonzero(flat < 0)
+        if self._items.device.type == "cpu" and len(flat) <= SMALL_GATHER:
+            out_np = self.data.encoded.items[np.maximum(flat, 0)].astype(np.float32, copy=False)
+            out_np[padded] = 0.0
+            return out_np.reshape(len(cand), -1)
+        codes = torch.as_tensor(np.maximum(flat, 0), device=self._items.device)
+        out = self._scratch[: len(codes)]
+        torch.index_select(self._items, 0, codes, out=out)
+        if len(padded):  # only the padded rows are written
+            out[torch.as_tensor(padded, device=out.device)] = 0.0
+        return out.reshape(len(cand), -1).cpu().numpy()
+
+    def _next_ring_buffer(self) -> np.ndarray:
+        i = self._ring_next
+        self._ring_next = (i + 1) % RING
+        stale = np.flatnonzero(self._ring_version[i] != self._row_version)
+        if len(stale):
+            self._ring[i][stale] = self._gather(self.cand[stale])
+            self._ring_version[i, stale] = self._row_version[stale]
+        return self._ring[i]
