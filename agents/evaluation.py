@@ -181,7 +181,7 @@ def evaluate(
         "expected_clicks": prob_mat.sum(axis=1),
         "ctr@1": prob_mat[:, 0],
         f"ndcg@{width}": np.asarray(ndcg, dtype=np.float64),
-        "mrr": expected_reciprocal_rank(prob_mat, model.structure, attr_mat),
+        "mrr": expected_reciprocal_rank(prob_mat, model.structure, attr_mat, model.abandonment),
     }
     if truth is not None:
         rows = truth.request_rows(test.request_ids[req])

@@ -56,6 +56,18 @@ def pad_histories(offsets: np.ndarray, items: np.ndarray, max_len: int) -> np.nd
     return out
 
 
+def append_history(history: np.ndarray, new_items: np.ndarray) -> np.ndarray:
+    """Append items (``-1`` = nothing) to right-aligned histories, keeping the last ``H``.
+
+    Args:
+        history: ``int64[B, H]``, ``-1`` padding on the left.
+        new_items: ``int64[B, S]`` in the order they happened.
+    """
+    both = np.concatenate([history, new_items], axis=1)
+    order = np.argsort(both >= 0, axis=1, kind="stable")  # padding first, items keep their order
+    return np.take_along_axis(both, order, axis=1)[:, -history.shape[1] :]
+
+
 def pool_user_state(
     item_embeddings: np.ndarray,
     histories: np.ndarray,

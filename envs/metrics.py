@@ -33,7 +33,10 @@ def ndcg_batch(
 
 
 def first_click_probs(
-    click_probs: np.ndarray, structure: str, attractiveness: np.ndarray | None = None
+    click_probs: np.ndarray,
+    structure: str,
+    attractiveness: np.ndarray | None = None,
+    abandonment: np.ndarray | None = None,
 ) -> np.ndarray:
     """``float64[N, L]`` probability that position ``i`` holds the first click of the slate.
 
@@ -41,11 +44,12 @@ def first_click_probs(
         click_probs: ``[N, L]`` click probability per position (0 past a slate's end).
         structure: the click model's structure (``pbm``, ``cascade``, ``dcm``, ``independent``).
         attractiveness: ``[N, L]`` attractiveness of the placed items, needed for ``dcm``.
+        abandonment: ``[L]`` probability of leaving after a skip at each position (``dcm``).
 
-    ``cascade`` and ``dcm`` users scan top-down and always go on after a skip, so the first
-    click is at ``i`` with probability ``a_i * prod_{j<i} (1 - a_j)`` (for ``cascade`` this is
-    the click probability itself); for ``pbm`` and ``independent`` positions are independent:
-    ``p_i * prod_{j<i} (1 - p_j)``.
+    ``cascade`` and ``dcm`` users scan top-down and go on after a skip unless they leave, so
+    the first click is at ``i`` with probability ``a_i * prod_{j<i} (1 - a_j)(1 - s_j)`` (for
+    ``cascade`` this is the click probability itself); for ``pbm`` and ``independent``
+    positions are independent: ``p_i * prod_{j<i} (1 - p_j)``.
     """
     p = np.asarray(click_probs, dtype=np.float64)
     if structure == "cascade":
@@ -54,17 +58,24 @@ def first_click_probs(
         if attractiveness is None:
             raise ValueError("first-click probabilities under dcm need the attractiveness")
         p = np.asarray(attractiveness, dtype=np.float64)
+        stay = 1.0 if abandonment is None else 1.0 - np.asarray(abandonment)[: p.shape[1]]
+        none_above = np.cumprod((1.0 - p) * stay, axis=1)
+        none_above = np.concatenate([np.ones((len(p), 1)), none_above[:, :-1]], axis=1)
+        return p * none_above
     none_above = np.cumprod(1.0 - p, axis=1)
     none_above = np.concatenate([np.ones((len(p), 1)), none_above[:, :-1]], axis=1)
     return p * none_above
 
 
 def expected_reciprocal_rank(
-    click_probs: np.ndarray, structure: str, attractiveness: np.ndarray | None = None
+    click_probs: np.ndarray,
+    structure: str,
+    attractiveness: np.ndarray | None = None,
+    abandonment: np.ndarray | None = None,
 ) -> np.ndarray:
     """``float64[N]`` expected reciprocal rank of the first click (0 without a click).
 
     Arguments as for :func:`first_click_probs`.
     """
-    first = first_click_probs(click_probs, structure, attractiveness)
+    first = first_click_probs(click_probs, structure, attractiveness, abandonment)
     return first @ (1.0 / np.arange(1, first.shape[1] + 1))

@@ -26,7 +26,7 @@ from gymnasium import spaces
 
 from encoders.encoded_log import EncodedLog
 from encoders.hashing import splitmix64
-from encoders.pooling import POOLING_METHODS, UserPooling, pad_histories
+from encoders.pooling import POOLING_METHODS, UserPooling, append_history, pad_histories
 from envs.click_models.base import (
     MAX_POSITIONS,
     ClickModel,
@@ -248,18 +248,6 @@ def uniform(key: np.ndarray, event: np.ndarray) -> np.ndarray:
 def new_key(rng: np.random.Generator) -> np.uint64:
     """Draw a row's random key from an env's ``np_random``."""
     return np.uint64(rng.integers(0, 2**63, dtype=np.int64))
-
-
-def append_history(history: np.ndarray, new_items: np.ndarray) -> np.ndarray:
-    """Append items (``-1`` = nothing) to right-aligned histories, keeping the last ``H``.
-
-    Args:
-        history: ``int64[B, H]``, ``-1`` padding on the left.
-        new_items: ``int64[B, S]`` in the order they happened.
-    """
-    both = np.concatenate([history, new_items], axis=1)
-    order = np.argsort(both >= 0, axis=1, kind="stable")  # padding first, items keep their order
-    return np.take_along_axis(both, order, axis=1)[:, -history.shape[1] :]
 
 
 # ---------------------------------------------------------------------- the engine

@@ -9,11 +9,14 @@ Hydra objects: a notebook can call it too.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from encoders.base import TextEncoder, digest
 from encoders.encoded_log import EncodedLog, encode_log
@@ -105,7 +108,9 @@ def fit_reward_model(
             "model": f"{type(model).__module__}.{type(model).__qualname__}",
             "config": model.config(),
             "dataset": log_fingerprint(data),
-            "train_sessions": digest({"ids": train.session_ids.tolist()}),
+            # the training impressions themselves: two worlds can share every id and differ
+            # only in their clicks (a PBM and a cascade world of one seed)
+            "train_log": content_digest(train),
             "encoder": encoded.fingerprint,
             "pooling": dataclasses.asdict(env.user_pooling) if model.needs_user_state else None,
         }
@@ -120,6 +125,14 @@ def fit_reward_model(
         with atomic_directory(cached) as tmp:
             model.save(tmp)
     return model
+
+
+def content_digest(log: SessionLog) -> str:
+    """A digest of a log's impressions (requests, items, positions, clicks)."""
+    h = hashlib.sha256()
+    for array in (log.impression_request, log.item, log.position, log.click):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:24]
 
 
 def setup_run(

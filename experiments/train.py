@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -71,6 +72,31 @@ def setup(cfg: DictConfig) -> RunSetup:
     )
 
 
+def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
+    """How the run's fitted reward model ranks the policy zoo against the truth.
+
+    Only where there is a truth and the reward model is another one (``eval.fidelity``): the
+    Kendall tau and mean relative error of :mod:`agents.fidelity`, on ``eval.sessions``
+    held-out sessions.
+    """
+    if not cfg.eval.fidelity or s.truth is None or s.reward.name == "truth":
+        return {}
+    from agents.fidelity import agreement, policy_zoo, value_zoo
+    from envs.click_models.simple import TruthClickModel
+
+    truth = TruthClickModel(truth=s.truth)
+    zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(truth, seed=cfg.seed)]
+    values = value_zoo(
+        zoo, s.test, s.encoded, {"truth": truth, "model": s.reward}, s.env,
+        num_envs=cfg.eval.num_envs, seed=cfg.seed, max_sessions=cfg.eval.sessions,
+    )  # fmt: skip
+    names = [p.name for p in zoo]
+    a = agreement(*(np.array([values[m][n] for n in names]) for m in ("truth", "model")))
+    log.info("reward model %s against the truth: Kendall tau %.3f, relative error %.3f",
+             s.reward.name, a.kendall_tau, a.rel_error)  # fmt: skip
+    return {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One training (or baseline evaluation) run; returns what ``metrics.json`` holds."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -94,6 +120,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **{f"agent.{k}": v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items()},
     }  # fmt: skip
     logger = configure(str(run_dir / "tensorboard"), ["tensorboard", "csv"])
+    fidelity = reward_fidelity(cfg, s)
+    for key, value in fidelity.items():
+        logger.record(key.replace("fidelity_", "fidelity/"), value)
     start = time.perf_counter()
     if isinstance(agent, SB3Agent):
         policy, timesteps = train(cfg, agent, s, run_dir, logger, evaluate_policy, hparams)
@@ -113,6 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 2),
         "encoder": cfg.encoder.name,
         "reward_model": s.reward.name,
+        **fidelity,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("wrote %s", run_dir / "metrics.json")

@@ -80,7 +80,13 @@ def test_every_reward_model_trains_with_periodic_evaluation(tmp_path: Path, rewa
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["reward_model"] == reward and metrics["total_timesteps"] >= 384
     assert metrics["true_expected_clicks"] > 0 and np.isfinite(metrics["expected_clicks"])
-    assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= tags(tmp_path / "run")
+    found = tags(tmp_path / "run")
+    assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= found
+    if reward != "truth":  # how far the simulator can be trusted, against the truth
+        assert -1 <= metrics["fidelity_kendall_tau"] <= 1 and metrics["fidelity_rel_error"] >= 0
+        assert {"fidelity/kendall_tau", "fidelity/rel_error"} <= found
+    else:
+        assert "fidelity_kendall_tau" not in metrics
 
 
 @pytest.mark.parametrize("agent", ["random", "logged", "popularity", "cosine", "oracle"])

@@ -10,7 +10,10 @@ Every click model in rankgym is *attractiveness x position structure*:
   - ``pbm``: position ``k`` is examined with probability ``examination[k]``, independently;
   - ``cascade``: top-down until the first click;
   - ``dcm``: top-down; after a click at ``k`` the user goes on with probability
-    ``continuation[k]``, after a skip always;
+    ``continuation[k]``;
+
+  in both, after a skipped item at ``k`` the user leaves with probability ``abandonment[k]``
+  (0 unless the model says otherwise);
   - ``independent``: the attractiveness is the click probability (``logged``).
 
 :meth:`ClickModel.click_probs` turns both into per-position click probabilities of any ranking;
@@ -70,6 +73,8 @@ class ClickModel:
     Attributes:
         examination: ``float64[MAX_POSITIONS]`` PBM examination probability per position.
         continuation: ``float64[MAX_POSITIONS]`` DCM probability of going on after a click.
+        abandonment: ``float64[MAX_POSITIONS]`` cascade / DCM probability of leaving after a
+            skipped item.
         needs_user_state: ``True`` when attractiveness depends on the user's current state
             (the environment then passes the pooled state on every request).
         pooling: the :class:`~encoders.pooling.UserPooling` the model was fitted with, for
@@ -86,6 +91,7 @@ class ClickModel:
     def __init__(self) -> None:
         self.examination = np.ones(MAX_POSITIONS)
         self.continuation = np.zeros(MAX_POSITIONS)
+        self.abandonment = np.zeros(MAX_POSITIONS)
         self.dataset: str | None = None
         self.pooling: UserPooling | None = None
         self.encoder_fingerprint: str | None = None
@@ -180,9 +186,23 @@ class ClickModel:
         if self.structure in ("pbm", "independent"):
             exam = self.examination[:width] if self.structure == "pbm" else np.ones(width)
             p = np.clip(attr * exam, 1e-6, 1 - 1e-6)
+        elif self.structure == "cascade" and self.abandonment[:width].any():
+            # P(click at k | no click above) = a_k r_k / P(no click above), with r_k the chance
+            # to reach k with no click: prod_{j<k} (1 - a_j)(1 - abandonment_j); 0 after a click
+            reach = np.cumprod((1 - attr) * (1 - self.abandonment[:width]), axis=1)
+            reach = np.concatenate([np.ones((len(attr), 1)), reach[:, :-1]], axis=1)
+            first = attr * reach
+            none_above = 1 - np.concatenate(
+                [np.zeros((len(attr), 1)), np.cumsum(first, axis=1)[:, :-1]], axis=1
+            )
+            after_click = np.cumsum(clicks, axis=1) - clicks > 0
+            p = np.where(after_click, 1e-6, first / np.maximum(none_above, 1e-12))
+            p = np.clip(p, 1e-6, 1 - 1e-6)
         else:
             # examined at k unless the user stopped above: cascade stops at the first click,
             # dcm after a click at j with probability 1 - continuation[j]
+            if self.abandonment[:width].any():
+                raise NotImplementedError("the dcm likelihood with abandonment is not built")
             go_on = 0.0 if self.structure == "cascade" else self.continuation[:width]
             step = np.where(clicks == 1, go_on, 1.0)
             step = np.where(valid, step, 1.0)
@@ -196,12 +216,17 @@ class ClickModel:
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to save (subclasses add theirs)."""
-        return {"examination": self.examination, "continuation": self.continuation}
+        return {
+            "examination": self.examination,
+            "continuation": self.continuation,
+            "abandonment": self.abandonment,
+        }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state` returned."""
         self.examination = arrays["examination"]
         self.continuation = arrays["continuation"]
+        self.abandonment = arrays.get("abandonment", np.zeros(MAX_POSITIONS))
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON), saved beside the arrays."""
@@ -254,7 +279,8 @@ def positional_click_probs(attr: np.ndarray, valid: np.ndarray, model: ClickMode
     if model.structure == "pbm":
         return attr * model.examination[:width]
     go_on = 0.0 if model.structure == "cascade" else model.continuation[:width]
-    survive = 1.0 - attr + attr * go_on  # P(go past position k | examined k)
+    stay = 1.0 - model.abandonment[:width]
+    survive = (1.0 - attr) * stay + attr * go_on  # P(go past position k | examined k)
     examined = np.concatenate([np.ones((len(attr), 1)), np.cumprod(survive, axis=1)[:, :-1]], 1)
     return attr * examined
 
@@ -278,7 +304,8 @@ def slot_click_prob(
     if model.structure == "pbm":
         return attr * model.examination[position], examined
     go_on = 0.0 if model.structure == "cascade" else model.continuation[position]
-    return attr * examined, examined * (1.0 - attr + attr * go_on)
+    stay = 1.0 - model.abandonment[position]
+    return attr * examined, examined * ((1.0 - attr) * stay + attr * go_on)
 
 
 def sample_slot_click(
@@ -295,7 +322,8 @@ def sample_slot_click(
         attr: ``float64[B]`` attractiveness of the placed item.
         position: ``int64[B]`` its position.
         examining: ``bool[B]`` whether the (cascade / dcm) user still scans at this position.
-        u, v: ``float64[B]`` uniforms for the click and for going on after a click.
+        u, v: ``float64[B]`` uniforms for the click, and for going on after it (a click) or
+            leaving (a skip): the two events exclude each other, so one uniform serves both.
 
     Returns:
         (clicks, whether the user still scans the next position).
@@ -306,7 +334,8 @@ def sample_slot_click(
         return u < attr, examining
     click = examining & (u < attr)
     go_on = 0.0 if model.structure == "cascade" else model.continuation[position]
-    return click, np.where(click, v < go_on, examining)
+    stays = v >= model.abandonment[position]
+    return click, np.where(click, v < go_on, examining & stays)
 
 
 def logged_rankings(log: SessionLog, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -175,7 +175,7 @@ class _PairClickModel(ClickModel):
 POSITION_BIAS = ("conditional", "em")
 
 
-def _conditional_examination(
+def conditional_examination(
     pos: np.ndarray, click: np.ndarray, inverse: np.ndarray, n_pos: int, iterations: int = 200
 ) -> np.ndarray | None:
     """Examination ratios from the variation of each pair's position, pair effects removed.
@@ -231,7 +231,7 @@ class PBMClickModel(_PairClickModel):
     strong smoothing towards the item mean attributes the logging ranker's relevance to the
     position instead. ``position_bias="conditional"`` (default) therefore estimates the
     examination curve from pairs shown at several positions with the pair effect conditioned
-    away (see :func:`_conditional_examination`), then runs EM on the attractiveness with the
+    away (see :func:`conditional_examination`), then runs EM on the attractiveness with the
     curve fixed; ``"em"`` is the textbook joint EM.
 
     The product ``examination * attractiveness`` is what the data identify: scaling
@@ -281,7 +281,7 @@ class PBMClickModel(_PairClickModel):
         ones = np.ones(len(pos))
         fixed = None
         if self.position_bias == "conditional":
-            fixed = _conditional_examination(pos, click, inverse, n_pos)
+            fixed = conditional_examination(pos, click, inverse, n_pos)
         theta = fixed if fixed is not None else np.full(n_pos, 0.5)
         alpha = np.full(len(pos), 0.5)
         previous = -np.inf
@@ -319,28 +319,84 @@ class PBMClickModel(_PairClickModel):
 
 
 class CascadeClickModel(_PairClickModel):
-    """Cascade model, maximum likelihood by counting (Chuklin et al. 2015, ch. 4).
+    """Cascade model with abandonment, maximum likelihood (Chuklin et al. 2015, ch. 4).
 
-    The user scans top-down and stops at the first click, so an impression is examined iff it is
-    at or above its request's first click (every impression when nothing was clicked);
-    attractiveness is smoothed ``clicks / examinations`` per pair.
+    The user scans top-down, stops at the first click, and leaves after a skipped item with
+    probability ``abandonment`` (one value for all positions). Without abandonment an
+    impression is examined iff it is at or above its request's first click (every impression
+    when nothing was clicked) and attractiveness is smoothed ``clicks / examinations`` per pair
+    (counting). With it, a request without a click may have been left early, so which of its
+    items were examined is latent: EM weighs each by its posterior probability of examination
+    and re-estimates the abandonment from the expected departures.
 
     Args:
         prior_strength: pseudo-observations of the Beta prior (pair -> item -> global), >= 0.
+        abandonment: ``em`` (estimate it) or ``none`` (fix it at 0: plain counting).
+        iterations: EM iterations (``em``), >= 1.
     """
 
     name = "cascade"
     structure = "cascade"
 
+    def __init__(
+        self, prior_strength: float = 20.0, abandonment: str = "em", iterations: int = 30
+    ) -> None:
+        super().__init__(prior_strength)
+        if abandonment not in ("em", "none"):
+            raise ValueError(f"abandonment={abandonment!r}: expected one of em, none")
+        _check_positive("iterations", iterations, integer=True)
+        self.abandonment_mode, self.iterations = abandonment, int(iterations)
+
     def fit(self, train: SessionLog, **context: Any) -> CascadeClickModel:
-        """Count clicks and examinations on ``train``; returns self."""
+        """Count (or run EM on) clicks and examinations of ``train``; returns self."""
         _, keys, inverse = self._start_fit(train)
         first, _ = _request_click_bounds(train)
-        examined = train.position <= first[train.impression_request]
+        req, pos = train.impression_request, train.position.astype(np.int64)
         click = train.click.astype(np.float64)
-        self.table.fit(keys, inverse, click * examined, examined.astype(np.float64), train.n_items)
+        examined = (pos <= first[req]).astype(np.float64)  # all, where nothing was clicked
+        self.table.fit(keys, inverse, click * examined, examined, train.n_items)
+        if self.abandonment_mode == "em":
+            self._em(train, keys, inverse, req, pos, click, first)
         self._finish_fit(train)
         return self
+
+    def _em(self, train, keys, inverse, req, pos, click, first) -> None:
+        width = int(pos.max()) + 1
+        length = np.zeros(train.n_requests, dtype=np.int64)
+        np.maximum.at(length, req, pos + 1)
+        no_click = first[req] == np.iinfo(np.int64).max
+        inside = np.arange(width)[None, :] < length[:, None]
+        s = 0.1
+        for _ in range(self.iterations):
+            a = np.zeros((train.n_requests, width))
+            a[req, pos] = self.table.values[inverse]
+            stay = np.where(inside, 1 - s, 1.0)
+            # r_k: reach k with no click; q_k: no click from k on, given k is examined
+            reach = np.concatenate(
+                [np.ones((len(a), 1)), np.cumprod((1 - a) * stay, axis=1)[:, :-1]], axis=1
+            )
+            q = np.ones((len(a), width + 1))
+            for k in range(width - 1, -1, -1):
+                last = ~(k + 1 < length)  # nothing after k: leaving or not looks the same
+                go = np.where(last, 1.0, s + (1 - s) * q[:, k + 1])
+                q[:, k] = np.where(inside[:, k], (1 - a[:, k]) * go, 1.0)
+            p_none = np.maximum(q[:, 0], 1e-300)
+            seen = reach * q[:, :width] / p_none[:, None]  # P(examined k | no click)
+            leave = reach * (1 - a) * s / p_none[:, None]  # P(leave after k | no click)
+            weight = np.where(no_click, seen[req, pos], (pos <= first[req]).astype(float))
+            self.table.fit(keys, inverse, click * weight, weight, train.n_items)
+            has_next = pos + 1 < length[req]
+            leaves = np.where(no_click & has_next, leave[req, pos], 0.0).sum()
+            skips = np.where(has_next & (click == 0), weight, 0.0).sum()
+            s = float(np.clip(leaves / max(skips, 1e-12), 0.0, 0.99))
+        self.abandonment = np.full(MAX_POSITIONS, s)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "abandonment": self.abandonment_mode,
+            "iterations": self.iterations,
+        }
 
 
 class DCMClickModel(_PairClickModel):

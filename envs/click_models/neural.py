@@ -1,15 +1,16 @@
-"""A neural PBM: attractiveness from query, user and item embeddings, learned examination.
+"""A neural click model: attractiveness from query, user and item embeddings, under a PBM or a
+cascade with abandonment (chosen by held-out likelihood).
 
-``P(click at k) = sigmoid(e_k) * sigmoid(MLP([q, u, i, q * i, u * i]))`` where ``q``, ``u``,
+``attractiveness = sigmoid(MLP([q, u, i, q * i, u * i]) + bias[item])`` where ``q``, ``u``,
 ``i`` are the text embeddings of the request's query, the user's state and the item
 (:class:`encoders.encoded_log.EncodedLog`). Unlike the pair-counting models it generalises to
 (query, item) pairs never logged, and it reacts to the user's state.
 
 User state: the user's history pooled with a :class:`~encoders.pooling.UserPooling` given to
-:meth:`NeuralClickModel.fit` (the run setup passes the environment's, so the model is fitted on
-the states it is served). Training uses the pre-log state for every logged request; the
-environment passes the current pooled state as ``user_state``; without it the pre-log state of
-the request's user (from the log's :class:`~envs.click_models.base.LogContext`) is used.
+:meth:`NeuralClickModel.fit` (the run setup passes the environment's), with the clicks of the
+session's earlier requests appended as the environment appends them: the model is fitted on the
+states it is served. The environment passes the current state as ``user_state``; without it the
+logged request's own state (from the log's :class:`~envs.click_models.base.LogContext`) is used.
 """
 
 from __future__ import annotations
@@ -21,27 +22,49 @@ import torch
 from torch import nn
 
 from encoders.encoded_log import EncodedLog
-from encoders.pooling import UserPooling
-from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
-from envs.click_models.fitted import _check_positive
+from encoders.pooling import UserPooling, append_history, pad_histories
+from envs.click_models.base import (
+    MAX_POSITIONS,
+    ClickModel,
+    LogContext,
+    log_fingerprint,
+    logged_rankings,
+)
+from envs.click_models.fitted import _check_positive, conditional_examination
 from envs.logs import SessionLog
 
 DEVICES = ("cpu", "cuda", "auto")
+EXAMINATION = ("conditional", "learned")
+STRUCTURES = ("pbm", "cascade")
 
 
 class _Scorer(nn.Module):
-    """Attractiveness logit ``MLP([q, u, i, q*i, u*i])`` plus examination logits."""
+    """Attractiveness logit ``MLP([q, u, i, q*i, u*i]) + bias[item]`` plus examination logits.
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    The per-item bias (``n_items > 0``) learns what an item's text does not say (its quality);
+    it starts at 0, so an item never logged keeps the text-only estimate: a backoff from the
+    item to its features.
+    """
+
+    def __init__(self, dim: int, hidden: int, n_items: int = 0) -> None:
         super().__init__()
+        self.item_bias = nn.Embedding(n_items, 1) if n_items > 0 else None
         self.mlp = nn.Sequential(
             nn.Linear(5 * dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, 1),
         )  # fmt: skip
         self.exam_logit = nn.Parameter(torch.zeros(MAX_POSITIONS))
+        self.abandon_logit = nn.Parameter(torch.tensor(-2.0))  # cascade structure only
+        # Platt scaling of the attractiveness logit, fitted on held-out sessions
+        self.calibration = nn.Parameter(torch.tensor([1.0, 0.0]), requires_grad=False)
 
-    def forward(self, q: torch.Tensor, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([q, u, i, q * i, u * i], dim=-1)).squeeze(-1)
+    def forward(
+        self, q: torch.Tensor, u: torch.Tensor, i: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
+        logit = self.mlp(torch.cat([q, u, i, q * i, u * i], dim=-1)).squeeze(-1)
+        if self.item_bias is not None:
+            logit = logit + self.item_bias(codes).squeeze(-1)
+        return self.calibration[0] * logit + self.calibration[1]
 
     def reset(self, generator: torch.Generator) -> None:
         """Deterministic initialisation from a local generator (PyTorch's default scheme)."""
@@ -52,10 +75,87 @@ class _Scorer(nn.Module):
                     for p in (layer.weight, layer.bias):
                         p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
             self.exam_logit.zero_()
+            self.abandon_logit.fill_(-2.0)
+            if self.item_bias is not None:
+                self.item_bias.weight.zero_()
+
+
+class _RequestBatch:
+    """A log's logged requests as dense ``[R, W]`` tensors, for request-level likelihoods."""
+
+    def __init__(self, model: NeuralClickModel, log: SessionLog, device: torch.device) -> None:
+        rankings, clicks = logged_rankings(log)
+        width = min(rankings.shape[1], MAX_POSITIONS)
+        rankings, clicks = rankings[:, :width], clicks[:, :width]
+        valid = rankings >= 0
+        has_click = clicks.any(axis=1)
+        first = np.where(has_click, np.argmax(clicks > 0, axis=1), width)
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        self.width = width
+        self.items, self.queries = t(model.items), t(model.queries)
+        self.states = t(model._request_states(log))
+        self.query = t(log.request_query.astype(np.int64))
+        self.codes, self.valid = t(np.where(valid, rankings, 0)), t(valid)
+        self.clicks = t(clicks.astype(np.float32))
+        self.before = t((np.arange(width)[None, :] < first[:, None]) & valid)
+        self.first, self.has_click = t(np.minimum(first, width - 1)), t(has_click)
+
+    def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
+        """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
+        w = self.width
+        q = self.queries[self.query[b]][:, None, :].expand(-1, w, -1)
+        u = self.states[b][:, None, :].expand(-1, w, -1)
+        logit = module(q, u, self.items[self.codes[b]], self.codes[b])
+        if structure == "pbm":
+            ll = _pbm_log_likelihood(logit, module.exam_logit[:w], self.clicks[b], self.valid[b])
+        else:
+            ll = _cascade_log_likelihood(
+                logit, module.abandon_logit, self.valid[b], self.before[b], self.first[b],
+                self.has_click[b],
+            )  # fmt: skip
+        return ll.sum() / self.valid[b].sum().clamp(min=1)
+
+
+def _pbm_log_likelihood(
+    logit: torch.Tensor, exam_logit: torch.Tensor, clicks: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` log-likelihood of requests' clicks: independent positions, p = a * exam."""
+    log_p = nn.functional.logsigmoid(logit) + nn.functional.logsigmoid(exam_logit)
+    log_p = torch.clamp(log_p, max=-1e-6)
+    log_not = torch.log(-torch.expm1(log_p))  # log(1 - p), stably
+    return ((clicks * log_p + (1 - clicks) * log_not) * valid).sum(dim=1)
+
+
+def _cascade_log_likelihood(
+    logit: torch.Tensor,
+    abandon_logit: torch.Tensor,
+    valid: torch.Tensor,
+    before: torch.Tensor,
+    first: torch.Tensor,
+    has_click: torch.Tensor,
+) -> torch.Tensor:
+    """``[B]`` log-likelihood of requests under a cascade with abandonment.
+
+    With a first click at ``c``: every item above was skipped without leaving, then ``c``
+    clicked; what follows a click is not modelled (the cascade stops). Without a click:
+    ``q_0``, from ``q_k = (1 - a_k)(s + (1 - s) q_{k+1})`` (``q = 1 - a`` at the last item).
+    """
+    log_skip_stay = nn.functional.logsigmoid(-logit) + nn.functional.logsigmoid(-abandon_logit)
+    clicked = (log_skip_stay * before).sum(dim=1) + nn.functional.logsigmoid(
+        logit.gather(1, first[:, None]).squeeze(1)
+    )
+    a, s = torch.sigmoid(logit), torch.sigmoid(abandon_logit)
+    q = torch.ones(len(logit), dtype=logit.dtype, device=logit.device)
+    width = logit.shape[1]
+    for k in range(width - 1, -1, -1):
+        has_next = valid[:, k + 1] if k + 1 < width else torch.zeros_like(valid[:, k])
+        go = torch.where(has_next, s + (1 - s) * q, torch.ones_like(q))
+        q = torch.where(valid[:, k], (1 - a[:, k]) * go, q)
+    return torch.where(has_click, clicked, torch.log(q.clamp(min=1e-12)))
 
 
 class NeuralClickModel(ClickModel):
-    """Neural PBM on text embeddings, fitted with binary cross-entropy on logged impressions.
+    """Neural click model on text embeddings, fitted by maximum likelihood on logged requests.
 
     Args:
         hidden: width of the MLP's two hidden layers, >= 1.
@@ -63,6 +163,16 @@ class NeuralClickModel(ClickModel):
         lr: Adam learning rate of the MLP, > 0 (10x for the examination logits).
         batch_size: impressions per minibatch, >= 1.
         weight_decay: Adam weight decay, >= 0.
+        item_bias: learn a bias per item (backoff: an item never logged has bias 0).
+        bias_decay: Adam weight decay of the item biases, >= 0 (shrinks rarely seen items).
+        structure: ``pbm`` (examination per position), ``cascade`` (top-down until the first
+            click, leaving after a skip with a learned probability) or ``auto`` (the one with
+            the higher held-out likelihood, see :meth:`fit`).
+        examination: ``learned`` jointly with the attractiveness, or ``conditional``: fixed
+            from the pairs the logger showed at several positions (intervention harvesting,
+            :func:`~envs.click_models.fitted.conditional_examination`), anchored at 1 on top.
+        calibrate: fit on 90% of the training sessions and Platt-scale the attractiveness on
+            the other 10%.
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -73,11 +183,16 @@ class NeuralClickModel(ClickModel):
 
     def __init__(
         self,
-        hidden: int = 64,
-        epochs: int = 4,
+        hidden: int = 128,
+        epochs: int = 12,
         lr: float = 2e-3,
         batch_size: int = 512,
         weight_decay: float = 0.0,
+        item_bias: bool = True,
+        bias_decay: float = 1e-4,
+        structure: str = "auto",
+        examination: str = "conditional",
+        calibrate: bool = False,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -86,6 +201,13 @@ class NeuralClickModel(ClickModel):
             _check_positive(arg, value, integer=True)
         _check_positive("lr", lr)
         _check_positive("weight_decay", weight_decay, allow_zero=True)
+        _check_positive("bias_decay", bias_decay, allow_zero=True)
+        if structure not in (*STRUCTURES, "auto"):
+            raise ValueError(f"structure={structure!r}: expected one of pbm, cascade, auto")
+        if examination not in EXAMINATION:
+            raise ValueError(
+                f"examination={examination!r}: expected one of {', '.join(EXAMINATION)}"
+            )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
@@ -93,6 +215,12 @@ class NeuralClickModel(ClickModel):
         self.hidden, self.epochs, self.lr = int(hidden), int(epochs), float(lr)
         self.batch_size, self.weight_decay = int(batch_size), float(weight_decay)
         self.seed, self.device = int(seed), device
+        self.item_bias, self.bias_decay = bool(item_bias), float(bias_decay)
+        self.examination_mode = examination
+        self.structure_mode = structure
+        self.calibrate = bool(calibrate)
+        self.structure = "pbm" if structure == "auto" else structure
+        self.selection_log_likelihood: dict[str, float] | None = None
         self.items = np.zeros((0, 0), dtype=np.float32)
         self.queries = np.zeros((0, 0), dtype=np.float32)
         self.user_profiles = np.zeros((0, 0), dtype=np.float32)
@@ -107,17 +235,77 @@ class NeuralClickModel(ClickModel):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def _pre_log_states(self, log: SessionLog) -> np.ndarray:
-        """``float32[U, d]`` pooled pre-log user states of ``log``'s users."""
+    def _request_states(self, log: SessionLog) -> np.ndarray:
+        """``float32[R, d]`` each logged request's user state, built as the env builds it.
+
+        The env starts a session from the user's pre-log history and appends the items clicked
+        in each request before pooling the next one's state; so does this, with the logged
+        clicks. (Fitting on pre-log states alone and serving in-session ones made the model
+        overestimate every policy.)
+        """
         assert self.pooling is not None
-        return self.pooling.pre_log_states(
-            self.items, log.user_history_offsets, log.user_history_items, self.user_profiles
+        pooling = self.pooling
+        initial = pad_histories(
+            log.user_history_offsets, log.user_history_items, pooling.history_len
         )
+        rankings, clicks = logged_rankings(log)
+        clicked = np.where(clicks == 1, rankings, -1)
+        starts = log.session_offsets[:-1].astype(np.int64)
+        lengths = np.diff(log.session_offsets)
+        history = initial[log.request_user[starts]]
+        states = np.zeros((log.n_requests, self.items.shape[1]), dtype=np.float32)
+        for j in range(int(lengths.max(initial=0))):  # the j-th request of every session
+            alive = np.flatnonzero(lengths > j)
+            req = starts[alive] + j
+            profiles = self.user_profiles[log.request_user[req]]
+            states[req] = pooling.pool(self.items, history[alive], profiles)
+            history[alive] = append_history(history[alive], clicked[req])
+        return states
 
     def _check_tables(self, log: SessionLog) -> None:
         EncodedLog(
             self.items, self.queries, self.user_profiles, "", self.encoder_fingerprint or ""
         ).check(log)
+
+    @staticmethod
+    def _fix_examination(module: _Scorer, train: SessionLog) -> None:
+        """Set the examination logits from the conditional estimate and freeze them."""
+        query = train.request_query[train.impression_request]
+        _, inverse = np.unique(
+            query.astype(np.int64) * train.n_items + train.item, return_inverse=True
+        )
+        pos = train.position.astype(np.int64)
+        keep = pos < MAX_POSITIONS
+        n_pos = int(pos[keep].max()) + 1
+        theta = conditional_examination(
+            pos[keep], train.click[keep].astype(np.float64), inverse[keep], n_pos
+        )
+        if theta is None:  # no pair shown at two positions with a click: learn it instead
+            return
+        exam = np.full(MAX_POSITIONS, theta[-1])
+        exam[:n_pos] = theta
+        exam = np.clip(exam, 1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            module.exam_logit.copy_(torch.from_numpy(np.log(exam / (1 - exam))))
+        module.exam_logit.requires_grad_(False)
+
+    def _calibrate(self, held: SessionLog) -> None:
+        """Platt-scale the attractiveness logit to maximise ``held``'s likelihood."""
+        assert self.module is not None
+        module = self.module
+        batch = _RequestBatch(self, held, torch.device("cpu"))
+        module.calibration.requires_grad_(True)
+        opt = torch.optim.LBFGS([module.calibration], lr=0.5, max_iter=100)
+        everything = torch.arange(held.n_requests)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = -batch.log_likelihood(module, self.structure, everything)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        module.calibration.requires_grad_(False)
 
     def _apply_examination(self) -> None:
         assert self.module is not None
@@ -132,10 +320,14 @@ class NeuralClickModel(ClickModel):
         pooling: UserPooling | None = None,
         **context: Any,
     ) -> NeuralClickModel:
-        """Fit on ``train``'s impressions with the text embeddings ``encoded``; returns self.
+        """Fit on ``train``'s logged requests with the text embeddings ``encoded``; returns self.
 
         ``pooling`` is how user states are pooled (default :class:`UserPooling`); environments
-        replaying with this model must pool the same way.
+        replaying with this model must pool the same way. With ``structure="auto"`` both
+        structures are fitted on 90% of the training sessions, the one with the higher
+        log-likelihood on the other 10% is kept. With ``calibrate`` the model is fitted on the
+        90% and its attractiveness logit Platt-scaled on the 10% (what ranks policies must also
+        be calibrated: a scale error shifts every value); otherwise refitted on all sessions.
 
         Raises:
             ValueError: without ``encoded``, or when its tables do not fit ``train``.
@@ -155,62 +347,74 @@ class NeuralClickModel(ClickModel):
         self.encoder_fingerprint = encoded.fingerprint
         self.dataset = log_fingerprint(train)
         self.pooling = pooling or UserPooling()
-        states = self._pre_log_states(train)
-
-        device = self._torch_device()
-        gen = torch.Generator().manual_seed(self.seed)
-        module = _Scorer(encoded.dim, self.hidden)
-        module.reset(gen)
-        module.to(device)
-        items_t = torch.from_numpy(self.items).to(device)
-        queries_t = torch.from_numpy(self.queries).to(device)
-        states_t = torch.from_numpy(states).to(device)
-
-        req = train.impression_request.astype(np.int64)
-        keep = train.position < MAX_POSITIONS
-        q_idx = torch.from_numpy(train.request_query[req][keep].astype(np.int64)).to(device)
-        u_idx = torch.from_numpy(train.request_user[req][keep].astype(np.int64)).to(device)
-        i_idx = torch.from_numpy(train.item[keep].astype(np.int64)).to(device)
-        pos = torch.from_numpy(train.position[keep].astype(np.int64)).to(device)
-        y = torch.from_numpy(train.click[keep].astype(np.float32)).to(device)
-
-        # the 64 examination logits get a 10x learning rate: each sees a whole position's data
-        opt = torch.optim.Adam(
-            [
-                {"params": module.mlp.parameters()},
-                {"params": [module.exam_logit], "lr": 10 * self.lr, "weight_decay": 0.0},
-            ],
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-        )
-        n = len(y)
-        module.train()
-        for _ in range(self.epochs):
-            order = torch.randperm(n, generator=gen).to(device)
-            for start in range(0, n, self.batch_size):
-                b = order[start : start + self.batch_size]
-                logit = module(queries_t[q_idx[b]], states_t[u_idx[b]], items_t[i_idx[b]])
-                # log p = log sigmoid(attr) + log sigmoid(exam); log(1 - p) computed stably
-                log_p = nn.functional.logsigmoid(logit) + nn.functional.logsigmoid(
-                    module.exam_logit[pos[b]]
+        structure, held = self.structure_mode, None
+        if structure == "auto" or self.calibrate:
+            fit_on, held = train.split(0.1, seed=self.seed)
+        if structure == "auto":
+            scores = {}
+            for option in STRUCTURES:
+                trial = NeuralClickModel(
+                    **{**self.config(), "structure": option, "calibrate": False}
                 )
-                log_p = torch.clamp(log_p, max=-1e-6)
-                log_not = torch.log(-torch.expm1(log_p))
-                loss = -(y[b] * log_p + (1 - y[b]) * log_not).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        module.eval()
-        self.module = module.cpu()
-        self._apply_examination()
+                trial.fit(fit_on, encoded, pooling=self.pooling)
+                scores[option] = trial.log_likelihood(held)
+            structure = max(scores, key=scores.__getitem__)
+            self.selection_log_likelihood = scores
+        if self.calibrate:
+            self._fit(fit_on, structure)
+            self._calibrate(held)
+        else:
+            self._fit(train, structure)
         self.train_log_likelihood = self.log_likelihood(train)
         if validation is not None:
             self.validation_log_likelihood = self.log_likelihood(validation)
         return self
 
+    def _fit(self, train: SessionLog, structure: str) -> None:
+        """Maximise the likelihood of ``train``'s logged requests under ``structure``."""
+        device = self._torch_device()
+        gen = torch.Generator().manual_seed(self.seed)
+        module = _Scorer(self.items.shape[1], self.hidden, train.n_items if self.item_bias else 0)
+        module.reset(gen)
+        if structure == "pbm" and self.examination_mode == "conditional":
+            self._fix_examination(module, train)
+        module.to(device)
+        batch = _RequestBatch(self, train, device)
+        groups: list[dict[str, Any]] = [{"params": module.mlp.parameters()}]
+        if structure == "pbm" and module.exam_logit.requires_grad:
+            # 64 logits, each seeing a whole position's data: a 10x learning rate
+            groups.append({"params": [module.exam_logit], "lr": 10 * self.lr, "weight_decay": 0.0})
+        if structure == "cascade":
+            groups.append({"params": [module.abandon_logit], "lr": 10 * self.lr, "weight_decay": 0})
+        if module.item_bias is not None:
+            groups.append(
+                {"params": module.item_bias.parameters(), "weight_decay": self.bias_decay}
+            )
+        opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        n = train.n_requests
+        rows = max(1, self.batch_size // batch.width)  # ~batch_size impressions
+        module.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=gen).to(device)
+            for start in range(0, n, rows):
+                b = order[start : start + rows]
+                loss = -batch.log_likelihood(module, structure, b)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        module.eval()
+        self.module = module.cpu()
+        self.structure = structure
+        if structure == "pbm":
+            self._apply_examination()
+            self.abandonment = np.zeros(MAX_POSITIONS)
+        else:
+            self.examination = np.ones(MAX_POSITIONS)
+            self.abandonment = np.full(MAX_POSITIONS, torch.sigmoid(module.abandon_logit).item())
+
     # ------------------------------------------------------------------ inference
     def context(self, log: SessionLog) -> LogContext:
-        """Check ``log`` against the fitted tables; pool its users' pre-log states.
+        """Check ``log`` against the fitted tables; pool its requests' user states.
 
         Raises:
             ValueError: for a log of another dataset.
@@ -219,7 +423,7 @@ class NeuralClickModel(ClickModel):
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
         context = super().context(log)
         self._check_tables(log)
-        context.arrays["user_states"] = self._pre_log_states(log)
+        context.arrays["request_states"] = self._request_states(log)
         return context
 
     def attractiveness(
@@ -236,7 +440,7 @@ class NeuralClickModel(ClickModel):
         requests = np.asarray(requests, dtype=np.int64)
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))
         if user_state is None:
-            user_state = context.arrays["user_states"][log.request_user[requests]]
+            user_state = context.arrays["request_states"][requests]
         user_state = np.asarray(user_state, dtype=np.float32)
         if user_state.shape != (len(requests), self.items.shape[1]):
             raise ValueError(
@@ -247,7 +451,8 @@ class NeuralClickModel(ClickModel):
         width = items.shape[1]
         q = torch.from_numpy(self.queries[log.request_query[requests]])
         u = torch.from_numpy(user_state)
-        i = torch.from_numpy(self.items[np.where(valid, items, 0)])
+        codes = torch.from_numpy(np.where(valid, items, 0))
+        i = torch.from_numpy(self.items[codes.numpy()])
         out = np.empty(items.shape, dtype=np.float64)
         rows = max(1, 65536 // max(1, width))
         with torch.no_grad():
@@ -255,7 +460,8 @@ class NeuralClickModel(ClickModel):
                 qb, ub, ib = q[s : s + rows], u[s : s + rows], i[s : s + rows]
                 qb = qb[:, None, :].expand(-1, width, -1)
                 ub = ub[:, None, :].expand(-1, width, -1)
-                out[s : s + rows] = torch.sigmoid(self.module(qb, ub, ib)).double().numpy()
+                logit = self.module(qb, ub, ib, codes[s : s + rows])
+                out[s : s + rows] = torch.sigmoid(logit).double().numpy()
         return np.where(valid, out, 0.0)
 
     # ------------------------------------------------------------------ persistence
@@ -280,7 +486,8 @@ class NeuralClickModel(ClickModel):
         self.queries = np.asarray(arrays["queries"], dtype=np.float32)
         self.user_profiles = np.asarray(arrays["user_profiles"], dtype=np.float32)
         self.encoder_fingerprint = str(arrays["encoder_fingerprint"]) or None
-        module = _Scorer(self.items.shape[1], self.hidden)
+        n_items = len(self.items) if self.item_bias else 0
+        module = _Scorer(self.items.shape[1], self.hidden, n_items)
         module.load_state_dict(
             {
                 k.removeprefix("weight."): torch.from_numpy(np.array(v))
@@ -298,6 +505,11 @@ class NeuralClickModel(ClickModel):
             "lr": self.lr,
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
+            "item_bias": self.item_bias,
+            "bias_decay": self.bias_decay,
+            "structure": self.structure_mode,
+            "examination": self.examination_mode,
+            "calibrate": self.calibrate,
             "seed": self.seed,
             "device": self.device,
         }

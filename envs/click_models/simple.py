@@ -69,6 +69,7 @@ class TruthClickModel(ClickModel):
         exam = np.ones(MAX_POSITIONS)
         exam[: min(MAX_POSITIONS, len(truth.examination))] = truth.examination[:MAX_POSITIONS]
         self.examination = exam
+        self.abandonment = np.full(MAX_POSITIONS, float(truth.abandonment))
 
     def context(self, log: SessionLog) -> LogContext:
         """Map the log's requests to truth rows; refuses a log from another world."""

@@ -4,7 +4,10 @@ Because the truth is known, rankgym can compute the true value of *any* ranking,
 logging policy never showed. A click at position ``k`` of a ranking is
 
 * PBM: ``examination[k] * attractiveness(request, item)``;
-* cascade: ``attractiveness(item_k) * prod_{j<k} (1 - attractiveness(item_j))``.
+* cascade: ``attractiveness(item_k) * prod_{j<k} (1 - attractiveness(item_j)) (1 - abandonment)``:
+  the user scans top-down, stops at the first click, and leaves after an item they skip with
+  probability ``abandonment`` (without it nearly every user clicks something, whatever the order,
+  and expected clicks cannot tell rankings apart).
 
 Attractiveness is a logistic function of the request's latent intent (category, brand, colour,
 price band; ``-1`` where the query does not say) and the user's latent preferences.
@@ -67,8 +70,11 @@ class GroundTruth:
     examination: np.ndarray
     click_model: str = "pbm"
     weights: AttractivenessWeights = AttractivenessWeights()
+    abandonment: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.abandonment < 1:
+            raise ValueError(f"abandonment must be in [0, 1), got {self.abandonment}")
         if self.click_model not in CLICK_MODELS:
             raise ValueError(
                 f"click_model must be one of {', '.join(CLICK_MODELS)}, got {self.click_model!r}"
@@ -120,7 +126,7 @@ class GroundTruth:
             )
         if self.click_model == "pbm":
             return attr * self.examination[:length]
-        survive = np.cumprod(1.0 - attr, axis=1)
+        survive = np.cumprod((1.0 - attr) * (1.0 - self.abandonment), axis=1)
         before = np.concatenate([np.ones_like(survive[:, :1]), survive[:, :-1]], axis=1)
         return attr * before
 
@@ -156,7 +162,11 @@ class GroundTruth:
         """Write ``directory/truth/`` (``.npy`` arrays plus ``truth.json``); deterministic bytes."""
         out = Path(directory) / TRUTH_DIR
         out.mkdir(parents=True, exist_ok=True)
-        scalars = {"click_model": self.click_model, "weights": asdict(self.weights)}
+        scalars = {
+            "click_model": self.click_model,
+            "weights": asdict(self.weights),
+            "abandonment": self.abandonment,
+        }
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
@@ -171,7 +181,8 @@ class GroundTruth:
         if not (src / "truth.json").is_file():
             raise FileNotFoundError(
                 f"{src}: no ground truth here; only datasets written by the synthetic world "
-                "(dataset=synthetic) have one"
+                "(dataset=synthetic) have one: for other logs use a fitted reward model, "
+                "reward=neural (the best measured; README, 'Can I trust the simulator?')"
             )
         scalars = json.loads((src / "truth.json").read_text())
         arrays = {}
@@ -184,4 +195,5 @@ class GroundTruth:
             **arrays,
             click_model=scalars["click_model"],
             weights=AttractivenessWeights(**scalars["weights"]),
+            abandonment=float(scalars.get("abandonment", 0.0)),
         )

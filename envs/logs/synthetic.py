@@ -111,6 +111,9 @@ PRICE_QUERY = [["cheap", "budget", "affordable"], [], ["premium", "high-end"], [
 BASE_PRICE = np.array([25.0, 60.0, 140.0, 320.0])
 
 
+DEFAULT_ABANDONMENT = 0.3  # cascade worlds: see SyntheticWorld.abandonment
+
+
 @dataclass
 class SyntheticWorld(LogSource):
     """Configuration of the synthetic world (``conf/dataset/synthetic.yaml``).
@@ -132,6 +135,9 @@ class SyntheticWorld(LogSource):
         lexical_weight, popularity_weight: logging score weights.
         propensity_samples: Monte Carlo draws per request for the position propensities.
         click_model: ``pbm`` or ``cascade`` ground truth.
+        abandonment: cascade only: probability that the user leaves after an item they do not
+            click, in ``[0, 1)``; ``None``: the cascade default ``DEFAULT_ABANDONMENT``
+            (``pbm`` worlds must leave it ``None``).
         examination_power: PBM examination is ``(1 / (1 + position)) ** examination_power``.
     """
 
@@ -155,6 +161,7 @@ class SyntheticWorld(LogSource):
     propensity_samples: int = 200
     click_model: str = "pbm"
     examination_power: float = 1.0
+    abandonment: float | None = None
 
     def __post_init__(self) -> None:
         n_cat = len(CATEGORIES)
@@ -177,10 +184,24 @@ class SyntheticWorld(LogSource):
         for key, (ok, allowed) in checks.items():
             if not ok:
                 raise ValueError(f"dataset.{key}={getattr(self, key)!r}; allowed: {allowed}")
+        if self.abandonment is not None and self.click_model != "cascade":
+            raise ValueError(
+                f"dataset.abandonment={self.abandonment} applies to click_model=cascade only; "
+                "allowed with pbm: null"
+            )
+        if self.abandonment is not None and not 0 <= self.abandonment < 1:
+            raise ValueError(f"dataset.abandonment={self.abandonment}; allowed: [0, 1) or null")
         if self.click_model not in CLICK_MODELS:
             raise ValueError(
                 f"dataset.click_model={self.click_model!r}; allowed: {', '.join(CLICK_MODELS)}"
             )
+
+    @property
+    def cascade_abandonment(self) -> float:
+        """The truth's abandonment: 0 for PBM, else ``abandonment`` or the cascade default."""
+        if self.click_model != "cascade":
+            return 0.0
+        return DEFAULT_ABANDONMENT if self.abandonment is None else float(self.abandonment)
 
     def build(self) -> SessionLog:
         """Generate and return the log (the ground truth is returned by :meth:`generate`)."""
@@ -235,6 +256,7 @@ class _Generator:
             examination=(1.0 / np.arange(1, 65)) ** cfg.examination_power,
             click_model=cfg.click_model,
             weights=AttractivenessWeights(),
+            abandonment=cfg.cascade_abandonment,
         )
         self._clicks(truth)
         self._history(truth)
@@ -428,12 +450,19 @@ class _Generator:
             p = truth.click_probs(np.arange(n_r), ranking)[self.imp_req, self.imp_pos]
             self.imp_click = (u < p).astype(np.int8)
             return
-        # cascade: top-down, the user clicks the first attractive item examined and stops
+        # cascade: top-down, the user clicks the first attractive item examined and stops, or
+        # leaves after a skipped item with probability `abandonment`
         attr = truth.attractiveness(np.arange(n_r)[:, None], np.maximum(ranking, 0))
         would = np.zeros((n_r, width), dtype=bool)
         would[self.imp_req, self.imp_pos] = u < attr[self.imp_req, self.imp_pos]
-        first = np.argmax(would, axis=1)
-        clicked = would.any(axis=1)[self.imp_req] & (self.imp_pos == first[self.imp_req])
+        leave = np.zeros((n_r, width), dtype=bool)
+        if truth.abandonment > 0:
+            w = self.rng.random(len(self.imp_req))
+            leave[self.imp_req, self.imp_pos] = ~would[self.imp_req, self.imp_pos] & (
+                w < truth.abandonment
+            )
+        first = np.argmax(would | leave, axis=1)  # the first click or departure
+        clicked = would[np.arange(n_r), first][self.imp_req] & (self.imp_pos == first[self.imp_req])
         self.imp_click = clicked.astype(np.int8)
 
     def _history(self, truth: GroundTruth) -> None:

@@ -21,7 +21,7 @@ from envs.logs.synthetic import SyntheticWorld
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # a fast neural configuration (~4 s on 2 busy cores); the defaults train ~2x longer
-FAST_NEURAL = {"epochs": 3, "batch_size": 1024, "lr": 4e-3}
+FAST_NEURAL = {"epochs": 3, "batch_size": 1024, "lr": 4e-3, "structure": "pbm"}
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,36 @@ def test_neural_beats_pbm_on_held_out_log_likelihood(world, fitted) -> None:
     assert neural.train_log_likelihood is not None
 
 
+def test_cascade_em_recovers_the_abandonment() -> None:
+    for abandonment in (0.0, 0.3):
+        log, _ = SyntheticWorld(
+            click_model="cascade", abandonment=abandonment, propensity_samples=5, scale=0.5
+        ).generate()
+        train, test = log.split(0.2, seed=0)
+        em = CascadeClickModel().fit(train)
+        counting = CascadeClickModel(abandonment="none").fit(train)
+        # measured 0.009 and 0.301 (the truth: 0.0 and 0.3)
+        assert em.abandonment[0] == pytest.approx(abandonment, abs=0.03)
+        assert em.log_likelihood(test) >= counting.log_likelihood(test) - 1e-3
+    # measured -0.156 against counting's -0.199 (the truth -0.116)
+    assert em.log_likelihood(test) > counting.log_likelihood(test) + 0.02
+
+
+def test_neural_picks_the_structure_of_the_world() -> None:
+    log, _ = SyntheticWorld(click_model="cascade", propensity_samples=5, scale=0.3).generate()
+    train, test = log.split(0.2, seed=0)
+    encoded = encode_log(log, HashingEncoder(dim=64), progress=False)
+    model = NeuralClickModel(**{**FAST_NEURAL, "structure": "auto"}).fit(train, encoded=encoded)
+    scores = model.selection_log_likelihood
+    assert model.structure == "cascade" and scores["cascade"] > scores["pbm"], scores
+    assert 0.15 < model.abandonment[0] < 0.45  # the world's 0.3
+    assert model.log_likelihood(test) > PBMClickModel().fit(train).log_likelihood(test)
+
+
 def test_dcm_on_a_cascade_world() -> None:
-    log, _ = SyntheticWorld(click_model="cascade", propensity_samples=5, scale=0.5).generate()
+    log, _ = SyntheticWorld(
+        click_model="cascade", abandonment=0.0, propensity_samples=5, scale=0.5
+    ).generate()
     train, test = log.split(0.2, seed=0)
     dcm = DCMClickModel().fit(train)
     # one click per request: the last click is every click, so continuation is 0 exactly
@@ -189,6 +217,9 @@ def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None
         (NeuralClickModel, {"hidden": 0}, ["hidden", "int > 0"]),
         (NeuralClickModel, {"lr": 0}, ["lr", "> 0"]),
         (NeuralClickModel, {"epochs": 1.5}, ["epochs", "int"]),
+        (NeuralClickModel, {"structure": "dbn"}, ["structure", "pbm, cascade, auto"]),
+        (NeuralClickModel, {"examination": "x"}, ["examination", "conditional", "learned"]),
+        (CascadeClickModel, {"abandonment": "fixed"}, ["abandonment", "em, none"]),
     ],
 )
 def test_bad_constructor_arguments(klass, kwargs, words) -> None:
@@ -224,7 +255,7 @@ def test_neural_uses_the_current_user_state(world, fitted) -> None:
     rankings, _ = logged_rankings(train)
     rankings = rankings[requests]
     default = model.attractiveness(context, requests, rankings)
-    pre_log = context.arrays["user_states"][train.request_user[requests]]
+    pre_log = context.arrays["request_states"][requests]
     np.testing.assert_allclose(model.attractiveness(context, requests, rankings, pre_log), default)
     shifted = model.attractiveness(context, requests, rankings, np.roll(pre_log, 1, axis=0))
     assert not np.allclose(shifted, default)

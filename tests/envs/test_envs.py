@@ -233,7 +233,8 @@ def test_batched_env_equals_single_envs(world, models, options: dict, model_name
         obs_a, rew_a, done_a, info_a = single.step(actions)
         obs_b, rew_b, done_b, info_b = batched.step(actions)
         np.testing.assert_array_equal(done_a, done_b)
-        np.testing.assert_allclose(rew_a, rew_b, rtol=0, atol=1e-7)
+        # float32 rewards; a neural model's MLP rounds differently for a batch of 1 and of 5
+        np.testing.assert_allclose(rew_a, rew_b, rtol=0, atol=5e-7)
         for a, b in zip(info_a, info_b, strict=True):
             assert ("terminal_observation" in a) == ("terminal_observation" in b)
             if "terminal_observation" in a:

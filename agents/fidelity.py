@@ -1,0 +1,242 @@
+"""Simulator fidelity: does a fitted reward model rank policies as the ground truth does?
+
+A zoo of fixed policies (:func:`policy_zoo`: the baselines, noisy, mixed and reversed variants,
+the oracle of the truth, plus any trained policy) is evaluated on the same held-out sessions under
+the truth and under each fitted reward model; :func:`agreement` compares the two rankings of the
+zoo (Kendall tau, Spearman, relative error, agreement on clearly different pairs). This is the
+question to answer before training on a simulator fitted to real logs, asked where the truth is
+known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agents.baselines import (
+    CosinePolicy,
+    LoggedPolicy,
+    PopularityPolicy,
+    RandomPolicy,
+    ScoringPolicy,
+)
+from agents.evaluation import evaluate
+from encoders.encoded_log import EncodedLog
+from envs.click_models.base import ClickModel, LogContext
+from envs.logs import SessionLog
+from envs.logs.ground_truth import GroundTruth
+from envs.replay import ReplayConfig
+
+if TYPE_CHECKING:
+    from envs.vector import BatchedReplayEnv
+
+MIN_GAP = 0.05  # pairs of policies whose true values differ by more than this (relative)
+
+
+def _zscore(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scores standardised over each row's placeable candidates (0 where masked)."""
+    m = np.asarray(mask) > 0
+    n = np.maximum(m.sum(axis=1, keepdims=True), 1)
+    mean = np.where(m, scores, 0.0).sum(axis=1, keepdims=True) / n
+    var = np.where(m, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / n
+    return np.where(m, (scores - mean) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+
+
+class MixturePolicy(ScoringPolicy):
+    """A weighted sum of other policies' per-request z-scores, plus Gaussian noise.
+
+    ``weights`` of -1 reverse a policy; ``noise`` (standard deviations of z-score) blurs it, so
+    one class makes the zoo's noisy, mixed and reversed variants.
+
+    Args:
+        name: the reported name.
+        parts: ``(policy, weight)`` pairs.
+        noise: standard deviation of the noise added to the mixed z-score, >= 0.
+        seed: seeds the noise (``reset`` restarts it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        parts: list[tuple[ScoringPolicy, float]],
+        noise: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(name)
+        if noise < 0:
+            raise ValueError(f"noise={noise}; allowed: >= 0")
+        self.parts, self.noise, self.seed = parts, float(noise), seed
+        self.rng = np.random.default_rng(seed)
+
+    def fit(self, train: SessionLog, encoded: EncodedLog) -> MixturePolicy:
+        """Fit every part; returns self."""
+        for policy, _ in self.parts:
+            policy.fit(train, encoded)
+        return self
+
+    def reset(self) -> None:
+        """Restart the noise and every part."""
+        self.rng = np.random.default_rng(self.seed)
+        for policy, _ in self.parts:
+            policy.reset()
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """The weighted z-scores of the parts, plus noise."""
+        mask = obs["mask"]
+        total = sum(w * _zscore(p.scores(obs, env), mask) for p, w in self.parts)
+        if self.noise > 0:
+            total = total + self.noise * self.rng.standard_normal(np.shape(mask))
+        return total
+
+
+class TruthOraclePolicy(ScoringPolicy):
+    """Ranks by the ground truth's attractiveness, whatever reward model the env runs.
+
+    The best policy of the synthetic world (the top of the zoo); not deployable.
+
+    Args:
+        truth: the ground-truth click model.
+    """
+
+    name = "truth-oracle"
+
+    def __init__(self, truth: ClickModel, name: str | None = None) -> None:
+        super().__init__(name)
+        self.truth = truth
+        self._context: LogContext | None = None
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """True attractiveness of each candidate of the env's current requests."""
+        log = env.data.log
+        if self._context is None or self._context.log is not log:
+            self._context = self.truth.context(log)
+        cand = np.asarray(obs["candidates"], dtype=np.int64)
+        return self.truth.attractiveness(self._context, env.engine.req, cand)
+
+
+def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> list[ScoringPolicy]:
+    """The fixed policies the fidelity report ranks (unfitted; call ``fit`` on each).
+
+    From the worst to the best on the synthetic world: reversed relevance, random, the logging
+    policy, popularity, mixtures of cosine and popularity, cosine, and (with a ``truth``) the
+    truth's oracle and a noisy copy of it.
+    """
+    cos, pop = CosinePolicy, PopularityPolicy
+    zoo: list[ScoringPolicy] = [
+        RandomPolicy(seed=seed),
+        LoggedPolicy(),
+        pop(),
+        cos(),
+        MixturePolicy("cosine-noisy", [(cos(), 1.0)], noise, seed),
+        MixturePolicy("cosine+popularity-0.25", [(cos(), 0.25), (pop(), 0.75)]),
+        MixturePolicy("cosine+popularity-0.5", [(cos(), 0.5), (pop(), 0.5)]),
+        MixturePolicy("cosine+popularity-0.75", [(cos(), 0.75), (pop(), 0.25)]),
+        MixturePolicy("cosine+logged", [(cos(), 1.0), (LoggedPolicy(), 1.0)]),
+        MixturePolicy("anti-cosine", [(cos(), -1.0)]),
+        MixturePolicy("anti-popularity", [(pop(), -1.0)]),
+        MixturePolicy("anti-logged", [(LoggedPolicy(), -1.0)]),
+    ]
+    if truth is not None:
+        oracle = TruthOraclePolicy(truth)
+        zoo += [
+            oracle,
+            MixturePolicy("truth-oracle-noisy", [(oracle, 1.0)], noise, seed),
+            MixturePolicy("anti-truth-oracle", [(oracle, -1.0)]),
+        ]
+    return zoo
+
+
+# ---------------------------------------------------------------------- agreement
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two value vectors (ties in either count as neither agreement)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    concordant_minus_discordant = float((dx * dy).sum())
+    norm = np.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
+    return concordant_minus_discordant / norm if norm > 0 else float("nan")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):  # average the ranks of ties
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a method's values of the zoo agree with the true values.
+
+    Attributes:
+        kendall_tau, spearman: rank correlations with the true values.
+        rel_error: mean of ``|value - true| / true`` over the zoo.
+        pair_agreement: share of policy pairs whose true values differ by more than
+            :data:`MIN_GAP` (relative) that the method orders like the truth.
+        pairs: how many such pairs there are.
+    """
+
+    kendall_tau: float
+    spearman: float
+    rel_error: float
+    pair_agreement: float
+    pairs: int
+
+
+def agreement(true_values: np.ndarray, values: np.ndarray, min_gap: float = MIN_GAP) -> Agreement:
+    """Compare a method's values of the zoo with the true values (same order of policies)."""
+    t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    i, j = np.triu_indices(len(t), k=1)
+    gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
+    clear = gap > min_gap
+    same = np.sign(t[i] - t[j]) == np.sign(v[i] - v[j])
+    return Agreement(
+        kendall_tau=kendall_tau(t, v),
+        spearman=spearman(t, v),
+        rel_error=float(np.mean(np.abs(v - t) / np.maximum(np.abs(t), 1e-12))),
+        pair_agreement=float(same[clear].mean()) if clear.any() else float("nan"),
+        pairs=int(clear.sum()),
+    )
+
+
+def value_zoo(
+    policies: list[Any],
+    test: SessionLog,
+    encoded: EncodedLog,
+    models: dict[str, ClickModel],
+    config: ReplayConfig,
+    truth: GroundTruth | None = None,
+    num_envs: int = 256,
+    seed: int = 0,
+    max_sessions: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Expected clicks per request of every policy under every model, on the same sessions.
+
+    Returns ``{model name: {policy name: value}}``; with a ``truth``, also ``"truth"`` (the true
+    value of the slates each policy built in the truth's env).
+    """
+    from tqdm.auto import tqdm
+
+    values: dict[str, dict[str, float]] = {name: {} for name in models}
+    jobs = [(p, name, m) for p in policies for name, m in models.items()]
+    for policy, name, model in tqdm(jobs, desc="fidelity", unit="eval", disable=not progress):
+        result = evaluate(
+            policy, test, encoded, model, config, truth=truth, num_envs=num_envs,
+            bootstrap=0, seed=seed, max_sessions=max_sessions,
+        )  # fmt: skip
+        values[name][policy.name] = result.metrics["expected_clicks"]
+    return values

@@ -1,0 +1,187 @@
+"""How far can each simulator be trusted? Rank a zoo of policies under the truth and every model.
+
+Usage::
+
+    python -m experiments.fidelity                                  # default world, hashing
+    python -m experiments.fidelity dataset.click_model=cascade out=data/synthetic-cascade
+    python -m experiments.fidelity 'fidelity.rewards=[pbm,neural]' 'fidelity.runs=[outputs/x]'
+
+On the held-out sessions of a dataset with a ground truth, every zoo policy
+(:func:`agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is valued
+under the truth and under each reward model of ``fidelity.rewards`` (fitted on the training
+sessions, as ``experiments.train`` fits them). The run directory gets ``fidelity.md`` (the
+summary and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman, mean
+relative error, pairwise-order agreement), ``values.csv`` (policy x method), ``fidelity.png``
+(simulated against true value, one panel per method) and TensorBoard scalars under
+``fidelity/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from agents.baselines import SB3Policy
+from agents.fidelity import agreement, policy_zoo, value_zoo
+from agents.training import CHECKPOINT, SB3Agent
+from envs.click_models.simple import TruthClickModel
+from envs.setup import RunSetup, fit_reward_model
+from envs.vector import BatchedReplayEnv
+from experiments.prepare import USER_ERRORS, fail
+from experiments.train import instantiate, setup
+
+log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def check_rewards(names: list[str]) -> None:
+    """Refuse a ``fidelity.rewards`` entry that names no fitted reward config."""
+    allowed = sorted(p.stem for p in (CONF / "reward").glob("*.yaml") if p.stem != "truth")
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"fidelity.rewards has {name!r}; allowed: {', '.join(allowed)}")
+
+
+def reward_models(cfg: DictConfig, s: RunSetup) -> dict[str, Any]:
+    """The truth plus every ``fidelity.rewards`` model, fitted on the training sessions."""
+    models: dict[str, Any] = {"truth": s.reward}
+    for name in cfg.fidelity.rewards:
+        path = CONF / "reward" / f"{name}.yaml"
+        model = instantiate(OmegaConf.load(path), f"reward model {name}")
+        models[name] = fit_reward_model(
+            model, s.data, s.train, s.encoded, s.env, cfg.paths.cache_dir
+        )
+    return models
+
+
+def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
+    """The SB3 policies of the run directories in ``fidelity.runs`` (a sweep dir: all below)."""
+    policies = []
+    for root in map(Path, cfg.fidelity.runs):
+        found = sorted(root.rglob(f"checkpoints/{CHECKPOINT}"))
+        if not found:
+            raise FileNotFoundError(f"{root}: no checkpoints/{CHECKPOINT} below it")
+        for checkpoint in found:
+            run_dir = checkpoint.parent.parent
+            agent = hydra.utils.instantiate(
+                OmegaConf.load(run_dir / ".hydra" / "config.yaml").agent
+            )
+            if not isinstance(agent, SB3Agent):
+                continue
+            env = BatchedReplayEnv(s.test, s.encoded, s.reward, s.env, num_envs=1, device="cpu")
+            model = agent.load(checkpoint, env, device="cpu")
+            name = f"{agent.name}:{run_dir.relative_to(root) if run_dir != root else root.name}"
+            policies.append(SB3Policy(model, s.env.obs_mode, name))
+    return policies
+
+
+def report(values: dict[str, dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(policy x method values, one agreement row per method)."""
+    table = pd.DataFrame(values)
+    table = table.sort_values("truth", ascending=False)
+    rows = []
+    for method in table.columns.drop("truth"):
+        a = agreement(table["truth"].to_numpy(), table[method].to_numpy())
+        rows.append({"method": method, **dataclasses.asdict(a)})
+    return table, pd.DataFrame(rows).set_index("method")
+
+
+def markdown(frame: pd.DataFrame, index: str) -> str:
+    """A Markdown table of ``frame`` (numbers to 3 decimals)."""
+    columns = {c: frame[c].tolist() for c in frame.columns}
+    floats = {c: pd.api.types.is_float_dtype(frame[c]) for c in frame.columns}
+    lines = [f"| {index} | " + " | ".join(frame.columns) + " |",
+             "| --- | " + " | ".join("---:" for _ in frame.columns) + " |"]  # fmt: skip
+    for n, name in enumerate(frame.index):
+        cells = [f"{columns[c][n]:.3f}" if floats[c] else str(columns[c][n]) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
+    """Simulated against true value of every zoo policy, one panel per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary.index)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
+    low = float(table.min().min()) * 0.95
+    high = float(table.max().max()) * 1.05
+    for ax, method in zip(axes[0], methods, strict=True):
+        ax.plot([low, high], [low, high], color="grey", lw=0.8)
+        ax.scatter(table["truth"], table[method], s=14)
+        row = summary.loc[method]
+        ax.set_title(f"{method}: tau {row.kendall_tau:.2f}, err {row.rel_error:.0%}", fontsize=9)
+        ax.set_xlabel("true expected clicks")
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+    axes[0][0].set_ylabel("simulated expected clicks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """The fidelity report of ``cfg``'s dataset; returns the per-method summary."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if OmegaConf.select(cfg, "reward._target_") != "envs.click_models.simple.TruthClickModel":
+        raise ValueError("experiments.fidelity values policies under the truth: keep reward=truth")
+    check_rewards(list(cfg.fidelity.rewards))
+    s = setup(cfg)
+    if s.truth is None:
+        raise ValueError(f"{cfg.out}: this dataset has no ground truth; fidelity needs one")
+    assert isinstance(s.reward, TruthClickModel)
+    models = reward_models(cfg, s)
+    zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(s.reward, cfg.fidelity.noise, cfg.seed)]
+    policies = [*zoo, *trained_policies(cfg, s)]
+    log.info("valuing %d policies under %d models", len(policies), len(models))
+    values = value_zoo(
+        policies, s.test, s.encoded, models, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
+        max_sessions=cfg.fidelity.sessions, progress=True,
+    )  # fmt: skip
+    table, summary = report(values)
+    table.to_csv(run_dir / "values.csv", index_label="policy")
+    summary.to_csv(run_dir / "fidelity.csv")
+    plot(table, summary, run_dir / "fidelity.png")
+    (run_dir / "fidelity.md").write_text(
+        f"# Simulator fidelity: {cfg.dataset.name} ({s.truth.click_model} truth), "
+        f"{cfg.encoder.name} encoder, {s.test.n_sessions} held-out sessions\n\n"
+        + markdown(summary, "method")
+        + "\n\nExpected clicks per request:\n\n"
+        + markdown(table, "policy")
+        + "\n"
+    )
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for method, row in summary.iterrows():
+            for key in ("kendall_tau", "spearman", "rel_error", "pair_agreement"):
+                writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
+    log.info("wrote %s", run_dir / "fidelity.md")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point of ``python -m experiments.fidelity``."""
+    try:
+        summary = run(cfg)
+    except (InstantiationException, *USER_ERRORS) as err:
+        fail(err)
+    print(json.dumps({m: {k: round(float(v), 4) for k, v in r.items()}
+                      for m, r in summary.iterrows()}, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

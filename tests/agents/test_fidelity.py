@@ -1,0 +1,114 @@
+"""The fidelity report: agreement statistics, the policy zoo, `experiments.fidelity`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from agents.baselines import CosinePolicy
+from agents.fidelity import MixturePolicy, agreement, kendall_tau, policy_zoo, spearman, value_zoo
+from encoders.encoded_log import encode_log
+from encoders.hashing import HashingEncoder
+from envs.click_models.fitted import PBMClickModel
+from envs.click_models.simple import TruthClickModel
+from envs.replay import ReplayConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rank_correlations_equal_scipy() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(size=12)
+        y = x + rng.normal(size=12)
+        y[3] = y[5]  # a tie
+        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_agreement_by_hand() -> None:
+    truth = np.array([1.0, 1.2, 2.0])
+    sim = np.array([1.1, 1.0, 2.2])  # swaps the first two, keeps the third on top
+    a = agreement(truth, sim)
+    assert a.kendall_tau == pytest.approx(1 / 3)
+    assert a.rel_error == pytest.approx((0.1 + 0.2 / 1.2 + 0.1) / 3)
+    # pairs whose true values differ by more than 5%: all three; the swapped one disagrees
+    assert a.pairs == 3 and a.pair_agreement == pytest.approx(2 / 3)
+    assert agreement(truth, truth).kendall_tau == 1.0
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    log, truth = small_world
+    train, test = log.split(0.3, seed=0)
+    return train, test, encode_log(log, HashingEncoder(dim=64), progress=False), truth
+
+
+def test_the_zoo_spans_the_truths_range(world) -> None:
+    train, test, encoded, truth = world
+    model = TruthClickModel(truth=truth)
+    zoo = [p.fit(train, encoded) for p in policy_zoo(model)]
+    names = [p.name for p in zoo]
+    assert len(set(names)) == len(names) >= 15
+    values = value_zoo(zoo, test, encoded, {"truth": model}, ReplayConfig(obs_mode="ids"))
+    v = values["truth"]
+    assert max(v, key=v.get) == "truth-oracle" and min(v, key=v.get) == "anti-truth-oracle"
+    assert v["cosine"] > v["random"] > v["anti-cosine"]
+    # the truth agrees with itself; a pair-table PBM does not rank like it (measured tau ~0.3)
+    pbm = PBMClickModel().fit(train)
+    sim = value_zoo(zoo, test, encoded, {"pbm": pbm}, ReplayConfig(obs_mode="ids"))["pbm"]
+    a = agreement(np.array([v[n] for n in names]), np.array([sim[n] for n in names]))
+    assert a.kendall_tau < 0.8
+
+
+def test_mixture_policy_reverses_and_blurs(world) -> None:
+    train, _, encoded, _ = world
+    obs = {
+        "candidates": np.array([[0, 1, 2, -1]]),
+        "query": np.array([[0]]),
+        "user": np.full((1, 20), -1),
+        "user_weights": np.zeros((1, 20), dtype=np.float32),
+        "mask": np.array([[1, 1, 1, 0]], dtype=np.float32),
+    }
+    cos = CosinePolicy().fit(train, encoded)
+    anti = MixturePolicy("anti", [(CosinePolicy().fit(train, encoded), -1.0)])
+    base = cos.scores(obs, None)[0, :3]
+    flipped = anti.scores(obs, None)[0, :3]
+    assert np.array_equal(np.argsort(base), np.argsort(-flipped))
+    noisy = MixturePolicy("noisy", [(cos, 1.0)], noise=1.0, seed=3)
+    first = noisy.scores(obs, None)
+    noisy.reset()
+    assert np.array_equal(first, noisy.scores(obs, None))  # reset restarts the noise
+    with pytest.raises(ValueError, match="noise=-1.0; allowed: >= 0"):
+        MixturePolicy("bad", [(cos, 1.0)], noise=-1.0)
+
+
+def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
+    args = [
+        sys.executable, "-m", "experiments.fidelity", f"paths.root_dir={tmp_path}",
+        f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", "encoder=hashing",
+        "dataset.scale=0.1", "dataset.n_items=300", "dataset.propensity_samples=5",
+        "fidelity.rewards=[pbm,neural]",
+    ]  # fmt: skip
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = pd.read_csv(run / "fidelity.csv", index_col="method")
+    assert list(summary.index) == ["pbm", "neural"]
+    assert {"kendall_tau", "spearman", "rel_error", "pair_agreement", "pairs"} <= set(summary)
+    assert summary["kendall_tau"].between(-1, 1).all()
+    values = pd.read_csv(run / "values.csv", index_col="policy")
+    assert values.loc["truth-oracle", "truth"] == values["truth"].max()
+    assert (run / "fidelity.png").stat().st_size > 1000
+    assert "kendall_tau" in (run / "fidelity.md").read_text()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    wrong = subprocess.run([*args[:-1], "fidelity.rewards=[pbn]"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "fidelity.rewards has 'pbn'; allowed: cascade, dcm, logged, neural, pbm" in wrong.stderr
