@@ -20,8 +20,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
+from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.policies import MaskedDQN, RankingActorCriticPolicy, RankingDQNPolicy
-from envs.logs.atomic import atomic_file
 
 # algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
 ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
@@ -29,8 +29,6 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
     "a2c": (A2C, RankingActorCriticPolicy),
     "dqn": (MaskedDQN, RankingDQNPolicy),
 }
-CHECKPOINT = "last.zip"
-REPLAY_BUFFER = "last_replay_buffer.pkl"
 
 
 def _algorithm(name: str) -> tuple[type[BaseAlgorithm], type[BasePolicy]]:
@@ -74,9 +72,12 @@ class SB3Agent:
         """A fresh agent on ``venv`` (see :func:`build_agent`)."""
         return build_agent(self.algorithm, venv, seed, device, self.hyperparams, self.scorer)
 
-    def load(self, path: str | Path, venv: VecEnv, device: str = "auto") -> BaseAlgorithm:
-        """The agent saved at ``path`` (see :func:`load_agent`)."""
-        return load_agent(self.algorithm, path, venv, device)
+    def load(
+        self, path: str | Path, venv: VecEnv, seed: int = 0, device: str = "auto"
+    ) -> BaseAlgorithm:
+        """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
+        model = self.build(venv, seed, device)
+        return load_checkpoint(model, path, self.algorithm)
 
 
 def build_agent(
@@ -115,15 +116,20 @@ def build_agent(
 
 
 def load_agent(
-    algorithm: str, path: str | Path, venv: VecEnv, device: str = "auto"
+    algorithm: str,
+    path: str | Path,
+    venv: VecEnv,
+    device: str = "auto",
+    hyperparams: dict[str, Any] | None = None,
+    scorer: dict[str, Any] | None = None,
 ) -> BaseAlgorithm:
-    """Load a checkpoint written by :class:`CheckpointCallback` (or ``model.save``)."""
-    klass, _ = _algorithm(algorithm)
-    model = klass.load(path, env=venv, device=device)
-    buffer = Path(path).with_name(REPLAY_BUFFER)
-    if isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
-        model.load_replay_buffer(buffer)
-    return model
+    """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
+
+    Nothing is unpickled (see :mod:`agents.checkpoint`); ``hyperparams`` and ``scorer`` must be
+    those of the run that wrote the checkpoint.
+    """
+    model = build_agent(algorithm, venv, 0, device, hyperparams, scorer)
+    return load_checkpoint(model, path, algorithm)
 
 
 class ProgressCallback(BaseCallback):
@@ -181,14 +187,14 @@ class EvalCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Save ``directory/last.zip`` (and DQN's replay buffer) every ``freq`` timesteps, atomically.
+    """Save ``directory/last/`` (:mod:`agents.checkpoint`) every ``freq`` timesteps, atomically.
 
     A killed run resumes from the last checkpoint with ``resume=true``.
     """
 
-    def __init__(self, directory: str | Path, freq: int) -> None:
+    def __init__(self, directory: str | Path, freq: int, algorithm: str) -> None:
         super().__init__()
-        self.directory, self.freq = Path(directory), freq
+        self.directory, self.freq, self.algorithm = Path(directory), freq, algorithm
         self.next_save = freq
 
     def _on_training_start(self) -> None:
@@ -197,19 +203,8 @@ class CheckpointCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_save:
             self.next_save += self.freq
-            save_checkpoint(self.model, self.directory)
+            save_checkpoint(self.model, self.directory, self.algorithm)
         return True
-
-
-def save_checkpoint(model: BaseAlgorithm, directory: str | Path) -> Path:
-    """Write ``last.zip`` (+ replay buffer) through temporary files renamed into place."""
-    directory = Path(directory)
-    if isinstance(model, OffPolicyAlgorithm):
-        with atomic_file(directory / REPLAY_BUFFER) as tmp:
-            model.save_replay_buffer(tmp)
-    with atomic_file(directory / CHECKPOINT) as tmp:
-        model.save(tmp)
-    return directory / CHECKPOINT
 
 
 def record_eval(logger: Any, metrics: dict[str, float]) -> None:

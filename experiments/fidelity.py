@@ -31,8 +31,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines import SB3Policy
+from agents.checkpoint import CHECKPOINT
 from agents.fidelity import agreement, policy_zoo, value_zoo
-from agents.training import CHECKPOINT, SB3Agent
+from agents.training import SB3Agent
 from envs.click_models.simple import TruthClickModel
 from envs.setup import RunSetup, fit_reward_model
 from envs.vector import BatchedReplayEnv
@@ -67,18 +68,17 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
     """The SB3 policies of the run directories in ``fidelity.runs`` (a sweep dir: all below)."""
     policies = []
     for root in map(Path, cfg.fidelity.runs):
-        found = sorted(root.rglob(f"checkpoints/{CHECKPOINT}"))
+        found = sorted(p.parent for p in root.rglob(f"checkpoints/{CHECKPOINT}/state.json"))
         if not found:
             raise FileNotFoundError(f"{root}: no checkpoints/{CHECKPOINT} below it")
         for checkpoint in found:
             run_dir = checkpoint.parent.parent
-            agent = hydra.utils.instantiate(
-                OmegaConf.load(run_dir / ".hydra" / "config.yaml").agent
-            )
+            run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+            agent = hydra.utils.instantiate(run_cfg.agent)
             if not isinstance(agent, SB3Agent):
                 continue
             env = BatchedReplayEnv(s.test, s.encoded, s.reward, s.env, num_envs=1, device="cpu")
-            model = agent.load(checkpoint, env, device="cpu")
+            model = agent.load(checkpoint, env, run_cfg.seed, device="cpu")
             name = f"{agent.name}:{run_dir.relative_to(root) if run_dir != root else root.name}"
             policies.append(SB3Policy(model, s.env.obs_mode, name))
     return policies

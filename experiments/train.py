@@ -13,7 +13,8 @@ split it, embed its texts (cached by the embedding store), fit the reward model 
 split (cached by dataset, split, encoder and settings), train on a batched env over the training
 sessions with periodic evaluation on held-out sessions, then evaluate on all held-out sessions.
 The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/`` plus
-``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last.zip``.
+``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/`` (:mod:`agents.checkpoint`:
+nothing in it is unpickled when a run resumes).
 """
 
 from __future__ import annotations
@@ -34,16 +35,15 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 
 from agents.baselines import SB3Policy
+from agents.checkpoint import CHECKPOINT, save_checkpoint
 from agents.evaluation import evaluate
 from agents.training import (
-    CHECKPOINT,
     CheckpointCallback,
     EvalCallback,
     ProgressCallback,
     SB3Agent,
     log_hparams,
     record_eval,
-    save_checkpoint,
 )
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
@@ -165,8 +165,8 @@ def train(
     )  # fmt: skip
     venv.seed(cfg.seed)
     checkpoints = run_dir / "checkpoints"
-    if cfg.resume and (checkpoints / CHECKPOINT).is_file():
-        model = agent.load(checkpoints / CHECKPOINT, venv, device=cfg.device)
+    if cfg.resume:  # refuses a missing, foreign or tampered checkpoint with one line
+        model = agent.load(checkpoints / CHECKPOINT, venv, cfg.seed, cfg.device)
         log.info("resuming from %s at %d timesteps", checkpoints, model.num_timesteps)
     else:
         model = agent.build(venv, cfg.seed, cfg.device)
@@ -179,7 +179,7 @@ def train(
     callbacks = [
         ProgressCallback(cfg.total_timesteps, initial=done),
         EvalCallback(periodic, cfg.eval.freq, hparams),
-        CheckpointCallback(checkpoints, cfg.checkpoint_freq),
+        CheckpointCallback(checkpoints, cfg.checkpoint_freq, agent.algorithm),
     ]
     model.learn(
         max(0, cfg.total_timesteps - done),
@@ -187,7 +187,7 @@ def train(
         reset_num_timesteps=False,
         log_interval=agent.log_interval,
     )
-    save_checkpoint(model, checkpoints)
+    save_checkpoint(model, checkpoints, agent.algorithm)
     return SB3Policy(model, s.env.obs_mode, agent.name), model.num_timesteps
 
 

@@ -64,7 +64,7 @@ def test_tiny_training_run_writes_everything(tmp_path: Path, agent: str) -> None
     assert metrics["policy"] == agent and metrics["total_timesteps"] >= 400
     assert metrics["expected_clicks_ci_low"] <= metrics["expected_clicks"]
     assert metrics["expected_clicks"] <= metrics["expected_clicks_ci_high"]
-    assert (run / "checkpoints" / "last.zip").is_file() and (run / ".hydra").is_dir()
+    assert (run / "checkpoints" / "last" / "weights.pt").is_file() and (run / ".hydra").is_dir()
     found = tags(run)
     assert {"eval/expected_clicks", "eval/true_expected_clicks", "eval/ndcg@10", "eval/mrr",
             "eval/ctr@1", "time/fps", "rollout/ep_rew_mean"} <= found, found  # fmt: skip

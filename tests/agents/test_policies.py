@@ -116,14 +116,19 @@ def test_save_load_round_trip_predicts_the_same(world, name: str, tmp_path: Path
     hyper = SMALL_DQN if name == "dqn" else SMALL_PPO if name == "ppo" else {"n_steps": 8}
     model = build_agent(name, env, seed=0, device="cpu", hyperparams=hyper)
     model.learn(300)
-    path = save_checkpoint(model, tmp_path)
-    loaded = load_agent(name, path, venv(world))
+    path = save_checkpoint(model, tmp_path, name)
+    loaded = load_agent(name, path, venv(world), "cpu", hyper)
+    assert loaded.num_timesteps == model.num_timesteps >= 300
     obs = env.reset()
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
                                   model.predict(obs, deterministic=True)[0])  # fmt: skip
     for key, value in model.policy.state_dict().items():
         torch.testing.assert_close(loaded.policy.state_dict()[key], value)
     assert "tables" not in loaded.policy_kwargs  # tables travel in the state dict, once
+    if name == "dqn":  # the replay buffer comes back too, as plain arrays
+        assert loaded.replay_buffer.pos == model.replay_buffer.pos > 0
+        for key, value in model.replay_buffer.observations.items():
+            np.testing.assert_array_equal(loaded.replay_buffer.observations[key], value)
 
 
 @pytest.mark.parametrize("name", ["ppo", "dqn"])

@@ -1,0 +1,114 @@
+"""Checkpoints never run code when loaded: planted payloads are refused before unpickling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.training import build_agent
+from encoders.encoded_log import encode_log
+from encoders.hashing import HashingEncoder
+from envs.click_models.simple import TruthClickModel
+from envs.replay import ReplayConfig
+from envs.vector import BatchedReplayEnv
+from tests.test_train import SMALL, train
+
+SMALL_DQN = {"learning_starts": 32, "buffer_size": 2000, "batch_size": 16}
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``target``."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.fixture(scope="module")
+def env_factory(small_world):
+    log, truth = small_world
+    encoded = encode_log(log, HashingEncoder(dim=16), progress=False)
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=4)
+
+    def make() -> BatchedReplayEnv:
+        env = BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg, num_envs=4)
+        env.seed(0)
+        return env
+
+    return make
+
+
+def fresh(env_factory, name: str = "dqn"):
+    hyper = SMALL_DQN if name == "dqn" else {"n_steps": 8, "batch_size": 32}
+    return build_agent(name, env_factory(), seed=0, device="cpu", hyperparams=hyper)
+
+
+def test_a_payload_in_the_weights_never_runs(env_factory, tmp_path: Path) -> None:
+    model = fresh(env_factory)
+    model.learn(64)
+    path = save_checkpoint(model, tmp_path, "dqn")
+    target = tmp_path / "pwned"
+    torch.save({"policy": Payload(target), "optimizer": {}}, path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"weights\.pt: not loadable as plain weights"):
+        load_checkpoint(fresh(env_factory), path, "dqn")
+    assert not target.exists()
+
+
+def test_a_payload_in_the_replay_buffer_never_runs(env_factory, tmp_path: Path) -> None:
+    model = fresh(env_factory)
+    model.learn(64)
+    path = save_checkpoint(model, tmp_path, "dqn")
+    target = tmp_path / "pwned"
+    with open(path / "replay.npz", "wb") as handle:  # an object array: pickled inside the npz
+        np.savez(handle, actions=np.array([Payload(target)], dtype=object))
+    with pytest.raises(CheckpointError, match=r"replay\.npz: not loadable as plain arrays"):
+        load_checkpoint(fresh(env_factory), path, "dqn")
+    assert not target.exists()
+
+
+def test_foreign_or_mismatched_checkpoints_are_refused(env_factory, tmp_path: Path) -> None:
+    model = fresh(env_factory, "ppo")
+    path = save_checkpoint(model, tmp_path, "ppo")
+    with pytest.raises(CheckpointError, match="a ppo checkpoint cannot resume agent.algorithm=dqn"):
+        load_checkpoint(fresh(env_factory), path, "dqn")
+    with pytest.raises(CheckpointError, match=r"state\.json: no checkpoint to resume from"):
+        load_checkpoint(fresh(env_factory), tmp_path / "elsewhere", "dqn")
+    (path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a rankgym checkpoint state"):
+        load_checkpoint(fresh(env_factory, "ppo"), path, "ppo")
+
+
+def legacy_zip(path: Path, target: Path) -> None:
+    """An SB3-style zip whose ``data`` holds a ``:serialized:`` payload."""
+    blob = base64.b64encode(pickle.dumps(Payload(target))).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data", json.dumps({"policy_class": {":serialized:": blob}}))
+
+
+def test_resume_refuses_with_one_line_and_runs_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    legacy_zip(tmp_path / "run" / "checkpoints" / "last.zip", target)
+    common = ["agent=ppo", "total_timesteps=128", *SMALL["ppo"]]
+    done = train(tmp_path, *common, "resume=true")
+    assert done.returncode == 2 and not target.exists()
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "no checkpoint to resume from" in line
+    assert "last.zip is a stable-baselines3 zip" in line and "never loaded" in line
+    # a finished ppo run cannot be resumed as dqn
+    assert train(tmp_path, *common, run="ok").returncode == 0
+    other = train(tmp_path, "agent=dqn", "resume=true", "total_timesteps=256", *SMALL["dqn"],
+                  run="ok")  # fmt: skip
+    assert other.returncode == 2
+    assert "a ppo checkpoint cannot resume agent.algorithm=dqn" in other.stderr
