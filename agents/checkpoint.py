@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(model: BaseAlgorithm, directory: str | Path, algorithm: str) -> Path:
     """Write ``directory/last/`` (atomically: a reader sees the old or the new checkpoint)."""
     target = Path(directory) / CHECKPOINT
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, marker="state.json") as tmp:
         weights = {
             "policy": model.policy.state_dict(),
             "optimizer": model.policy.optimizer.state_dict(),

@@ -31,6 +31,30 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
 }
 
 
+# SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
+# mid-training, with a numpy or assertion error): name -> smallest allowed value
+_INT_HYPERPARAMS = {"n_steps": 1, "batch_size": 1, "n_epochs": 1, "buffer_size": 1,
+                    "learning_starts": 0, "train_freq": 1, "gradient_steps": 1,
+                    "target_update_interval": 1}  # fmt: skip
+_FLOAT_HYPERPARAMS = {"gamma": 0.0, "gae_lambda": 0.0, "ent_coef": 0.0, "vf_coef": 0.0,
+                      "clip_range": 0.0, "max_grad_norm": 0.0, "tau": 0.0,
+                      "exploration_fraction": 0.0, "exploration_initial_eps": 0.0,
+                      "exploration_final_eps": 0.0, "learning_rate": 0.0}  # fmt: skip
+
+
+def _check_hyperparams(hyperparams: dict[str, Any]) -> None:
+    for key, value in hyperparams.items():
+        if key in _INT_HYPERPARAMS:
+            low, kind = _INT_HYPERPARAMS[key], int
+        elif key in _FLOAT_HYPERPARAMS:
+            low, kind = _FLOAT_HYPERPARAMS[key], (int, float)
+        else:
+            continue  # SB3 itself names unknown keys when the agent is built
+        if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+            allowed = f"an int >= {low}" if kind is int else f"a number >= {low}"
+            raise ValueError(f"agent.hyperparams.{key}={value!r}; allowed: {allowed}")
+
+
 def _algorithm(name: str) -> tuple[type[BaseAlgorithm], type[BasePolicy]]:
     if name not in ALGORITHMS:
         raise ValueError(f"agent.algorithm={name!r}; allowed: {', '.join(ALGORITHMS)}")
@@ -61,6 +85,7 @@ class SB3Agent:
             raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
         self.name, self.algorithm, self.num_envs = name, algorithm, num_envs
         self.hyperparams = dict(hyperparams or {})
+        _check_hyperparams(self.hyperparams)
         self.scorer = dict(scorer or {})
 
     @property
@@ -106,8 +131,9 @@ def build_agent(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,
             **(hyperparams or {}),
         )  # fmt: skip
-    except TypeError as err:  # an unknown hyperparameter: name it
-        raise ValueError(f"agent.hyperparams for {algorithm}: {err}") from err
+    except (TypeError, ValueError, AssertionError) as err:  # a bad hyperparameter: name it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"agent.hyperparams for {algorithm}: {first}") from err
     # the tables now live in the policy's buffers (saved in its state dict); the kwargs SB3
     # pickles into every checkpoint keep only their shapes, to rebuild the buffers on load
     model.policy_kwargs.pop("tables")

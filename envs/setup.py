@@ -23,7 +23,7 @@ from encoders.encoded_log import EncodedLog, encode_log
 from encoders.store import EmbeddingStore
 from envs.click_models.base import ClickModel, log_fingerprint
 from envs.logs import SessionLog
-from envs.logs.atomic import atomic_directory
+from envs.logs.atomic import atomic_directory, check_replaceable
 from envs.logs.ground_truth import TRUTH_DIR, GroundTruth
 from envs.logs.source import LogSource
 from envs.replay import ReplayConfig
@@ -83,6 +83,7 @@ def load_or_prepare(source: LogSource, out: str | Path) -> SessionLog:
             log.info("reusing dataset %s", out)
             return SessionLog.read(out)
         log.info("dataset %s was written with other parameters: rewriting it", out)
+    check_replaceable(out, "meta.json")  # before generating: never replace a user's files
     log.info("writing dataset %s (%s)", out, type(source).__name__)
     return source.write(out)
 
@@ -122,7 +123,7 @@ def fit_reward_model(
     log.info("fitting reward model %s on %d training sessions", model.name, train.n_sessions)
     model.fit(train, encoded=encoded, pooling=env.user_pooling)
     if cached is not None:
-        with atomic_directory(cached) as tmp:
+        with atomic_directory(cached, marker="model.json") as tmp:
             model.save(tmp)
     return model
 

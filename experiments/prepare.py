@@ -26,6 +26,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from encoders.encoded_log import encode_log
 from envs.logs import LogValidationError
+from envs.logs.atomic import check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ USER_ERRORS = (
     LogValidationError,
     ValueError,
     FileNotFoundError,
+    FileExistsError,
     RuntimeError,
     MissingMandatoryValue,
 )
@@ -52,6 +54,7 @@ def prepare(cfg: DictConfig) -> dict:
     """
     log.info("instantiating dataset %s (%s)", cfg.dataset.name, cfg.dataset._target_)
     source = hydra.utils.instantiate(cfg.dataset)
+    check_replaceable(cfg.out, "meta.json")  # before any work: never replace a user's files
     if cfg.encode:  # configuration errors surface before anything is written
         log.info("instantiating encoder %s (%s)", cfg.encoder.name, cfg.encoder._target_)
         encoder = hydra.utils.instantiate(cfg.encoder)

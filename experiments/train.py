@@ -97,11 +97,28 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     return {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
 
 
+def check_run_settings(cfg: DictConfig) -> None:
+    """Refuse run settings that would crash or silently misbehave later, naming the key."""
+    rules = {
+        "total_timesteps": (cfg.total_timesteps, 0),
+        "checkpoint_freq": (cfg.checkpoint_freq, 1),
+        "eval.freq": (cfg.eval.freq, 1),
+        "eval.num_envs": (cfg.eval.num_envs, 1),
+        "eval.bootstrap": (cfg.eval.bootstrap, 0),
+    }
+    for key, (value, low) in rules.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key}={value!r}; allowed: an int >= {low}")
+    for key in ("eval.sessions", "eval.final_sessions"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}={value!r}; allowed: an int >= 1 or null (all)")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One training (or baseline evaluation) run; returns what ``metrics.json`` holds."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.total_timesteps < 0:
-        raise ValueError(f"total_timesteps={cfg.total_timesteps}; allowed: >= 0")
+    check_run_settings(cfg)
     set_random_seed(cfg.seed)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     s = setup(cfg)
@@ -144,7 +161,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "reward_model": s.reward.name,
         **fidelity,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # no intervals without bootstrap resamples: null, not JSON's invalid NaN
+    metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", run_dir / "metrics.json")
     return metrics
 

@@ -99,3 +99,37 @@ def test_encoder_config_error_writes_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: Missing mandatory value: encoder.path"]
     assert not out.exists()
+
+
+def test_out_never_replaces_a_directory_rankgym_did_not_write(tmp_path: Path) -> None:
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    done = prepare(f"out={mine}", "dataset.scale=0.05", "dataset.propensity_samples=5",
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {mine}: holds files rankgym did not write (no meta.json)")
+    assert (mine / "chapter1.tex").read_text() == "years of work"
+    assert sorted(p.name for p in mine.iterdir()) == ["chapter1.tex"]
+    # an empty directory and an earlier dataset are fine to (re)write
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (empty, empty):
+        again = prepare(f"out={out}", "dataset.scale=0.05", "dataset.propensity_samples=5",
+                        cwd=tmp_path)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_concurrent_writers_of_one_out_both_succeed(tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    args = [sys.executable, "-m", "experiments.prepare", f"paths.root_dir={tmp_path}",
+            f"out={out}", "dataset.scale=0.05", "dataset.propensity_samples=5"]  # fmt: skip
+    for _ in range(3):
+        procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]  # fmt: skip
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [r[1][-1500:] for r in results]
+        assert SessionLog.read(out).n_impressions > 1000
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".shared.")]
+    assert leftovers == []

@@ -98,6 +98,15 @@ def test_baselines_write_the_same_outputs(tmp_path: Path, agent: str) -> None:
     assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= tags(tmp_path / "run")
 
 
+def test_no_bootstrap_writes_null_intervals_not_nan(tmp_path: Path) -> None:
+    done = train(tmp_path, "agent=cosine", "eval.bootstrap=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    assert "NaN" not in text
+    metrics = json.loads(text)
+    assert metrics["expected_clicks_ci_low"] is None and metrics["expected_clicks"] > 0
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     first = train(tmp_path, "agent=ppo", "total_timesteps=256", "checkpoint_freq=128",
                   "eval.freq=100000", *SMALL["ppo"])  # fmt: skip
@@ -115,7 +124,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("agent.algorithm=sac", "error: agent.algorithm='sac'; allowed: ppo, a2c, dqn"),
-        ("total_timesteps=-5", "error: total_timesteps=-5; allowed: >= 0"),
+        ("total_timesteps=-5", "error: total_timesteps=-5; allowed: an int >= 0"),
+        ("eval.freq=0", "error: eval.freq=0; allowed: an int >= 1"),
+        ("checkpoint_freq=-1", "error: checkpoint_freq=-1; allowed: an int >= 1"),
+        ("eval.sessions=0", "error: eval.sessions=0; allowed: an int >= 1 or null"),
+        (
+            "agent.hyperparams.learning_rate=foo",
+            "error: agent.hyperparams.learning_rate='foo'; allowed: a number >= 0.0",
+        ),
+        ("agent.hyperparams.gamma=x", "error: agent.hyperparams.gamma='x'; allowed: a number"),
     ],
 )
 def test_config_errors_are_one_clear_line(tmp_path: Path, override: str, message: str) -> None:

@@ -10,38 +10,92 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove ``.NAME.tmp-PID-*`` siblings left by killed writers (never a live writer's)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.removeprefix(f".{target.name}.tmp-").split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike[str], marker: str) -> None:
+    """Refuse to replace ``path`` unless it is absent, empty, or holds ``marker`` (ours).
+
+    Raises:
+        FileExistsError: naming the path and what to do instead.
+    """
+    target = Path(path)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target}: exists and is not a directory; choose another path")
+    if (target / marker).is_file() or not any(target.iterdir()):
+        return
+    raise FileExistsError(
+        f"{target}: holds files rankgym did not write (no {marker}); rankgym replaces only its "
+        "own output or an empty directory: choose a new or empty path"
+    )
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` only if the block succeeds.
 
     The temporary directory lives next to ``path`` (same filesystem), so the final step is a
     rename. If the block raises, or the process is killed, ``path`` is untouched; a killed run
-    leaves only a hidden ``.NAME.tmp-*`` sibling, which the next write to the same path removes.
+    leaves only a hidden ``.NAME.tmp-PID-*`` sibling, which a later write removes once that
+    process is gone. Writers of the same path at once each use their own temporary directory;
+    the last to finish wins and neither fails.
 
     Args:
         path: the directory to create or replace.
+        marker: a file every directory rankgym writes there holds (``meta.json``...): an
+            existing ``path`` without it, and not empty, is refused (:func:`check_replaceable`),
+            before and again after the block.
 
     Yields:
         The temporary directory to write into.
     """
     target = Path(path)
+    if marker is not None:
+        check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_stale_temporaries(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        if marker is not None:
+            check_replaceable(target, marker)
+        for _ in range(100):  # another writer may put its copy in place between our renames
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            try:
+                target.rename(old)
+            except FileNotFoundError:
+                old = None
+            try:
+                tmp.rename(target)
+                break
+            except OSError:
+                continue
+            finally:
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        else:
+            raise OSError(f"{target}: could not be replaced (other writers kept replacing it)")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -251,7 +251,7 @@ class SessionLog:
 
         Byte-identical output for identical contents: no wall-clock time is stored.
         """
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, marker="meta.json") as tmp:
             self.write_into(tmp)
         return Path(path)
 

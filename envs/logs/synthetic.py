@@ -210,7 +210,7 @@ class SyntheticWorld(LogSource):
     def write(self, out: str | Path) -> SessionLog:
         """Generate and write the log plus ``truth/`` atomically into ``out``."""
         log, truth = self.generate()
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, marker="meta.json") as tmp:
             log.write_into(tmp)
             truth.save(tmp)
         return log

@@ -140,3 +140,19 @@ def test_chunked_input_with_different_dictionaries_and_shuffled_rows(small_world
     )  # fmt: skip
     assert rebuilt["item_id"].num_chunks == 2
     assert_same(log, SessionLog.from_tables(rebuilt, items, users))
+
+
+def test_atomic_directory_keeps_a_live_writers_temporary(tmp_path: Path) -> None:
+    import os
+
+    from envs.logs.atomic import atomic_directory
+
+    target = tmp_path / "data"
+    live = tmp_path / f".data.tmp-{os.getpid()}-aaaaaaaa"  # a writer still running (us)
+    dead = tmp_path / ".data.tmp-999999999-bbbbbbbb"  # a killed writer's leftover
+    live.mkdir()
+    dead.mkdir()
+    with atomic_directory(target, marker="meta.json") as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert live.is_dir() and not dead.exists()
+    assert (target / "meta.json").is_file()
