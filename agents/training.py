@@ -6,6 +6,7 @@ composes the config and calls it; a notebook can call these directly.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,15 @@ import numpy as np
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam
+from stable_baselines3.common.logger import (
+    CSVOutputFormat,
+    HParam,
+    Logger,
+    TensorBoardOutputFormat,
+    configure,
+)
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
@@ -23,6 +31,7 @@ from tqdm.auto import tqdm
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.policies import MaskedDQN, RankingActorCriticPolicy, RankingDQNPolicy
 
+STEP_KEY = "time/total_timesteps"  # every progress.csv row carries its step
 # algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
 ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
     "ppo": (PPO, RankingActorCriticPolicy),
@@ -207,6 +216,7 @@ class EvalCallback(BaseCallback):
             self.next_eval += self.freq
             metrics = self.evaluate(self.model)
             record_eval(self.logger, metrics)
+            self.logger.record(STEP_KEY, self.num_timesteps)
             self.logger.dump(self.num_timesteps)
             self.history.append((self.num_timesteps, metrics))
         return True
@@ -215,7 +225,10 @@ class EvalCallback(BaseCallback):
 class CheckpointCallback(BaseCallback):
     """Save ``directory/last/`` (:mod:`agents.checkpoint`) every ``freq`` timesteps, atomically.
 
-    A killed run resumes from the last checkpoint with ``resume=true``.
+    On-policy agents (PPO, A2C) are saved when a rollout starts, after the previous update and
+    its logs: a checkpoint taken mid-rollout would lose the steps collected since the update.
+    Off-policy agents (DQN) learn every step and are saved after one. A killed run resumes from
+    the last checkpoint with ``resume=true``.
     """
 
     def __init__(self, directory: str | Path, freq: int, algorithm: str) -> None:
@@ -226,11 +239,68 @@ class CheckpointCallback(BaseCallback):
     def _on_training_start(self) -> None:
         self.next_save = (self.num_timesteps // self.freq + 1) * self.freq
 
-    def _on_step(self) -> bool:
+    def _save_if_due(self) -> None:
         if self.num_timesteps >= self.next_save:
-            self.next_save += self.freq
+            self.next_save = (self.num_timesteps // self.freq + 1) * self.freq
             save_checkpoint(self.model, self.directory, self.algorithm)
+
+    def _on_rollout_start(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm):
+            self._save_if_due()
+
+    def _on_step(self) -> bool:
+        if not isinstance(self.model, OnPolicyAlgorithm):
+            self._save_if_due()
         return True
+
+
+class _ResumedCSV(CSVOutputFormat):
+    """SB3's ``progress.csv`` writer, continuing a file: rows logged after ``step`` (replayed
+    by the resumed run) are dropped, the earlier ones kept."""
+
+    def __init__(self, filename: str, step: int) -> None:
+        path = Path(filename)
+        rows: list[list[str]] = []
+        header: list[str] = []
+        if path.is_file():
+            with open(path, newline="") as handle:
+                table = list(csv.reader(handle))
+            if table:
+                header, rows = table[0], table[1:]
+        column = header.index(STEP_KEY) if STEP_KEY in header else None
+        keep = [r for r in rows if column is None or not r[column] or float(r[column]) <= step]
+        with open(path, "w", newline="") as handle:
+            if header:
+                csv.writer(handle, lineterminator="\n").writerows([header, *keep])
+        self.file = open(path, "r+")  # noqa: SIM115 - closed by the logger, as SB3's own
+        self.file.seek(0, 2)
+        self.keys = list(header)
+        self.separator = ","
+        self.quotechar = '"'
+
+
+class _ResumedTensorBoard(TensorBoardOutputFormat):
+    """SB3's TensorBoard writer with ``purge_step``: events a killed run logged after the step of
+    its last checkpoint are hidden, so every tag's steps keep increasing."""
+
+    def __init__(self, folder: str, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=folder, purge_step=step + 1)
+        self._is_closed = False
+
+
+def make_logger(folder: str | Path, resume_step: int | None = None) -> Logger:
+    """SB3's TensorBoard + ``progress.csv`` logger; continuing the files when resuming."""
+    folder = str(folder)
+    if resume_step is None:
+        return configure(folder, ["tensorboard", "csv"])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    formats = [
+        _ResumedTensorBoard(folder, resume_step),
+        _ResumedCSV(str(Path(folder) / "progress.csv"), resume_step),
+    ]
+    return Logger(folder=folder, output_formats=formats)
 
 
 def record_eval(logger: Any, metrics: dict[str, float]) -> None:

@@ -31,18 +31,19 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 
 from agents.baselines import SB3Policy
-from agents.checkpoint import CHECKPOINT, save_checkpoint
+from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
 from agents.evaluation import evaluate
 from agents.training import (
+    STEP_KEY,
     CheckpointCallback,
     EvalCallback,
     ProgressCallback,
     SB3Agent,
     log_hparams,
+    make_logger,
     record_eval,
 )
 from envs.setup import RunSetup, Split, setup_run
@@ -115,10 +116,57 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value!r}; allowed: an int >= 1 or null (all)")
 
 
+RUN_CONFIG = "run_config.yaml"  # the run's own resolved config (Hydra rewrites .hydra/ on resume)
+RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device")
+
+
+def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The config a run was started with, for ``resume=true``.
+
+    Overrides on the resume command line may change only :data:`RESUMABLE` keys (how long and
+    how it is evaluated); any other override that differs from the run's value is refused with
+    the list of differences. Keys not given again come from the run, not from the defaults.
+    """
+    as_plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+    saved_path = run_dir / RUN_CONFIG
+    if not saved_path.is_file():
+        raise FileNotFoundError(
+            f"{saved_path}: missing; resume=true continues a run directory that "
+            "experiments.train wrote (pass its hydra.run.dir)"
+        )
+    saved = OmegaConf.load(saved_path)
+    current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    changed = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] == "hydra":
+            continue
+        now = OmegaConf.select(current, key)
+        if key.split(".")[0] in RESUMABLE:  # given again: the new value applies
+            OmegaConf.update(saved, key, as_plain(now), force_add=True)
+            continue
+        before = OmegaConf.select(saved, key)
+        if as_plain(before) != as_plain(now):
+            changed.append(f"{key}: {as_plain(before)} in the run, {as_plain(now)} now")
+    if changed:
+        raise ValueError(
+            f"resume=true restores the run's config ({saved_path}); these overrides change "
+            "it: " + "; ".join(changed)
+        )
+    saved.resume = True
+    return saved
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One training (or baseline evaluation) run; returns what ``metrics.json`` holds."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_settings(cfg)
+    resume_step = None
+    if cfg.resume:  # a checkpoint, then the run's own config, or one line and exit 2
+        resume_step = read_state(run_dir / "checkpoints" / CHECKPOINT)["num_timesteps"]
+        cfg = restore_run_config(cfg, run_dir)
+    else:
+        OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), run_dir / RUN_CONFIG)
     set_random_seed(cfg.seed)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     s = setup(cfg)
@@ -136,7 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "total_timesteps": cfg.total_timesteps,
         **{f"agent.{k}": v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items()},
     }  # fmt: skip
-    logger = configure(str(run_dir / "tensorboard"), ["tensorboard", "csv"])
+    logger = make_logger(run_dir / "tensorboard", resume_step)
     fidelity = reward_fidelity(cfg, s)
     for key, value in fidelity.items():
         logger.record(key.replace("fidelity_", "fidelity/"), value)
@@ -149,6 +197,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     final = evaluate_policy(policy, cfg.eval.final_sessions)
     record_eval(logger, final)
+    logger.record(STEP_KEY, timesteps)
     logger.dump(timesteps)
     logger.close()
     metrics = {

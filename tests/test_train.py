@@ -139,3 +139,56 @@ def test_config_errors_are_one_clear_line(tmp_path: Path, override: str, message
     done = train(tmp_path, override)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
+
+
+def read_progress(run_dir: Path) -> list[float]:
+    import csv
+
+    with open(run_dir / "tensorboard" / "progress.csv", newline="") as handle:
+        return [float(r["time/total_timesteps"]) for r in csv.DictReader(handle)]
+
+
+def scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Kill a run after its first checkpoint; resume it; its logs match a run never killed."""
+    import signal
+    import time
+
+    common = ["agent=ppo", "checkpoint_freq=256", "eval.freq=256", *SMALL["ppo"],
+              "env.slate_size=5"]  # fmt: skip
+    args = [sys.executable, "-m", "experiments.train", f"paths.root_dir={tmp_path}",
+            f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/killed", *TINY, *common,
+            "total_timesteps=100000"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoints" / "last" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        state.is_file() and json.loads(state.read_text())["num_timesteps"] >= 256
+        and max(read_progress(tmp_path / "killed"), default=0) > 256
+    ):  # fmt: skip
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["num_timesteps"]
+    assert max(read_progress(tmp_path / "killed")) > killed_at  # rows the resume will replay
+    # resume without repeating the overrides: the run's config comes back from the run
+    resumed = train(tmp_path, "resume=true", "total_timesteps=1024", run="killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = train(tmp_path, *common, "total_timesteps=1024", run="whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    got, want = read_progress(tmp_path / "killed"), read_progress(tmp_path / "whole")
+    # the same rows at the same steps (an eval dump and a rollout dump may share a step)
+    assert got == want, (got, want)
+    for tag in ("eval/expected_clicks", "rollout/ep_rew_mean"):
+        steps = scalar_steps(tmp_path / "killed", tag)
+        assert steps == sorted(steps) and steps == scalar_steps(tmp_path / "whole", tag), tag
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert "ndcg@5" in metrics  # the run's env.slate_size=5 restored, not the default 10
+    assert metrics["total_timesteps"] >= 1024

@@ -111,4 +111,6 @@ def test_resume_refuses_with_one_line_and_runs_nothing(tmp_path: Path) -> None:
     other = train(tmp_path, "agent=dqn", "resume=true", "total_timesteps=256", *SMALL["dqn"],
                   run="ok")  # fmt: skip
     assert other.returncode == 2
-    assert "a ppo checkpoint cannot resume agent.algorithm=dqn" in other.stderr
+    line = other.stderr.strip().splitlines()[-1]
+    assert "resume=true restores the run's config" in line and "these overrides change it:" in line
+    assert "agent: {" in line and "'algorithm': 'ppo'" in line and "'algorithm': 'dqn'" in line
