@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from experiments.sweeps import ERROR_FILE
+
 DEFAULT_METRICS = ("true_expected_clicks", "expected_clicks", "ctr@1", "ndcg@10", "mrr")
 # two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -46,6 +48,23 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
     if not runs:
         raise FileNotFoundError(f"{root}: no metrics.json below it (is this a sweep directory?)")
     return runs
+
+
+def incomplete_runs(root: Path) -> list[tuple[str, str]]:
+    """``(run directory, why)`` for every run below ``root`` without a ``metrics.json``.
+
+    A run is a directory Hydra wrote (it holds ``.hydra/``); the reason is its ``error.txt``
+    (a failed sweep job), or "no metrics.json" (killed, or still running).
+    """
+    out = []
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        run = hydra_dir.parent
+        if (run / "metrics.json").is_file():
+            continue
+        error = run / ERROR_FILE
+        why = f"failed: {error.read_text().strip()}" if error.is_file() else "no metrics.json"
+        out.append((str(run.relative_to(root)) or ".", why))
+    return out
 
 
 def compare(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -99,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     table = compare(runs, metrics)
     table.to_csv(args.sweep / "compare.csv", index=False)
+    incomplete = incomplete_runs(args.sweep)
+    if incomplete:
+        print(f"**{len(incomplete)} run(s) of this sweep are not in the table:**\n")
+        for job, why in incomplete:
+            print(f"- `{job}`: {why}")
+        print()
     print(markdown(table, metrics))
 
 

@@ -27,7 +27,6 @@ from typing import Any
 import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines import SB3Policy
@@ -37,7 +36,7 @@ from agents.training import SB3Agent
 from envs.click_models.simple import TruthClickModel
 from envs.setup import RunSetup, fit_reward_model
 from envs.vector import BatchedReplayEnv
-from experiments.prepare import USER_ERRORS, fail
+from experiments.sweeps import run_job
 from experiments.train import instantiate, setup
 
 log = logging.getLogger(__name__)
@@ -175,10 +174,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m experiments.fidelity``."""
-    try:
-        summary = run(cfg)
-    except (InstantiationException, *USER_ERRORS) as err:
-        fail(err)
+    summary = run_job(lambda: run(cfg))
+    if summary is None:  # a failed sweep job, recorded in its error.txt
+        return
     print(json.dumps({m: {k: round(float(v), 4) for k, v in r.items()}
                       for m, r in summary.iterrows()}, default=str))  # fmt: skip
 

@@ -81,11 +81,11 @@ def prepare(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m experiments.prepare``."""
-    try:
-        stats = prepare(cfg)
-    except (InstantiationException, *USER_ERRORS) as err:
-        fail(err)
-    print(json.dumps(stats, indent=2))
+    from experiments.sweeps import run_job  # (it imports this module's fail and USER_ERRORS)
+
+    stats = run_job(lambda: prepare(cfg))
+    if stats is not None:
+        print(json.dumps(stats, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
@@ -48,7 +47,7 @@ from agents.training import (
 )
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
-from experiments.prepare import USER_ERRORS, fail
+from experiments.sweeps import run_job
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +259,11 @@ def train(
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the held-out expected clicks (for sweepers to optimise)."""
-    try:
-        metrics = run(cfg)
-    except (InstantiationException, *USER_ERRORS) as err:
-        fail(err)
+    metrics = run_job(lambda: run(cfg))
+    if metrics is None:  # a failed sweep job, recorded in its error.txt
+        return None
     print(json.dumps({k: v for k, v in metrics.items() if not k.endswith(("_low", "_high"))}))
     return float(metrics["expected_clicks"])
 

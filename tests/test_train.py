@@ -192,3 +192,23 @@ def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Pa
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert "ndcg@5" in metrics  # the run's env.slate_size=5 restored, not the default 10
     assert metrics["total_timesteps"] >= 1024
+
+
+def test_a_failing_job_never_stops_the_sweep(tmp_path: Path) -> None:
+    """Job 0 is a user error, job 1 runs anyway; the sweep exits 1 listing the failure."""
+    args = [sys.executable, "-m", "experiments.train", "-m", f"paths.root_dir={tmp_path}",
+            f"out={tmp_path}/data", f"hydra.sweep.dir={tmp_path}/sweep", *TINY, "agent=cosine",
+            "env.slate_size=0,5"]  # fmt: skip
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "sweep: 1 job(s) failed:" in done.stderr
+    assert "0: ValueError: env.slate_size=0; allowed: 1..max_candidates (20)" in done.stderr
+    sweep = tmp_path / "sweep"
+    assert (sweep / "0" / "error.txt").read_text().startswith("ValueError: env.slate_size=0")
+    assert (sweep / "1" / "metrics.json").is_file()
+    table = subprocess.run([sys.executable, "-m", "experiments.compare", str(sweep)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    head = table.stdout.split("| policy")[0]
+    assert "1 run(s) of this sweep are not in the table" in head
+    assert "`0`: failed: ValueError: env.slate_size=0" in head
