@@ -14,11 +14,15 @@ next run encodes just the texts still missing. Vectors are memory-mapped on read
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,7 +30,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from encoders.base import TextEncoder
-from envs.logs.atomic import atomic_file
+from envs.logs.atomic import atomic_file, process_alive, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 STORE_DTYPES = ("float32", "float16")
 KEY_BYTES = 16
@@ -81,7 +87,18 @@ class EmbeddingStore:
         for key, text in zip(keys, texts, strict=True):
             if key not in index and key not in missing:
                 missing[key] = text
+        if missing:  # one process encodes into a store at a time; the next finds its work
+            with _locked(folder):
+                index = self._refresh(folder)
+                missing = {k: t for k, t in missing.items() if k not in index}
+                self._encode(folder, encoder, missing, progress)
+            index = self._refresh(folder)
         self.last_new = len(missing)
+        return self._gather(folder, keys, encoder.dim)
+
+    def _encode(
+        self, folder: Path, encoder: TextEncoder, missing: dict[bytes, str], progress: bool
+    ) -> None:
         if missing:
             todo = list(missing.items())
             show = progress and len(todo) > self.chunk_size
@@ -97,8 +114,6 @@ class EmbeddingStore:
                 self._commit(folder, [k for k, _ in chunk], vectors, encoder.dim)
                 bar.update(len(chunk))
             bar.close()
-            index = self._refresh(folder)
-        return self._gather(folder, keys, encoder.dim)
 
     def __contains__(self, item: tuple[TextEncoder, str]) -> bool:
         encoder, text = item
@@ -130,6 +145,7 @@ class EmbeddingStore:
         else:
             folder.mkdir(parents=True, exist_ok=True)
             _atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        _clean(folder)
         return folder
 
     def _refresh(self, folder: Path) -> dict[bytes, tuple[int, int]]:
@@ -158,7 +174,7 @@ class EmbeddingStore:
     def _commit(self, folder: Path, keys: list[bytes], vectors: np.ndarray, dim: int) -> None:
         if vectors.shape != (len(keys), dim):
             raise ValueError(f"encoder returned shape {vectors.shape}, expected {(len(keys), dim)}")
-        shard = uuid.uuid4().hex
+        shard = f"{os.getpid()}-{uuid.uuid4().hex}"  # the pid tells a killed writer's orphans
         stored = np.ascontiguousarray(vectors, dtype=self.dtype)
         _atomic_write(folder / f"{shard}.vecs.npy", lambda f: np.save(f, stored))
         # raw bytes, not numpy's "S16": that dtype strips trailing NUL bytes from digests
@@ -173,6 +189,35 @@ class EmbeddingStore:
             rows = where[:, 0] == s
             out[rows] = shards[s][where[rows, 1]]
         return out
+
+
+def _clean(folder: Path) -> None:
+    """Remove what killed writers left: temporary files, and vectors whose keys never came."""
+    remove_stale_temporaries(folder)
+    for vecs in folder.glob("*.vecs.npy"):
+        shard = vecs.name[: -len(".vecs.npy")]
+        if (folder / f"{shard}.keys.npy").exists():
+            continue
+        pid = shard.split("-")[0] if "-" in shard else ""
+        if (pid.isdigit() and not process_alive(int(pid))) or (
+            not pid and time.time() - vecs.stat().st_mtime > 3600  # an older store's naming
+        ):
+            vecs.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the store folder (released by the OS if the process dies)."""
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is encoding into this store; waiting for it", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

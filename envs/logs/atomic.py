@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -20,12 +20,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(target: Path) -> None:
-    """Remove ``.NAME.tmp-PID-*`` siblings left by killed writers (never a live writer's)."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = stale.name.removeprefix(f".{target.name}.tmp-").split("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+def remove_stale_temporaries(folder: Path, pattern: str = ".*.tmp-*") -> int:
+    """Remove ``.NAME.tmp-PID-*`` files and directories in ``folder`` whose writer is gone.
+
+    Every atomic write here names its temporary after its process id, so a killed writer's
+    leftovers can be told from a live writer's work in progress. Returns how many went.
+    """
+    removed = 0
+    for stale in folder.glob(pattern):
+        pid = stale.name.rpartition(".tmp-")[2].split("-")[0]
+        if not pid.isdigit() or not process_alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def check_replaceable(path: str | os.PathLike[str], marker: str) -> None:
@@ -70,7 +80,7 @@ def atomic_directory(path: str | os.PathLike[str], marker: str | None = None) ->
     if marker is not None:
         check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target)
+    remove_stale_temporaries(target.parent, f".{target.name}.tmp-*")
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -107,7 +117,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         os.replace(tmp, target)

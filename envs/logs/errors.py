@@ -29,3 +29,18 @@ class LogValidationError(ValueError):
         if column is not None:
             where.append(f"column '{column}'")
         super().__init__(f"{', '.join(where)}: {reason}")
+
+
+# what reading or converting broken data raises below our own checks (pyarrow, numpy, pandas)
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, IndexError, KeyError, OverflowError, TypeError, UnicodeError, ValueError,
+)  # fmt: skip
+
+
+def as_validation_error(file: str, err: BaseException, doing: str) -> LogValidationError:
+    """``err`` (raised while ``doing``) as a one-line :class:`LogValidationError` on ``file``."""
+    if isinstance(err, LogValidationError):
+        return err
+    text = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    return LogValidationError(file, f"{doing} failed ({detail})")

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.logs.atomic import atomic_directory
+from envs.logs.errors import DATA_ERRORS, as_validation_error
 from envs.logs.validation import (
     IMPRESSIONS_FILE,
     ITEMS_FILE,
@@ -179,7 +180,10 @@ class SessionLog:
         Raises:
             LogValidationError: naming the table file, first offending row and column.
         """
-        encoded = encode_tables(_as_arrow(impressions), _as_arrow(items), _as_arrow(users))
+        try:
+            encoded = encode_tables(_as_arrow(impressions), _as_arrow(items), _as_arrow(users))
+        except DATA_ERRORS as err:
+            raise as_validation_error("tables", err, "validating the tables") from None
         return cls(**encoded, meta=dict(meta or {}))
 
     @classmethod
@@ -199,12 +203,18 @@ class SessionLog:
                     f"{root / name}: missing; a dataset directory holds "
                     f"{IMPRESSIONS_FILE}, {ITEMS_FILE}, {META_FILE}"
                 )
-        meta = json.loads((root / META_FILE).read_text())
+        try:
+            meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+        except DATA_ERRORS as err:
+            raise as_validation_error(str(root / META_FILE), err, "reading JSON") from None
         check_meta(meta)
         impressions = _read_parquet(root / IMPRESSIONS_FILE, _STRING_COLUMNS)
         items = _read_parquet(root / ITEMS_FILE, [])
         users = _read_parquet(root / USERS_FILE, []) if (root / USERS_FILE).is_file() else None
-        encoded = encode_tables(impressions, items, users)
+        try:
+            encoded = encode_tables(impressions, items, users)
+        except DATA_ERRORS as err:  # a file that parses but holds broken data
+            raise as_validation_error(str(root), err, "validating the dataset") from None
         return cls(**encoded, meta=meta)
 
     # ------------------------------------------------------------------ output
@@ -379,9 +389,11 @@ def _read_parquet(path: Path, dictionary_columns: list[str]) -> pa.Table:
     try:
         names = pq.read_schema(path).names
         wanted = [c for c in dictionary_columns if c in names]
-        return pq.read_table(path, read_dictionary=wanted or None)
-    except pa.ArrowInvalid as err:
-        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+        table = pq.read_table(path, read_dictionary=wanted or None)
+        table.validate(full=True)  # decompression and encoding errors surface here, not later
+        return table
+    except DATA_ERRORS as err:
+        raise as_validation_error(str(path), err, "reading Parquet") from None
 
 
 def dict_column(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from envs.logs.errors import LogValidationError
+from envs.logs.errors import DATA_ERRORS, LogValidationError, as_validation_error
 from envs.logs.session_log import SessionLog
 from envs.logs.source import LogSource
 from envs.logs.validation import IMPRESSIONS_FILE, ITEMS_FILE, USERS_FILE
@@ -82,6 +82,14 @@ class TableSource(LogSource):
 
     def build(self) -> SessionLog:
         """Read the files, map columns, convert positions and times, validate."""
+        try:
+            return self._build()
+        except LogValidationError:
+            raise
+        except DATA_ERRORS as err:  # values our checks did not foresee: still one line
+            raise as_validation_error(self.impressions, err, "converting the table") from None
+
+    def _build(self) -> SessionLog:
         raw = _read(self.impressions)
         impressions = self._impressions(raw)
         if self.items is not None:
@@ -111,7 +119,8 @@ class TableSource(LogSource):
             ITEMS_FILE: self.items,
             USERS_FILE: self.users,
         }
-        source = files.get(err.file)
+        # a failure no single table's check caught ("tables") is reported on the impressions
+        source = files.get(err.file) or (self.impressions if err.file == "tables" else None)
         if source is None:
             return err
         column = self.columns.get(err.column, err.column) if err.column else None
@@ -195,9 +204,13 @@ def _read(path: str) -> pd.DataFrame:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
-    if p.suffix.lower() == ".parquet":
-        return pq.read_table(p).to_pandas()
-    return pd.read_csv(p, keep_default_na=False, na_values=[""])
+    try:
+        if p.suffix.lower() == ".parquet":
+            return pq.read_table(p).to_pandas()
+        return pd.read_csv(p, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except DATA_ERRORS as err:  # empty, truncated, not UTF-8, ragged rows...
+        kind = "Parquet" if p.suffix.lower() == ".parquet" else "CSV"
+        raise as_validation_error(str(p), err, f"reading {kind}") from None
 
 
 def _as_string(col: pd.Series) -> pd.Series:

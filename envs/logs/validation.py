@@ -78,7 +78,13 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
     query, query_values = _codes(impressions["query"], null_as="")
     item_raw, item_values = _codes(impressions["item_id"])
     timestamp = _seconds(impressions["timestamp"])
-    position = _numpy(impressions["position"]).astype(np.int64)
+    raw_position = _numpy(impressions["position"])
+    if raw_position.dtype.kind == "u" and (raw_position > np.iinfo(np.int32).max).any():
+        row = int(np.argmax(raw_position > np.iinfo(np.int32).max))
+        raise LogValidationError(
+            f, f"position {raw_position[row]} is too large", row=row, column="position"
+        )
+    position = raw_position.astype(np.int64)
     click = _numpy(impressions["click"])  # float with NaN where null
     propensity = (
         _numpy(impressions["propensity"]).astype(np.float64)

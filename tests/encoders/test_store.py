@@ -115,3 +115,57 @@ def test_digests_ending_in_zero_bytes_round_trip(tmp_path: Path, tiny) -> None:
     again = EmbeddingStore(tmp_path)
     np.testing.assert_array_equal(again.embed(texts, tiny), first)
     assert again.last_new == 0
+
+
+def test_opening_the_store_removes_what_killed_writers_left(tmp_path: Path) -> None:
+    import os
+
+    from encoders.hashing import HashingEncoder
+
+    encoder = HashingEncoder(dim=8)
+    store = EmbeddingStore(tmp_path)
+    store.embed(["a", "b"], encoder, progress=False)
+    folder = store.directory(encoder)
+    dead, live = 999_999_999, os.getpid()
+    stale_tmp = folder / f".x.keys.npy.tmp-{dead}-abcd1234"
+    live_tmp = folder / f".y.keys.npy.tmp-{live}-abcd1234"
+    orphan = folder / f"{dead}-0123456789abcdef.vecs.npy"  # vectors whose keys never came
+    for path in (stale_tmp, live_tmp, orphan):
+        path.write_bytes(b"partial")
+    again = EmbeddingStore(tmp_path)
+    np.testing.assert_array_equal(again.embed(["a"], encoder, progress=False)[0],
+                                  store.embed(["a"], encoder, progress=False)[0])  # fmt: skip
+    assert not stale_tmp.exists() and not orphan.exists()
+    assert live_tmp.exists()  # a running writer's temporary is left alone
+
+
+def test_two_processes_on_one_store_encode_each_text_once(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "encode.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "from encoders.hashing import HashingEncoder\n"
+        "from encoders.store import EmbeddingStore\n"
+        "class Slow:\n"
+        "    inner = HashingEncoder(dim=8)\n"
+        "    name, dim, fingerprint = inner.name, inner.dim, inner.fingerprint\n"
+        "    def encode(self, texts):\n"
+        "        time.sleep(0.3)\n"
+        "        return self.inner.encode(texts)\n"
+        "store = EmbeddingStore(sys.argv[1], chunk_size=50)\n"
+        "store.embed([f'text {i}' for i in range(200)], Slow(), progress=False)\n"
+        "print(json.dumps({'new': store.last_new}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "store")], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1000:] for o in outs]
+    new = sorted(json.loads(o[0].strip().splitlines()[-1])["new"] for o in outs)
+    assert new == [0, 200]  # one process encoded everything, the other nothing
+    keys = sum(len(np.load(k)) for k in (tmp_path / "store").rglob("*.keys.npy"))
+    assert keys == 200
