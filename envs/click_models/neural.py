@@ -99,6 +99,13 @@ class _RequestBatch:
         self.clicks = t(clicks.astype(np.float32))
         self.before = t((np.arange(width)[None, :] < first[:, None]) & valid)
         self.first, self.has_click = t(np.minimum(first, width - 1)), t(has_click)
+        weights = np.ones((log.n_requests, width), dtype=np.float32)
+        if model.propensity_clip > 0:  # inverse propensity: as if the logger placed at random
+            keep = log.position < width
+            prop = np.nan_to_num(log.propensity[keep], nan=1.0)
+            w = 1.0 / np.clip(prop, 1.0 / model.propensity_clip, 1.0)
+            weights[log.impression_request[keep], log.position[keep]] = w / w.mean()
+        self.weights = t(weights)
 
     def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
         """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
@@ -107,7 +114,9 @@ class _RequestBatch:
         u = self.states[b][:, None, :].expand(-1, w, -1)
         logit = module(q, u, self.items[self.codes[b]], self.codes[b])
         if structure == "pbm":
-            ll = _pbm_log_likelihood(logit, module.exam_logit[:w], self.clicks[b], self.valid[b])
+            ll = _pbm_log_likelihood(
+                logit, module.exam_logit[:w], self.clicks[b], self.valid[b] * self.weights[b]
+            )
         else:
             ll = _cascade_log_likelihood(
                 logit, module.abandon_logit, self.valid[b], self.before[b], self.first[b],
@@ -173,6 +182,8 @@ class NeuralClickModel(ClickModel):
             :func:`~envs.click_models.fitted.conditional_examination`), anchored at 1 on top.
         calibrate: fit on 90% of the training sessions and Platt-scale the attractiveness on
             the other 10%.
+        propensity_clip: > 0 weighs each logged impression of a PBM fit by its inverse logging
+            propensity, clipped at this value (unbiased-learning-to-rank style); 0: unweighted.
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -193,6 +204,7 @@ class NeuralClickModel(ClickModel):
         structure: str = "auto",
         examination: str = "conditional",
         calibrate: bool = False,
+        propensity_clip: float = 0.0,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -219,6 +231,8 @@ class NeuralClickModel(ClickModel):
         self.examination_mode = examination
         self.structure_mode = structure
         self.calibrate = bool(calibrate)
+        _check_positive("propensity_clip", propensity_clip, allow_zero=True)
+        self.propensity_clip = float(propensity_clip)
         self.structure = "pbm" if structure == "auto" else structure
         self.selection_log_likelihood: dict[str, float] | None = None
         self.items = np.zeros((0, 0), dtype=np.float32)
@@ -510,6 +524,7 @@ class NeuralClickModel(ClickModel):
             "structure": self.structure_mode,
             "examination": self.examination_mode,
             "calibrate": self.calibrate,
+            "propensity_clip": self.propensity_clip,
             "seed": self.seed,
             "device": self.device,
         }

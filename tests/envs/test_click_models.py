@@ -220,6 +220,7 @@ def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None
         (NeuralClickModel, {"structure": "dbn"}, ["structure", "pbm, cascade, auto"]),
         (NeuralClickModel, {"examination": "x"}, ["examination", "conditional", "learned"]),
         (CascadeClickModel, {"abandonment": "fixed"}, ["abandonment", "em, none"]),
+        (NeuralClickModel, {"propensity_clip": -1.0}, ["propensity_clip", ">= 0"]),
     ],
 )
 def test_bad_constructor_arguments(klass, kwargs, words) -> None:
@@ -284,3 +285,28 @@ def test_reward_configs_instantiate(name: str, tmp_path: Path) -> None:
     assert isinstance(model, ClickModel) and model.name == name
     defaults = {k: v for k, v in cfg.reward.items() if k != "_target_"}
     assert defaults == model.config()
+
+
+def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> None:
+    """``propensity_clip`` weighs each logged impression by 1/propensity (clipped, mean 1)."""
+    import torch
+
+    from envs.click_models.neural import _RequestBatch
+
+    train = world[0]
+    model = NeuralClickModel(**FAST_NEURAL, propensity_clip=10.0)
+    model.items, model.queries = encoded.items, encoded.queries
+    model.user_profiles, model.pooling = encoded.user_profiles, UserPooling()
+    batch = _RequestBatch(model, train, torch.device("cpu"))
+    rankings, _ = logged_rankings(train)
+    valid = rankings >= 0
+    weights = batch.weights.numpy()
+    assert np.all(weights[~valid] == 1.0)
+    raw = 1.0 / np.clip(train.propensity, 0.1, 1.0)
+    expected = np.zeros_like(weights)
+    expected[train.impression_request, train.position] = raw / raw.mean()
+    np.testing.assert_allclose(weights[valid], expected[valid], rtol=1e-5)
+    plain = NeuralClickModel(**FAST_NEURAL)
+    plain.items, plain.queries = encoded.items, encoded.queries
+    plain.user_profiles, plain.pooling = encoded.user_profiles, UserPooling()
+    assert np.all(_RequestBatch(plain, train, torch.device("cpu")).weights.numpy() == 1.0)
