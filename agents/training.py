@@ -110,8 +110,9 @@ class SB3Agent:
         self, path: str | Path, venv: VecEnv, seed: int = 0, device: str = "auto"
     ) -> BaseAlgorithm:
         """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
-        model = self.build(venv, seed, device)
-        return load_checkpoint(model, path, self.algorithm)
+        return load_agent(
+            self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed=seed
+        )
 
 
 def build_agent(
@@ -157,13 +158,14 @@ def load_agent(
     device: str = "auto",
     hyperparams: dict[str, Any] | None = None,
     scorer: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
     Nothing is unpickled (see :mod:`agents.checkpoint`); ``hyperparams`` and ``scorer`` must be
     those of the run that wrote the checkpoint.
     """
-    model = build_agent(algorithm, venv, 0, device, hyperparams, scorer)
+    model = build_agent(algorithm, venv, seed, device, hyperparams, scorer)
     return load_checkpoint(model, path, algorithm)
 
 

@@ -17,7 +17,7 @@ Randomness is counter-based: every random number is splitmix64 of a per-row key 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -114,10 +114,12 @@ class ReplayConfig:
                 f"env.profile_weight={self.profile_weight} needs env.obs_mode=embeddings (ids "
                 "observations carry item codes, not the profile); allowed with ids: 0"
             )
-        if self.pooling != "decay" and self.decay != 0.8:
-            raise ValueError(f"env.decay={self.decay} is used only by env.pooling=decay")
-        if self.pooling != "last_k" and self.last_k != 5:
-            raise ValueError(f"env.last_k={self.last_k} is used only by env.pooling=last_k")
+        defaults = {f.name: f.default for f in fields(self)}
+        for key in ("decay", "last_k"):  # set away from its default, it must have an effect
+            if self.pooling != key and getattr(self, key) != defaults[key]:
+                raise ValueError(
+                    f"env.{key}={getattr(self, key)} is used only by env.pooling={key}"
+                )
 
     @property
     def user_pooling(self) -> UserPooling:

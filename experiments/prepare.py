@@ -16,35 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 
 import hydra
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
 from encoders.encoded_log import encode_log
-from envs.logs import LogValidationError
 from envs.logs.atomic import check_replaceable
+from experiments.sweeps import run_job
 
 log = logging.getLogger(__name__)
-
-USER_ERRORS = (
-    LogValidationError,
-    ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    RuntimeError,
-    MissingMandatoryValue,
-)
-
-
-def fail(err: BaseException) -> None:
-    """Print one readable error line and exit with status 2 (no traceback for bad input)."""
-    cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-    print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -81,8 +62,6 @@ def prepare(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m experiments.prepare``."""
-    from experiments.sweeps import run_job  # (it imports this module's fail and USER_ERRORS)
-
     stats = run_job(lambda: prepare(cfg))
     if stats is not None:
         print(json.dumps(stats, indent=2))

@@ -1,4 +1,4 @@
-"""What every entry point does so that one failing job never takes a Hydra sweep down with it.
+"""How every entry point ends a failed run: one line for a user error, and a sweep that goes on.
 
 Inside a multirun a job must neither ``sys.exit`` nor raise: either ends the sweep (an exit at
 once; an exception when Hydra collects the results, before its end-of-sweep callbacks). So
@@ -21,15 +21,37 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
-from experiments.prepare import USER_ERRORS, fail
+from envs.logs import LogValidationError
 
 ERROR_FILE = "error.txt"
 log = logging.getLogger(__name__)
 
+# errors that are the user's input, not a bug: one line and exit 2, never a traceback
+USER_ERRORS = (
+    LogValidationError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    RuntimeError,
+    MissingMandatoryValue,
+)
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The error itself, or what a Hydra instantiation wrapped."""
+    return err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+
+
+def fail(err: BaseException) -> None:
+    """Print one readable error line and exit with status 2 (no traceback for bad input)."""
+    print(f"error: {str(_cause(err)).strip().splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
 
 def _one_line(err: BaseException) -> str:
-    cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+    cause = _cause(err)
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
 

@@ -30,7 +30,7 @@ from envs.click_models.base import (
     log_fingerprint,
     logged_rankings,
 )
-from envs.click_models.fitted import _check_positive, conditional_examination
+from envs.click_models.fitted import _check_positive, _PairTable, conditional_examination
 from envs.logs import SessionLog
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -285,9 +285,7 @@ class NeuralClickModel(ClickModel):
     def _fix_examination(module: _Scorer, train: SessionLog) -> None:
         """Set the examination logits from the conditional estimate and freeze them."""
         query = train.request_query[train.impression_request]
-        _, inverse = np.unique(
-            query.astype(np.int64) * train.n_items + train.item, return_inverse=True
-        )
+        _, inverse = _PairTable.index(query, train.item, train.n_items)
         pos = train.position.astype(np.int64)
         keep = pos < MAX_POSITIONS
         n_pos = int(pos[keep].max()) + 1
