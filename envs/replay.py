@@ -148,7 +148,7 @@ class ReplayData:
         self, log: SessionLog, encoded: EncodedLog, model: ClickModel, config: ReplayConfig
     ) -> None:
         encoded.check(log)
-        model.check_replay(encoded.fingerprint, config.user_pooling)
+        model.check_replay(config.user_pooling)
         self.log, self.encoded, self.model, self.config = log, encoded, model, config
         self.context: LogContext = model.context(log)
         k = config.max_candidates
@@ -160,7 +160,7 @@ class ReplayData:
         self.candidates[log.impression_request[keep], slot[keep]] = log.item[keep]
         self.attractiveness = (
             None
-            if model.needs_user_state
+            if model.needs_history
             else model.attractiveness(self.context, np.arange(log.n_requests), self.candidates)
         )
         if config.episode == "session":
@@ -215,14 +215,13 @@ class ReplayData:
         )
 
     def request_attractiveness(
-        self, requests: np.ndarray, user_state: np.ndarray | None
+        self, requests: np.ndarray, history: np.ndarray | None
     ) -> np.ndarray:
-        """``float64[B, K]`` attractiveness of the candidates of ``requests``."""
+        """``float64[B, K]`` attractiveness of the candidates of ``requests``, for users with
+        ``history`` (``int64[B, H]``, read by models that need it)."""
         if self.attractiveness is not None:
             return self.attractiveness[requests]
-        return self.model.attractiveness(
-            self.context, requests, self.candidates[requests], user_state
-        )
+        return self.model.attractiveness(self.context, requests, self.candidates[requests], history)
 
 
 # ---------------------------------------------------------------------- randomness
@@ -313,7 +312,6 @@ class ReplayEngine:
         self.history = np.full((b, h), -1, dtype=np.int64)
         self.weights = np.zeros((b, h), dtype=np.float32)
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
-        self._needs_state = cfg.obs_mode == "embeddings" or data.model.needs_user_state
         self._embeddings = cfg.obs_mode == "embeddings"
         if self._embeddings:
             self._setup_gather(torch.device(device), encoded)
@@ -354,11 +352,12 @@ class ReplayEngine:
         history = self.history[rows]
         if not self._embeddings:
             self.weights[rows] = self.pooling.weights(history)
-        if self._needs_state:
+        else:
             profiles = data.encoded.user_profiles[data.log.request_user[req]]
             self.state[rows] = self.pooling.pool(data.encoded.items, history, profiles)
-        state = self.state[rows] if data.model.needs_user_state else None
-        self.attr[rows] = data.request_attractiveness(req, state)
+        self.attr[rows] = data.request_attractiveness(
+            req, history if data.model.needs_history else None
+        )
         self.slate_len[rows] = 1 if cfg.action_mode == "top1" else data.slate_len[req]
         self.placed[rows] = False
         self.pos[rows] = 0

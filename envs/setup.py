@@ -99,8 +99,9 @@ def fit_reward_model(
     """Fit ``model`` on ``train`` (with the env's user-state pooling), cached on disk.
 
     The cache key is everything the fit depends on: the model's class and settings, the
-    dataset, the training sessions, the encoder and (for models that read the user state) the
-    pooling. Models that need no fitting (``truth``, ``logged``) are returned as they are.
+    dataset, the training sessions, the encoder (for models that read its embeddings) and the
+    pooling (for models that read the user's history). Models that need no fitting (``truth``,
+    ``logged``) are returned as they are.
     """
     if model.name in ("truth", "logged"):
         return model
@@ -112,8 +113,8 @@ def fit_reward_model(
             # the training impressions themselves: two worlds can share every id and differ
             # only in their clicks (a PBM and a cascade world of one seed)
             "train_log": content_digest(train),
-            "encoder": encoded.fingerprint,
-            "pooling": dataclasses.asdict(env.user_pooling) if model.needs_user_state else None,
+            "encoder": encoded.fingerprint if model.reads_embeddings else None,
+            "pooling": dataclasses.asdict(env.user_pooling) if model.needs_history else None,
         }
     )
     cached = Path(cache_dir) / "reward_models" / f"{model.name}-{key}" if cache_dir else None

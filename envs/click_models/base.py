@@ -2,7 +2,7 @@
 
 Every click model in rankgym is *attractiveness x position structure*:
 
-* ``attractiveness(context, requests, items, user_state)``: probability that the user clicks a
+* ``attractiveness(context, requests, items, history)``: probability that the user clicks a
   candidate once they examine it. It depends on the request (query, user) and the item, never on
   the ranking, so the environments compute it once per request.
 * ``structure``: how examination depends on the ranking.
@@ -75,18 +75,19 @@ class ClickModel:
         continuation: ``float64[MAX_POSITIONS]`` DCM probability of going on after a click.
         abandonment: ``float64[MAX_POSITIONS]`` cascade / DCM probability of leaving after a
             skipped item.
-        needs_user_state: ``True`` when attractiveness depends on the user's current state
-            (the environment then passes the pooled state on every request).
+        needs_history: ``True`` when attractiveness depends on the user's current history
+            (the environment then passes it on every request; the model pools it itself).
         pooling: the :class:`~encoders.pooling.UserPooling` the model was fitted with, for
-            models that read the user state (the environment must pool the same way).
+            models that read the history (the environment must keep and pool it the same way).
         encoder_fingerprint: the text encoder of the embeddings it was fitted on (``None``:
-            it reads no embeddings).
+            it reads none of the run's embeddings).
         dataset: :func:`log_fingerprint` of the data it was fitted on (``None``: any log).
     """
 
     name: ClassVar[str] = "base"
     structure: str = "pbm"
-    needs_user_state: ClassVar[bool] = False
+    needs_history: ClassVar[bool] = False
+    reads_embeddings: bool = False  # the fit depends on the run's text embeddings
 
     def __init__(self) -> None:
         self.examination = np.ones(MAX_POSITIONS)
@@ -106,7 +107,7 @@ class ClickModel:
         context: LogContext,
         requests: np.ndarray,
         items: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """``float64[B, K]`` click probability given examination.
 
@@ -114,7 +115,9 @@ class ClickModel:
             context: :meth:`context` of the log whose request codes ``requests`` are.
             requests: ``int64[B]`` request codes.
             items: ``int64[B, K]`` item codes, ``-1`` for empty slots (probability 0).
-            user_state: ``float32[B, d]`` pooled user states, for models that need them.
+            history: ``int64[B, H]`` each request's user history at that moment (item codes,
+                right-aligned, ``-1`` padding), for models that need it; ``None``: the history
+                the log had (earlier requests' logged clicks appended).
         """
         raise NotImplementedError
 
@@ -133,20 +136,18 @@ class ClickModel:
             )
         return LogContext(log)
 
-    def check_replay(self, encoder_fingerprint: str, pooling: UserPooling) -> None:
-        """Refuse to serve user states made another way than those the model was fitted on.
+    def check_replay(self, pooling: UserPooling) -> None:
+        """Refuse to serve histories kept another way than those the model was fitted on.
+
+        A model that reads the history pools it with its own tables (saved with it), so the
+        environment's encoder may differ from the one the model was fitted with; the history
+        itself must be the same.
 
         Raises:
-            ValueError: naming both encoders, or both poolings, and what to change.
+            ValueError: naming both poolings, and what to change.
         """
-        if not self.needs_user_state:
+        if not self.needs_history:
             return
-        if self.encoder_fingerprint not in (None, encoder_fingerprint):
-            raise ValueError(
-                f"reward model {self.name!r} was fitted on embeddings of encoder "
-                f"{self.encoder_fingerprint} but the env's are of encoder {encoder_fingerprint}: "
-                "refit it with this encoder"
-            )
         if self.pooling is not None and self.pooling != pooling:
             raise ValueError(
                 f"reward model {self.name!r} was fitted on user states pooled as {self.pooling} "
@@ -158,7 +159,7 @@ class ClickModel:
         context: LogContext,
         requests: np.ndarray,
         rankings: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """``float64[B, L]`` click probability at each position of each ranking.
 
@@ -166,10 +167,10 @@ class ClickModel:
         clicked; they do not stop a cascade).
         """
         rankings = np.atleast_2d(rankings)
-        attr = self.attractiveness(context, np.asarray(requests), rankings, user_state)
+        attr = self.attractiveness(context, np.asarray(requests), rankings, history)
         return positional_click_probs(attr, rankings >= 0, self)
 
-    def log_likelihood(self, log: SessionLog, user_state: np.ndarray | None = None) -> float:
+    def log_likelihood(self, log: SessionLog, history: np.ndarray | None = None) -> float:
         """Mean log-likelihood per impression of ``log``'s clicks at their logged positions.
 
         For ``cascade`` / ``dcm`` the probability of each click is conditioned on the clicks
@@ -177,9 +178,7 @@ class ClickModel:
         independent.
         """
         rankings, clicks = logged_rankings(log)
-        attr = self.attractiveness(
-            self.context(log), np.arange(log.n_requests), rankings, user_state
-        )
+        attr = self.attractiveness(self.context(log), np.arange(log.n_requests), rankings, history)
         attr = np.clip(attr, 1e-6, 1 - 1e-6)
         valid = rankings >= 0
         width = rankings.shape[1]

@@ -154,7 +154,7 @@ class _PairClickModel(ClickModel):
         context: LogContext,
         requests: np.ndarray,
         items: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """Smoothed attractiveness of ``(query of request, item)``; see the module docstring."""
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))

@@ -1,16 +1,24 @@
-"""A neural click model: attractiveness from query, user and item embeddings, under a PBM or a
-cascade with abandonment (chosen by held-out likelihood).
+"""A neural click model: attractiveness from query, user and item text features, under a PBM or
+a cascade with abandonment (chosen by held-out likelihood).
 
 ``attractiveness = sigmoid(MLP([q, u, i, q * i, u * i]) + bias[item])`` where ``q``, ``u``,
-``i`` are the text embeddings of the request's query, the user's state and the item
-(:class:`encoders.encoded_log.EncodedLog`). Unlike the pair-counting models it generalises to
-(query, item) pairs never logged, and it reacts to the user's state.
+``i`` are text vectors of the request's query, the user's state and the item. Unlike the
+pair-counting models it generalises to (query, item) pairs never logged, and it reacts to the
+user's state.
+
+Text features (``features``): ``lexical`` (default) embeds the log's texts with the
+:class:`~encoders.hashing.HashingEncoder` (hashed words and character n-grams), whatever encoder
+the policy observes; ``encoder`` uses the run's text embeddings
+(:class:`encoders.encoded_log.EncodedLog`). The simulator is then one fixed object that policies
+with different encoders are compared in, and lexical matches (brand names, colours, exact
+product words) rank policies closer to the truth than MiniLM's embeddings do (BENCHMARKS.md).
 
 User state: the user's history pooled with a :class:`~encoders.pooling.UserPooling` given to
-:meth:`NeuralClickModel.fit` (the run setup passes the environment's), with the clicks of the
-session's earlier requests appended as the environment appends them: the model is fitted on the
-states it is served. The environment passes the current state as ``user_state``; without it the
-logged request's own state (from the log's :class:`~envs.click_models.base.LogContext`) is used.
+:meth:`NeuralClickModel.fit` (the run setup passes the environment's), over the model's own item
+vectors, with the clicks of the session's earlier requests appended as the environment appends
+them: the model is fitted on the states it is served. The environment passes the current
+history; without it the logged request's own history (from the log's
+:class:`~envs.click_models.base.LogContext`) is used.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from encoders.encoded_log import EncodedLog
+from encoders.encoded_log import EncodedLog, encode_log
+from encoders.hashing import HashingEncoder
 from encoders.pooling import UserPooling, append_history, pad_histories
 from envs.click_models.base import (
     MAX_POSITIONS,
@@ -35,6 +45,8 @@ from envs.logs import SessionLog
 
 DEVICES = ("cpu", "cuda", "auto")
 EXAMINATION = ("conditional", "learned")
+FEATURES = ("lexical", "encoder")
+LEXICAL_ENCODER = HashingEncoder()  # the ``lexical`` text features (conf/encoder/hashing.yaml)
 STRUCTURES = ("pbm", "cascade")
 
 
@@ -184,13 +196,23 @@ class NeuralClickModel(ClickModel):
             the other 10%.
         propensity_clip: > 0 weighs each logged impression of a PBM fit by its inverse logging
             propensity, clipped at this value (unbiased-learning-to-rank style); 0: unweighted.
+        features: ``lexical`` (hashed words and n-grams of the log's texts) or ``encoder``
+            (the run's text embeddings, given to :meth:`fit`).
+        ensemble: members fitted from seeds ``seed, seed + 1, ...`` (initialisation and
+            minibatch order); the attractiveness is their mean. One fit's overall level moves
+            by up to +-20% with the seed alone on the default world (BENCHMARKS.md).
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
 
     name = "neural"
     structure = "pbm"
-    needs_user_state = True
+    needs_history = True
+
+    @property
+    def reads_embeddings(self) -> bool:
+        """Whether the fit depends on the run's text encoder (``features="encoder"``)."""
+        return self.features == "encoder"
 
     def __init__(
         self,
@@ -205,11 +227,16 @@ class NeuralClickModel(ClickModel):
         examination: str = "conditional",
         calibrate: bool = False,
         propensity_clip: float = 0.0,
+        features: str = "lexical",
+        ensemble: int = 5,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
         super().__init__()
-        for arg, value in (("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size)):
+        for arg, value in (
+            ("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size),
+            ("ensemble", ensemble),
+        ):  # fmt: skip
             _check_positive(arg, value, integer=True)
         _check_positive("lr", lr)
         _check_positive("weight_decay", weight_decay, allow_zero=True)
@@ -220,6 +247,10 @@ class NeuralClickModel(ClickModel):
             raise ValueError(
                 f"examination={examination!r}: expected one of {', '.join(EXAMINATION)}"
             )
+        if features not in FEATURES:
+            raise ValueError(f"features={features!r}: expected one of {', '.join(FEATURES)}")
+        self.features = features
+        self.ensemble = int(ensemble)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
@@ -239,7 +270,7 @@ class NeuralClickModel(ClickModel):
         self.queries = np.zeros((0, 0), dtype=np.float32)
         self.user_profiles = np.zeros((0, 0), dtype=np.float32)
         self.encoder_fingerprint: str | None = None
-        self.module: _Scorer | None = None
+        self.modules: list[_Scorer] = []
         self.train_log_likelihood: float | None = None
         self.validation_log_likelihood: float | None = None
 
@@ -258,9 +289,8 @@ class NeuralClickModel(ClickModel):
         overestimate every policy.)
         """
         assert self.pooling is not None
-        pooling = self.pooling
         initial = pad_histories(
-            log.user_history_offsets, log.user_history_items, pooling.history_len
+            log.user_history_offsets, log.user_history_items, self.pooling.history_len
         )
         rankings, clicks = logged_rankings(log)
         clicked = np.where(clicks == 1, rankings, -1)
@@ -271,10 +301,14 @@ class NeuralClickModel(ClickModel):
         for j in range(int(lengths.max(initial=0))):  # the j-th request of every session
             alive = np.flatnonzero(lengths > j)
             req = starts[alive] + j
-            profiles = self.user_profiles[log.request_user[req]]
-            states[req] = pooling.pool(self.items, history[alive], profiles)
+            states[req] = self._pool(history[alive], log.request_user[req])
             history[alive] = append_history(history[alive], clicked[req])
         return states
+
+    def _pool(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """``float32[B, d]`` user states of ``history`` over the model's own item vectors."""
+        assert self.pooling is not None
+        return self.pooling.pool(self.items, history, self.user_profiles[users])
 
     def _check_tables(self, log: SessionLog) -> None:
         EncodedLog(
@@ -303,25 +337,20 @@ class NeuralClickModel(ClickModel):
 
     def _calibrate(self, held: SessionLog) -> None:
         """Platt-scale the attractiveness logit to maximise ``held``'s likelihood."""
-        assert self.module is not None
-        module = self.module
         batch = _RequestBatch(self, held, torch.device("cpu"))
-        module.calibration.requires_grad_(True)
-        opt = torch.optim.LBFGS([module.calibration], lr=0.5, max_iter=100)
         everything = torch.arange(held.n_requests)
+        for module in self.modules:
+            module.calibration.requires_grad_(True)
+            opt = torch.optim.LBFGS([module.calibration], lr=0.5, max_iter=100)
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = -batch.log_likelihood(module, self.structure, everything)
-            loss.backward()
-            return loss
+            def closure(module: _Scorer = module, opt: torch.optim.LBFGS = opt) -> torch.Tensor:
+                opt.zero_grad()
+                loss = -batch.log_likelihood(module, self.structure, everything)
+                loss.backward()
+                return loss
 
-        opt.step(closure)
-        module.calibration.requires_grad_(False)
-
-    def _apply_examination(self) -> None:
-        assert self.module is not None
-        self.examination = torch.sigmoid(self.module.exam_logit.detach().cpu()).double().numpy()
+            opt.step(closure)
+            module.calibration.requires_grad_(False)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -342,21 +371,27 @@ class NeuralClickModel(ClickModel):
         be calibrated: a scale error shifts every value); otherwise refitted on all sessions.
 
         Raises:
-            ValueError: without ``encoded``, or when its tables do not fit ``train``.
+            ValueError: with ``features="encoder"`` and no ``encoded``, or when its tables do
+                not fit ``train``.
         """
-        if encoded is None:
-            raise ValueError("reward=neural needs the text embeddings: fit(train, encoded=...)")
-        encoded.check(train)
-        if validation is not None:
-            encoded.check(validation)
-            if log_fingerprint(validation) != log_fingerprint(train):
-                raise ValueError("the validation log is not a split of the training dataset")
+        if validation is not None and log_fingerprint(validation) != log_fingerprint(train):
+            raise ValueError("the validation log is not a split of the training dataset")
         if train.n_impressions == 0:
             raise ValueError("reward model 'neural': the training log has no impressions")
+        if self.features == "lexical":
+            encoded = encode_log(train, LEXICAL_ENCODER, progress=False)
+            self.encoder_fingerprint = None  # its own features: any env encoder will do
+        elif encoded is None:
+            raise ValueError(
+                "reward=neural with features=encoder needs the text embeddings: "
+                "fit(train, encoded=...)"
+            )
+        else:
+            self.encoder_fingerprint = encoded.fingerprint
+        encoded.check(train)
         self.items = np.ascontiguousarray(encoded.items, dtype=np.float32)
         self.queries = np.ascontiguousarray(encoded.queries, dtype=np.float32)
         self.user_profiles = np.ascontiguousarray(encoded.user_profiles, dtype=np.float32)
-        self.encoder_fingerprint = encoded.fingerprint
         self.dataset = log_fingerprint(train)
         self.pooling = pooling or UserPooling()
         structure, held = self.structure_mode, None
@@ -366,7 +401,7 @@ class NeuralClickModel(ClickModel):
             scores = {}
             for option in STRUCTURES:
                 trial = NeuralClickModel(
-                    **{**self.config(), "structure": option, "calibrate": False}
+                    **{**self.config(), "structure": option, "calibrate": False, "ensemble": 1}
                 )
                 trial.fit(fit_on, encoded, pooling=self.pooling)
                 scores[option] = trial.log_likelihood(held)
@@ -383,15 +418,41 @@ class NeuralClickModel(ClickModel):
         return self
 
     def _fit(self, train: SessionLog, structure: str) -> None:
-        """Maximise the likelihood of ``train``'s logged requests under ``structure``."""
+        """Fit the ``ensemble`` members on ``train``'s logged requests under ``structure``."""
         device = self._torch_device()
-        gen = torch.Generator().manual_seed(self.seed)
+        batch = _RequestBatch(self, train, device)
+        desc = f"fitting neural click model ({structure})"
+        with tqdm(total=self.ensemble * self.epochs, desc=desc, unit="epoch", disable=None) as bar:
+            self.modules = [
+                self._fit_member(train, structure, batch, self.seed + m, device, bar)
+                for m in range(self.ensemble)
+            ]
+        self.structure = structure
+        if structure == "pbm":  # the members' mean (identical when fixed from the log)
+            exam = [torch.sigmoid(m.exam_logit.detach()).double().numpy() for m in self.modules]
+            self.examination = np.mean(exam, axis=0)
+            self.abandonment = np.zeros(MAX_POSITIONS)
+        else:
+            self.examination = np.ones(MAX_POSITIONS)
+            leave = np.mean([torch.sigmoid(m.abandon_logit).item() for m in self.modules])
+            self.abandonment = np.full(MAX_POSITIONS, leave)
+
+    def _fit_member(
+        self,
+        train: SessionLog,
+        structure: str,
+        batch: _RequestBatch,
+        seed: int,
+        device: torch.device,
+        bar: tqdm,
+    ) -> _Scorer:
+        """One member: maximise the likelihood of ``batch`` from the initialisation of ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
         module = _Scorer(self.items.shape[1], self.hidden, train.n_items if self.item_bias else 0)
         module.reset(gen)
         if structure == "pbm" and self.examination_mode == "conditional":
             self._fix_examination(module, train)
         module.to(device)
-        batch = _RequestBatch(self, train, device)
         groups: list[dict[str, Any]] = [{"params": module.mlp.parameters()}]
         if structure == "pbm" and module.exam_logit.requires_grad:
             # 64 logits, each seeing a whole position's data: a 10x learning rate
@@ -414,15 +475,9 @@ class NeuralClickModel(ClickModel):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            bar.update()
         module.eval()
-        self.module = module.cpu()
-        self.structure = structure
-        if structure == "pbm":
-            self._apply_examination()
-            self.abandonment = np.zeros(MAX_POSITIONS)
-        else:
-            self.examination = np.ones(MAX_POSITIONS)
-            self.abandonment = np.full(MAX_POSITIONS, torch.sigmoid(module.abandon_logit).item())
+        return module.cpu()
 
     # ------------------------------------------------------------------ inference
     def context(self, log: SessionLog) -> LogContext:
@@ -431,7 +486,7 @@ class NeuralClickModel(ClickModel):
         Raises:
             ValueError: for a log of another dataset.
         """
-        if self.module is None:
+        if not self.modules:
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
         context = super().context(log)
         self._check_tables(log)
@@ -443,22 +498,24 @@ class NeuralClickModel(ClickModel):
         context: LogContext,
         requests: np.ndarray,
         items: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """``sigmoid(MLP(...))`` per candidate; 0 where ``items < 0``."""
-        if self.module is None:
+        if not self.modules:
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
         log = context.log
         requests = np.asarray(requests, dtype=np.int64)
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))
-        if user_state is None:
+        if history is None:
             user_state = context.arrays["request_states"][requests]
-        user_state = np.asarray(user_state, dtype=np.float32)
-        if user_state.shape != (len(requests), self.items.shape[1]):
-            raise ValueError(
-                f"user_state has shape {user_state.shape}, expected "
-                f"{(len(requests), self.items.shape[1])} (one pooled state per request)"
-            )
+        else:
+            history = np.asarray(history)
+            if history.ndim != 2 or len(history) != len(requests):
+                raise ValueError(
+                    f"history has shape {history.shape}, expected ({len(requests)}, H): one "
+                    "right-aligned row of item codes per request"
+                )
+            user_state = self._pool(history, log.request_user[requests])
         valid = items >= 0
         width = items.shape[1]
         q = torch.from_numpy(self.queries[log.request_query[requests]])
@@ -472,16 +529,18 @@ class NeuralClickModel(ClickModel):
                 qb, ub, ib = q[s : s + rows], u[s : s + rows], i[s : s + rows]
                 qb = qb[:, None, :].expand(-1, width, -1)
                 ub = ub[:, None, :].expand(-1, width, -1)
-                logit = self.module(qb, ub, ib, codes[s : s + rows])
-                out[s : s + rows] = torch.sigmoid(logit).double().numpy()
+                probs = [torch.sigmoid(m(qb, ub, ib, codes[s : s + rows])) for m in self.modules]
+                out[s : s + rows] = torch.stack(probs).mean(0).double().numpy()
         return np.where(valid, out, 0.0)
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, np.ndarray]:
-        if self.module is None:
+        if not self.modules:
             raise RuntimeError("reward model 'neural' is not fitted; nothing to save")
         weights = {
-            f"weight.{k}": v.detach().cpu().numpy() for k, v in self.module.state_dict().items()
+            f"weight.{m}.{k}": v.detach().cpu().numpy()
+            for m, module in enumerate(self.modules)
+            for k, v in module.state_dict().items()
         }
         return {
             **super().state(),
@@ -499,16 +558,19 @@ class NeuralClickModel(ClickModel):
         self.user_profiles = np.asarray(arrays["user_profiles"], dtype=np.float32)
         self.encoder_fingerprint = str(arrays["encoder_fingerprint"]) or None
         n_items = len(self.items) if self.item_bias else 0
-        module = _Scorer(self.items.shape[1], self.hidden, n_items)
-        module.load_state_dict(
-            {
-                k.removeprefix("weight."): torch.from_numpy(np.array(v))
-                for k, v in arrays.items()
-                if k.startswith("weight.")
-            }
-        )
-        module.eval()
-        self.module = module
+        self.modules = []
+        for m in range(self.ensemble):
+            module = _Scorer(self.items.shape[1], self.hidden, n_items)
+            prefix = f"weight.{m}."
+            module.load_state_dict(
+                {
+                    k.removeprefix(prefix): torch.from_numpy(np.array(v))
+                    for k, v in arrays.items()
+                    if k.startswith(prefix)
+                }
+            )
+            module.eval()
+            self.modules.append(module)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -523,6 +585,8 @@ class NeuralClickModel(ClickModel):
             "examination": self.examination_mode,
             "calibrate": self.calibrate,
             "propensity_clip": self.propensity_clip,
+            "features": self.features,
+            "ensemble": self.ensemble,
             "seed": self.seed,
             "device": self.device,
         }

@@ -30,7 +30,7 @@ class LoggedClickModel(ClickModel):
         context: LogContext,
         requests: np.ndarray,
         items: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """The logged click (0/1) of each item in the request; 0 for items not shown there."""
         log = context.log
@@ -93,7 +93,7 @@ class TruthClickModel(ClickModel):
         context: LogContext,
         requests: np.ndarray,
         items: np.ndarray,
-        user_state: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> np.ndarray:
         """True click probability given examination."""
         items = np.atleast_2d(items)

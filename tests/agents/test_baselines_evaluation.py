@@ -214,7 +214,7 @@ class _FixedModel(ClickModel):
         super().__init__()
         self.examination[1:] = 0.5
 
-    def attractiveness(self, context, requests, items, user_state=None):
+    def attractiveness(self, context, requests, items, history=None):
         return np.where(np.asarray(items) >= 0, 0.5, 0.0)
 
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from encoders.encoded_log import EncodedLog, encode_log
 from encoders.hashing import HashingEncoder
-from encoders.pooling import UserPooling
+from encoders.pooling import UserPooling, pad_histories
 from envs.click_models.base import ClickModel, log_fingerprint, logged_rankings
 from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
 from envs.click_models.neural import NeuralClickModel
@@ -20,8 +20,8 @@ from envs.logs import SessionLog
 from envs.logs.synthetic import SyntheticWorld
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-# a fast neural configuration (~4 s on 2 busy cores); the defaults train ~2x longer
-FAST_NEURAL = {"epochs": 3, "batch_size": 1024, "lr": 4e-3, "structure": "pbm"}
+# a fast neural configuration (~8 s on 2 busy cores); the defaults train ~10x longer
+FAST_NEURAL = {"epochs": 3, "batch_size": 1024, "lr": 4e-3, "structure": "pbm", "ensemble": 2}
 
 
 @pytest.fixture(scope="module")
@@ -230,48 +230,78 @@ def test_bad_constructor_arguments(klass, kwargs, words) -> None:
         assert word in str(err.value)
 
 
-def test_neural_refuses_embeddings_of_another_dataset_or_encoder(small_world, world, fitted):
+def test_neural_refuses_embeddings_of_another_dataset(small_world, world, fitted):
     other, _ = small_world
     foreign = encode_log(other, HashingEncoder(), progress=False)
     with pytest.raises(ValueError, match="another dataset"):
-        NeuralClickModel(epochs=1).fit(world[0], encoded=foreign)
+        NeuralClickModel(epochs=1, features="encoder").fit(world[0], encoded=foreign)
     with pytest.raises(ValueError, match="needs the text embeddings"):
-        NeuralClickModel(epochs=1).fit(world[0])
-    train, _, _ = world
-    other_encoder = encode_log(train, HashingEncoder(seed=1), progress=False)
+        NeuralClickModel(epochs=1, features="encoder").fit(world[0])
+    with pytest.raises(ValueError, match="features='bert'.*lexical, encoder"):
+        NeuralClickModel(features="bert")
     model = fitted["neural"]
-    with pytest.raises(ValueError) as err:
-        model.check_replay(other_encoder.fingerprint, model.pooling)
-    assert other_encoder.fingerprint in str(err.value)
-    assert model.encoder_fingerprint in str(err.value)
     with pytest.raises(ValueError, match="pooled as .*method='mean'.* but the env pools.*decay"):
-        model.check_replay(model.encoder_fingerprint, UserPooling(method="decay"))
+        model.check_replay(UserPooling(method="decay"))
 
 
-def test_neural_uses_the_current_user_state(world, fitted) -> None:
+def test_neural_features_are_its_own_or_the_runs(world, encoded) -> None:
+    """``lexical`` embeds the log's texts itself (any env encoder will do); ``encoder`` keeps
+    the run's embeddings and records their encoder."""
+    train = world[0]
+    lexical = NeuralClickModel(epochs=1, hidden=8, structure="pbm", ensemble=1).fit(train)
+    assert lexical.encoder_fingerprint is None and not lexical.reads_embeddings
+    own = encode_log(train, HashingEncoder(), progress=False)
+    np.testing.assert_array_equal(lexical.items, own.items)
+    np.testing.assert_array_equal(lexical.queries, own.queries)
+    other = encode_log(train, HashingEncoder(dim=16, seed=1), progress=False)
+    run = NeuralClickModel(epochs=1, hidden=8, structure="pbm", features="encoder", ensemble=1)
+    run.fit(train, encoded=other)
+    assert run.reads_embeddings and run.encoder_fingerprint == other.fingerprint
+    assert run.items.shape == (train.n_items, 16)
+
+
+def test_neural_uses_the_current_history(world, fitted) -> None:
     train, _, _ = world
     model = fitted["neural"]
     context = model.context(train)
-    requests = np.arange(4)
+    requests = train.session_offsets[:6].astype(np.int64)  # first requests: pre-log histories
     rankings, _ = logged_rankings(train)
     rankings = rankings[requests]
     default = model.attractiveness(context, requests, rankings)
-    pre_log = context.arrays["request_states"][requests]
-    np.testing.assert_allclose(model.attractiveness(context, requests, rankings, pre_log), default)
+    pre_log = pad_histories(
+        train.user_history_offsets, train.user_history_items, model.pooling.history_len
+    )[train.request_user[requests]]
+    np.testing.assert_allclose(
+        model.attractiveness(context, requests, rankings, pre_log), default, rtol=1e-6
+    )
     shifted = model.attractiveness(context, requests, rankings, np.roll(pre_log, 1, axis=0))
     assert not np.allclose(shifted, default)
     assert np.all(default[rankings < 0] == 0.0)
-    with pytest.raises(ValueError, match="user_state"):
-        model.attractiveness(context, requests, rankings, pre_log[:, :3])
+    with pytest.raises(ValueError, match="history has shape"):
+        model.attractiveness(context, requests, rankings, pre_log[:3])
 
 
 def test_neural_is_deterministic_given_the_seed(small_world) -> None:
     log, _ = small_world
-    enc = encode_log(log, HashingEncoder(dim=32), progress=False)
-    a = NeuralClickModel(epochs=1, hidden=8, seed=3).fit(log, encoded=enc)
-    b = NeuralClickModel(epochs=1, hidden=8, seed=3).fit(log, encoded=enc)
-    c = NeuralClickModel(epochs=1, hidden=8, seed=4).fit(log, encoded=enc)
+    small = {"epochs": 1, "hidden": 8, "ensemble": 1}
+    a = NeuralClickModel(**small, seed=3).fit(log)
+    b = NeuralClickModel(**small, seed=3).fit(log)
+    c = NeuralClickModel(**small, seed=4).fit(log)
     assert a.train_log_likelihood == b.train_log_likelihood != c.train_log_likelihood
+
+
+def test_neural_ensemble_is_the_mean_of_its_members(small_world) -> None:
+    """Members are fitted from seeds seed, seed + 1, ...; attractiveness is their mean."""
+    log, _ = small_world
+    small = {"epochs": 1, "hidden": 8, "structure": "pbm"}
+    members = [NeuralClickModel(**small, ensemble=1, seed=s).fit(log) for s in (3, 4)]
+    both = NeuralClickModel(**small, ensemble=2, seed=3).fit(log)
+    rankings, _ = logged_rankings(log)
+    requests = np.arange(log.n_requests)
+    each = [m.attractiveness(m.context(log), requests, rankings) for m in members]
+    got = both.attractiveness(both.context(log), requests, rankings)
+    np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(each[0], each[1])  # the members differ
 
 
 @pytest.mark.parametrize("name", ["pbm", "cascade", "dcm", "neural", "logged", "truth"])

@@ -48,7 +48,7 @@ class _Models(dict):
             cascade=CascadeClickModel().fit(log),
             neural=None,
         )
-        self._fit = lambda pooling: NeuralClickModel(epochs=1, hidden=16).fit(
+        self._fit = lambda pooling: NeuralClickModel(epochs=1, hidden=16, ensemble=2).fit(
             log, encoded=encoded, pooling=pooling
         )
         self._neural: dict = {}
@@ -213,7 +213,7 @@ def test_batched_env_equals_single_envs(world, models, options: dict, model_name
     log, encoded, _ = world
     cfg = ReplayConfig(**options)
     model = models[model_name]
-    if model.needs_user_state:  # fitted on the env's user states
+    if model.needs_history:  # fitted on the env's user histories
         model = models.neural(cfg.user_pooling)
     n = 5
     # one model object serves all six envs: click models hold no per-env state
