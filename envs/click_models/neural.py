@@ -39,6 +39,7 @@ from envs.click_models.base import (
     LogContext,
     log_fingerprint,
     logged_rankings,
+    positional_click_probs,
 )
 from envs.click_models.fitted import _check_positive, _PairTable, conditional_examination
 from envs.logs import SessionLog
@@ -46,6 +47,7 @@ from envs.logs import SessionLog
 DEVICES = ("cpu", "cuda", "auto")
 EXAMINATION = ("conditional", "learned")
 FEATURES = ("lexical", "encoder")
+CALIBRATIONS = ("none", "level", "platt")
 LEXICAL_ENCODER = HashingEncoder()  # the ``lexical`` text features (conf/encoder/hashing.yaml)
 STRUCTURES = ("pbm", "cascade")
 
@@ -119,12 +121,17 @@ class _RequestBatch:
             weights[log.impression_request[keep], log.position[keep]] = w / w.mean()
         self.weights = t(weights)
 
-    def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
-        """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
+    def logits(self, module: _Scorer, b: torch.Tensor) -> torch.Tensor:
+        """``[len(b), W]`` attractiveness logits of the logged items of requests ``b``."""
         w = self.width
         q = self.queries[self.query[b]][:, None, :].expand(-1, w, -1)
         u = self.states[b][:, None, :].expand(-1, w, -1)
-        logit = module(q, u, self.items[self.codes[b]], self.codes[b])
+        return module(q, u, self.items[self.codes[b]], self.codes[b])
+
+    def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
+        """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
+        w = self.width
+        logit = self.logits(module, b)
         if structure == "pbm":
             ll = _pbm_log_likelihood(
                 logit, module.exam_logit[:w], self.clicks[b], self.valid[b] * self.weights[b]
@@ -192,8 +199,11 @@ class NeuralClickModel(ClickModel):
         examination: ``learned`` jointly with the attractiveness, or ``conditional``: fixed
             from the pairs the logger showed at several positions (intervention harvesting,
             :func:`~envs.click_models.fitted.conditional_examination`), anchored at 1 on top.
-        calibrate: fit on 90% of the training sessions and Platt-scale the attractiveness on
-            the other 10%.
+        calibrate: ``none``; ``level``: fit on 90% of the training sessions, then shift each
+            member's attractiveness logit so that its expected clicks of the other 10%'s logged
+            rankings equal their observed clicks (the level of pairs never logged is set by how
+            far a fit memorises its training pairs); ``platt``: fit on 90%, Platt-scale (slope
+            and shift) to maximise the other 10%'s likelihood.
         propensity_clip: > 0 weighs each logged impression of a PBM fit by its inverse logging
             propensity, clipped at this value (unbiased-learning-to-rank style); 0: unweighted.
         features: ``lexical`` (hashed words and n-grams of the log's texts) or ``encoder``
@@ -217,7 +227,7 @@ class NeuralClickModel(ClickModel):
     def __init__(
         self,
         hidden: int = 128,
-        epochs: int = 12,
+        epochs: int = 20,
         lr: float = 2e-3,
         batch_size: int = 512,
         weight_decay: float = 0.0,
@@ -225,7 +235,7 @@ class NeuralClickModel(ClickModel):
         bias_decay: float = 1e-4,
         structure: str = "auto",
         examination: str = "conditional",
-        calibrate: bool = False,
+        calibrate: str = "level",
         propensity_clip: float = 0.0,
         features: str = "lexical",
         ensemble: int = 5,
@@ -261,7 +271,11 @@ class NeuralClickModel(ClickModel):
         self.item_bias, self.bias_decay = bool(item_bias), float(bias_decay)
         self.examination_mode = examination
         self.structure_mode = structure
-        self.calibrate = bool(calibrate)
+        if calibrate not in CALIBRATIONS:
+            raise ValueError(
+                f"calibrate={calibrate!r}: expected one of {', '.join(map(str, CALIBRATIONS))}"
+            )
+        self.calibrate = calibrate
         _check_positive("propensity_clip", propensity_clip, allow_zero=True)
         self.propensity_clip = float(propensity_clip)
         self.structure = "pbm" if structure == "auto" else structure
@@ -336,9 +350,13 @@ class NeuralClickModel(ClickModel):
         module.exam_logit.requires_grad_(False)
 
     def _calibrate(self, held: SessionLog) -> None:
-        """Platt-scale the attractiveness logit to maximise ``held``'s likelihood."""
+        """Calibrate each member's attractiveness logit on ``held`` (see ``calibrate``)."""
         batch = _RequestBatch(self, held, torch.device("cpu"))
         everything = torch.arange(held.n_requests)
+        if self.calibrate == "level":
+            for module in self.modules:
+                self._match_level(module, batch, everything)
+            return
         for module in self.modules:
             module.calibration.requires_grad_(True)
             opt = torch.optim.LBFGS([module.calibration], lr=0.5, max_iter=100)
@@ -351,6 +369,25 @@ class NeuralClickModel(ClickModel):
 
             opt.step(closure)
             module.calibration.requires_grad_(False)
+
+    def _match_level(self, module: _Scorer, batch: _RequestBatch, rows: torch.Tensor) -> None:
+        """Shift the logit so the expected clicks of the logged rankings equal the observed."""
+        observed = float(batch.clicks[batch.valid].sum())
+        valid = batch.valid.numpy()
+        with torch.no_grad():
+            module.calibration[1] = 0.0
+            logit = batch.logits(module, rows).double().numpy()
+
+        def expected(shift: float) -> float:
+            attr = 1.0 / (1.0 + np.exp(-(logit + shift)))
+            return float(positional_click_probs(attr, valid, self).sum())
+
+        low, high = -8.0, 8.0  # expected clicks increase with the shift: bisection
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if expected(mid) < observed else (low, mid)
+        with torch.no_grad():
+            module.calibration[1] = (low + high) / 2
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -366,9 +403,9 @@ class NeuralClickModel(ClickModel):
         ``pooling`` is how user states are pooled (default :class:`UserPooling`); environments
         replaying with this model must pool the same way. With ``structure="auto"`` both
         structures are fitted on 90% of the training sessions, the one with the higher
-        log-likelihood on the other 10% is kept. With ``calibrate`` the model is fitted on the
-        90% and its attractiveness logit Platt-scaled on the 10% (what ranks policies must also
-        be calibrated: a scale error shifts every value); otherwise refitted on all sessions.
+        log-likelihood on the other 10% is kept. With ``calibrate`` other than ``none`` the model
+        is fitted on the 90% and calibrated on the 10% (what values policies must be calibrated:
+        a level error shifts every value); otherwise refitted on all sessions.
 
         Raises:
             ValueError: with ``features="encoder"`` and no ``encoded``, or when its tables do
@@ -395,19 +432,19 @@ class NeuralClickModel(ClickModel):
         self.dataset = log_fingerprint(train)
         self.pooling = pooling or UserPooling()
         structure, held = self.structure_mode, None
-        if structure == "auto" or self.calibrate:
+        if structure == "auto" or self.calibrate != "none":
             fit_on, held = train.split(0.1, seed=self.seed)
         if structure == "auto":
             scores = {}
             for option in STRUCTURES:
                 trial = NeuralClickModel(
-                    **{**self.config(), "structure": option, "calibrate": False, "ensemble": 1}
+                    **{**self.config(), "structure": option, "calibrate": "none", "ensemble": 1}
                 )
                 trial.fit(fit_on, encoded, pooling=self.pooling)
                 scores[option] = trial.log_likelihood(held)
             structure = max(scores, key=scores.__getitem__)
             self.selection_log_likelihood = scores
-        if self.calibrate:
+        if self.calibrate != "none":
             self._fit(fit_on, structure)
             self._calibrate(held)
         else:

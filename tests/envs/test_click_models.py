@@ -221,6 +221,8 @@ def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None
         (NeuralClickModel, {"examination": "x"}, ["examination", "conditional", "learned"]),
         (CascadeClickModel, {"abandonment": "fixed"}, ["abandonment", "em, none"]),
         (NeuralClickModel, {"propensity_clip": -1.0}, ["propensity_clip", ">= 0"]),
+        (NeuralClickModel, {"calibrate": True}, ["calibrate", "none, level, platt"]),
+        (NeuralClickModel, {"ensemble": 0}, ["ensemble", "int > 0"]),
     ],
 )
 def test_bad_constructor_arguments(klass, kwargs, words) -> None:
@@ -290,10 +292,26 @@ def test_neural_is_deterministic_given_the_seed(small_world) -> None:
     assert a.train_log_likelihood == b.train_log_likelihood != c.train_log_likelihood
 
 
+def test_neural_level_calibration_matches_the_held_out_clicks(world) -> None:
+    """``calibrate=level``: fitted on 90%, each member shifted so that the expected clicks of
+    the other 10%'s logged rankings equal their clicks (PBM is linear in attractiveness, so the
+    ensemble's mean matches too)."""
+    train = world[0]
+    model = NeuralClickModel(**FAST_NEURAL, calibrate="level").fit(train)
+    _, held = train.split(0.1, seed=model.seed)  # the split fit() makes
+    rankings, clicks = logged_rankings(held)
+    probs = model.click_probs(model.context(held), np.arange(held.n_requests), rankings)
+    assert probs.sum() == pytest.approx(clicks[rankings >= 0].sum(), rel=1e-6)
+    shifts = [float(m.calibration[1]) for m in model.modules]
+    assert len(set(shifts)) == 2  # one shift per member
+    plain = NeuralClickModel(**FAST_NEURAL, calibrate="none").fit(train)
+    assert all(float(m.calibration[1]) == 0.0 for m in plain.modules)
+
+
 def test_neural_ensemble_is_the_mean_of_its_members(small_world) -> None:
     """Members are fitted from seeds seed, seed + 1, ...; attractiveness is their mean."""
     log, _ = small_world
-    small = {"epochs": 1, "hidden": 8, "structure": "pbm"}
+    small = {"epochs": 1, "hidden": 8, "structure": "pbm", "calibrate": "none"}  # no seeded split
     members = [NeuralClickModel(**small, ensemble=1, seed=s).fit(log) for s in (3, 4)]
     both = NeuralClickModel(**small, ensemble=2, seed=3).fit(log)
     rankings, _ = logged_rankings(log)
