@@ -330,8 +330,8 @@ class NeuralClickModel(ClickModel):
         ).check(log)
 
     @staticmethod
-    def _fix_examination(module: _Scorer, train: SessionLog) -> None:
-        """Set the examination logits from the conditional estimate and freeze them."""
+    def _conditional_exam_logits(train: SessionLog) -> torch.Tensor | None:
+        """Examination logits from the conditional estimate; ``None`` when not identified."""
         query = train.request_query[train.impression_request]
         _, inverse = _PairTable.index(query, train.item, train.n_items)
         pos = train.position.astype(np.int64)
@@ -341,13 +341,11 @@ class NeuralClickModel(ClickModel):
             pos[keep], train.click[keep].astype(np.float64), inverse[keep], n_pos
         )
         if theta is None:  # no pair shown at two positions with a click: learn it instead
-            return
+            return None
         exam = np.full(MAX_POSITIONS, theta[-1])
         exam[:n_pos] = theta
         exam = np.clip(exam, 1e-4, 1 - 1e-4)
-        with torch.no_grad():
-            module.exam_logit.copy_(torch.from_numpy(np.log(exam / (1 - exam))))
-        module.exam_logit.requires_grad_(False)
+        return torch.from_numpy(np.log(exam / (1 - exam)))
 
     def _calibrate(self, held: SessionLog) -> None:
         """Calibrate each member's attractiveness logit on ``held`` (see ``calibrate``)."""
@@ -458,10 +456,13 @@ class NeuralClickModel(ClickModel):
         """Fit the ``ensemble`` members on ``train``'s logged requests under ``structure``."""
         device = self._torch_device()
         batch = _RequestBatch(self, train, device)
+        exam_logits = None  # estimated once, shared (and frozen) by every member
+        if structure == "pbm" and self.examination_mode == "conditional":
+            exam_logits = self._conditional_exam_logits(train)
         desc = f"fitting neural click model ({structure})"
         with tqdm(total=self.ensemble * self.epochs, desc=desc, unit="epoch", disable=None) as bar:
             self.modules = [
-                self._fit_member(train, structure, batch, self.seed + m, device, bar)
+                self._fit_member(train, structure, batch, exam_logits, self.seed + m, device, bar)
                 for m in range(self.ensemble)
             ]
         self.structure = structure
@@ -479,16 +480,20 @@ class NeuralClickModel(ClickModel):
         train: SessionLog,
         structure: str,
         batch: _RequestBatch,
+        exam_logits: torch.Tensor | None,
         seed: int,
         device: torch.device,
         bar: tqdm,
     ) -> _Scorer:
-        """One member: maximise the likelihood of ``batch`` from the initialisation of ``seed``."""
+        """One member: maximise the likelihood of ``batch`` from the initialisation of ``seed``
+        (with the examination logits fixed at ``exam_logits`` when given)."""
         gen = torch.Generator().manual_seed(seed)
         module = _Scorer(self.items.shape[1], self.hidden, train.n_items if self.item_bias else 0)
         module.reset(gen)
-        if structure == "pbm" and self.examination_mode == "conditional":
-            self._fix_examination(module, train)
+        if exam_logits is not None:
+            with torch.no_grad():
+                module.exam_logit.copy_(exam_logits)
+            module.exam_logit.requires_grad_(False)
         module.to(device)
         groups: list[dict[str, Any]] = [{"params": module.mlp.parameters()}]
         if structure == "pbm" and module.exam_logit.requires_grad:
