@@ -88,6 +88,17 @@ class LoggedPolicy(ScoringPolicy):
 
     name = "logged"
 
+    def fit(self, train: SessionLog, encoded: EncodedLog | None = None) -> LoggedPolicy:
+        """Refuse logs with unshown candidates: their order does not reveal the logged one."""
+        if train.has_unshown:
+            raise ValueError(
+                "agent=logged replays the logged order, which a dataset with unshown "
+                f"candidates does not give to policies (dataset.candidates="
+                f"{train.meta.get('params', {}).get('candidates', '?')}); use "
+                "dataset.candidates=logged for this baseline"
+            )
+        return self
+
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """``-index`` of each candidate."""
         b, k = np.shape(obs["candidates"])
@@ -151,20 +162,31 @@ class CosinePolicy(ScoringPolicy):
     history, padding) give cosine 0.
 
     Args:
-        tables: ``items`` and ``queries`` embedding tables (``env.embedding_tables``); or
-            :meth:`fit` takes them from the encoded log.
+        tables: ``items`` and ``queries`` embedding tables (``env.embedding_tables``, with
+            ``item_features`` when ``features``); or :meth:`fit` takes them from the encoded
+            log.
+        features: add ``cos(pooled history features, item features)`` over the dataset's
+            item feature table (:mod:`encoders.features`): the content signal of datasets
+            whose items are described by features rather than text (OBD).
     """
 
     name = "cosine"
 
-    def __init__(self, tables: dict[str, np.ndarray] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        tables: dict[str, np.ndarray] | None = None,
+        name: str | None = None,
+        features: bool = False,
+    ):
         super().__init__(name)
+        self.features = bool(features)
         if tables is not None:
             self._set_tables(tables)
 
     def fit(self, train: SessionLog, encoded: EncodedLog) -> CosinePolicy:
-        """Take the embedding tables of ``encoded``; returns self."""
-        self._set_tables({"items": encoded.items, "queries": encoded.queries})
+        """Take the embedding (and feature) tables of ``encoded``; returns self."""
+        tables = {"items": encoded.items, "queries": encoded.queries}
+        self._set_tables({**tables, "item_features": encoded.item_features})
         return self
 
     def _set_tables(self, tables: dict[str, np.ndarray]) -> None:
@@ -174,16 +196,27 @@ class CosinePolicy(ScoringPolicy):
         self._items = np.concatenate([self.items, np.zeros((1, d), self.items.dtype)])
         self._items_unit = np.concatenate([_unit_rows(self.items), np.zeros((1, d))])
         self._queries_unit = _unit_rows(tables["queries"])
+        feats = tables.get("item_features") if self.features else None
+        if feats is None:
+            feats = np.zeros((len(self.items), 0))
+        self._feats = np.concatenate([feats, np.zeros((1, feats.shape[1]))])
+        self._feats_unit = np.concatenate([_unit_rows(feats), np.zeros((1, feats.shape[1]))])
 
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
-        """Query-item plus user-item cosine of each candidate."""
+        """Query-item plus user-item cosine of each candidate (plus the features' cosine)."""
         cand = np.asarray(obs["candidates"], dtype=np.int64)
-        vectors = self._items_unit[np.where(cand >= 0, cand, len(self._items_unit) - 1)]
+        cand = np.where(cand >= 0, cand, len(self._items_unit) - 1)
+        vectors = self._items_unit[cand]
         query = self._queries_unit[np.asarray(obs["query"], dtype=np.int64).reshape(-1)]
         history = np.asarray(obs["user"], dtype=np.int64)
-        pooled = np.einsum("bh,bhd->bd", obs["user_weights"], self._items[history])
+        weights = obs["user_weights"]
+        pooled = np.einsum("bh,bhd->bd", weights, self._items[history])
         state = _unit_rows(pooled)
-        return np.einsum("bkd,bd->bk", vectors, query + state)
+        scores = np.einsum("bkd,bd->bk", vectors, query + state)
+        if self._feats.shape[1]:
+            liked = _unit_rows(np.einsum("bh,bhf->bf", weights, self._feats[history]))
+            scores = scores + np.einsum("bkf,bf->bk", self._feats_unit[cand], liked)
+        return scores
 
 
 class OraclePolicy(ScoringPolicy):

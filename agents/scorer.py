@@ -37,11 +37,17 @@ class CandidateScorer(nn.Module):
     observation's ``user_weights`` (the env's pooling), and a learned
     per-item bias (``item_bias``) can capture what the texts do not say (quality, popularity).
 
+    Feature tables (the dataset's feature columns, :mod:`encoders.features`) join the text:
+    an item's features are concatenated to its embedding before ``W_i``, the user's features to
+    ``[query, user]`` before ``W_c``; the history is pooled over ``[embedding, features]``, so
+    a user state exists for items described by features only.
+
     Args:
         observation_space: the env's ``Dict`` space (decides the observation mode and sizes).
-        tables: ``items`` / ``queries`` arrays for ``ids`` mode (``None`` when loading: the
-            buffers then come from the state dict, sized by ``table_shapes``).
-        table_shapes: ``{"items": (I, d), "queries": (Q, d)}``.
+        tables: ``items`` / ``queries`` arrays for ``ids`` mode, and ``item_features`` /
+            ``user_features`` when the env has them (``None`` when loading: the buffers then
+            come from the state dict, sized by ``table_shapes``).
+        table_shapes: ``{"items": (I, d), "queries": (Q, d)}`` (+ the feature tables').
         variant: ``mlp`` or ``dot``.
         hidden: width of the projections.
         item_bias: learn a bias per item (``ids`` mode).
@@ -67,27 +73,34 @@ class CandidateScorer(nn.Module):
         self.variant = variant
         self.k = int(observation_space["mask"].shape[0])
         if self.mode == "ids":
+            names = ["items", "queries"]
+            names += [n for n in ("item_features", "user_features") if n in (tables or {})]
             if tables is not None:
-                table_shapes = {n: tuple(tables[n].shape) for n in ("items", "queries")}
+                table_shapes = {n: tuple(tables[n].shape) for n in names}
             if table_shapes is None:
                 raise ValueError("ids observations need the embedding tables (or their shapes)")
+            self._table_shapes = {n: tuple(v) for n, v in table_shapes.items()}
             n_items, dim = table_shapes["items"]
-            items = torch.zeros((n_items + 1, dim))  # last row: padding
-            queries = torch.zeros(tuple(table_shapes["queries"]))
-            if tables is not None:
-                items[:n_items] = torch.as_tensor(tables["items"], dtype=torch.float32)
-                queries[:] = torch.as_tensor(tables["queries"], dtype=torch.float32)
-            self.register_buffer("items", items)
-            self.register_buffer("queries", queries)
+            fi = table_shapes.get("item_features", (n_items, 0))[1]
+            fu = table_shapes.get("user_features", (0, 0))[1]
+            # last item row: padding (zeros)
+            self._add_table("items", (n_items + 1, dim), tables, n_items)
+            self._add_table("queries", tuple(table_shapes["queries"]), tables)
+            self._add_table("item_features", (n_items + 1, fi), tables, n_items)
+            self._add_table(
+                "user_features", tuple(table_shapes.get("user_features", (0, 0))), tables
+            )
             self.bias = nn.Embedding(n_items + 1, 1) if item_bias else None
             if self.bias is not None:
                 nn.init.zeros_(self.bias.weight)
         else:
             dim = int(observation_space["query"].shape[0])
+            fi = _width(observation_space, "candidate_features") // self.k
+            fu = _width(observation_space, "user_features")
             self.bias = None
-        self.dim = dim
-        self.item_proj = nn.Linear(dim, hidden)
-        self.ctx_proj = nn.Linear(2 * dim, hidden)
+        self.dim, self.item_feature_dim, self.user_feature_dim = dim, fi, fu
+        self.item_proj = nn.Linear(dim + fi, hidden)
+        self.ctx_proj = nn.Linear(2 * dim + fi + fu, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         if variant == "mlp":
             self.head = nn.Sequential(
@@ -96,12 +109,26 @@ class CandidateScorer(nn.Module):
         self.similarity = nn.Linear(2, 1)  # weights of the two cosine features
         self.hidden = hidden
 
+    def _add_table(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        tables: dict[str, np.ndarray] | None,
+        rows: int | None = None,
+    ) -> None:
+        """A frozen buffer of ``shape``, filled from ``tables[name]`` (first ``rows`` rows)."""
+        buffer = torch.zeros(shape)
+        if tables is not None and name in tables and shape[-1] > 0:
+            buffer[: rows if rows is not None else shape[0]] = torch.as_tensor(
+                tables[name], dtype=torch.float32
+            )
+        # empty tables are not saved: checkpoints from before feature tables still load
+        self.register_buffer(name, buffer, persistent=shape[-1] > 0)
+
     @property
     def table_shapes(self) -> dict[str, tuple[int, int]] | None:
         """Shapes of the frozen tables (``ids`` mode), what a checkpoint needs to rebuild them."""
-        if self.mode != "ids":
-            return None
-        return {"items": (self.items.shape[0] - 1, self.dim), "queries": tuple(self.queries.shape)}
+        return None if self.mode != "ids" else dict(self._table_shapes)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> Encoded:
         """Project the observation: context, candidates, mask, codes and similarity features."""
@@ -111,16 +138,28 @@ class CandidateScorer(nn.Module):
             pad = self.items.shape[0] - 1
             codes = obs["candidates"].long()
             codes = torch.where(codes >= 0, codes, pad)
-            items = self.items[codes]
+            items, item_feats = self.items[codes], self.item_features[codes]
             history = obs["user"].long()
-            hist = self.items[torch.where(history >= 0, history, pad)]
+            history = torch.where(history >= 0, history, pad)
+            weights = obs["user_weights"].unsqueeze(-1)
             # the env's pooling weights (padding weighs 0): the state the env itself pools
-            user = (hist * obs["user_weights"].unsqueeze(-1)).sum(1)
+            user = (self.items[history] * weights).sum(1)
+            user_feats = [(self.item_features[history] * weights).sum(1)]
+            if self.user_feature_dim:
+                user_feats.append(self.user_features[obs["user_id"].long().reshape(-1)])
             query = self.queries[obs["query"].long().reshape(-1)]
         else:
-            items = obs["candidates"].reshape(len(mask), self.k, self.dim)
+            b = len(mask)
+            items = obs["candidates"].reshape(b, self.k, self.dim)
+            item_feats = obs.get("candidate_features", items[..., :0])
+            item_feats = item_feats.reshape(b, self.k, self.item_feature_dim)
             codes, user, query = None, obs["user"], obs["query"]
-        ctx = self.ctx_proj(torch.cat([query, user], dim=1)) + self.position(position)
+            # the embeddings observation pools texts only: the history's features are not in it
+            user_feats = [user.new_zeros((b, self.item_feature_dim))]
+            if self.user_feature_dim:
+                user_feats.append(obs["user_features"])
+        context = torch.cat([query, user, *user_feats], dim=1)
+        ctx = self.ctx_proj(context) + self.position(position)
         # cosine of the candidate with the query and with the user state: the signal a
         # similarity ranker uses, given to the network directly rather than rediscovered
         unit = torch.nn.functional.normalize(items, dim=-1)
@@ -131,7 +170,8 @@ class CandidateScorer(nn.Module):
             ],
             dim=-1,
         )
-        return Encoded(ctx, self.item_proj(items), mask, codes, sims)
+        item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
+        return Encoded(ctx, item_h, mask, codes, sims)
 
     def score(self, enc: Encoded) -> torch.Tensor:
         """``[B, K]`` scores from :meth:`encode`'s output; masked candidates get MASKED."""
@@ -155,6 +195,11 @@ class CandidateScorer(nn.Module):
         m = enc.mask.unsqueeze(-1).float()
         mean_item = (enc.item_h * m).sum(1) / m.sum(1).clamp(min=1.0)
         return torch.cat([enc.ctx, mean_item], dim=1)
+
+
+def _width(space: spaces.Dict, key: str) -> int:
+    """Length of the ``key`` box of ``space`` (0 when absent)."""
+    return int(space[key].shape[0]) if key in space.spaces else 0
 
 
 class Encoded(NamedTuple):

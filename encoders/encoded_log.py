@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.base import TextEncoder
+from encoders.features import feature_table
 from encoders.store import EmbeddingStore
 from envs.logs import SessionLog
 
@@ -26,6 +27,9 @@ class EncodedLog:
         encoder_name: the encoder's name.
         fingerprint: the encoder's fingerprint; later artifacts (reward models, rankers) record it
             and refuse tables made by another encoder.
+        item_features: ``float32[I, F_i]`` the log's item feature columns as numbers
+            (:func:`encoders.features.feature_table`; ``F_i = 0`` without feature columns).
+        user_features: ``float32[U, F_u]`` likewise for users.
     """
 
     items: np.ndarray
@@ -33,6 +37,14 @@ class EncodedLog:
     user_profiles: np.ndarray
     encoder_name: str
     fingerprint: str
+    item_features: np.ndarray | None = None
+    user_features: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.item_features is None:
+            self.item_features = np.zeros((len(self.items), 0), dtype=np.float32)
+        if self.user_features is None:
+            self.user_features = np.zeros((len(self.user_profiles), 0), dtype=np.float32)
 
     @property
     def dim(self) -> int:
@@ -53,6 +65,15 @@ class EncodedLog:
                 )
             if table.shape[1] != self.dim:
                 raise ValueError(f"encoded {name} has dim {table.shape[1]}, expected {self.dim}")
+        for name, table, expected in (
+            ("item_features", self.item_features, log.n_items),
+            ("user_features", self.user_features, log.n_users),
+        ):
+            if len(table) != expected:
+                raise ValueError(
+                    f"encoded {name} has {len(table)} rows but the log has {expected}: the "
+                    "features were made for another dataset"
+                )
 
 
 def encode_log(
@@ -64,7 +85,9 @@ def encode_log(
     """Encode the item, query and user-profile texts of ``log`` (each distinct text once).
 
     With a ``store``, texts encoded by an earlier run (of any dataset) are read from disk.
-    Empty user profiles get zero vectors, so "no profile" carries no signal.
+    Empty user profiles and empty item texts get zero vectors, so "no text" carries no signal
+    (items described by features only). The log's feature columns become ``item_features`` and
+    ``user_features``.
     """
     texts = np.concatenate([log.item_texts, log.query_texts, log.user_texts]).tolist()
     if store is not None:
@@ -75,10 +98,16 @@ def encode_log(
     n_items, n_queries = log.n_items, len(log.query_texts)
     users = vectors[n_items + n_queries :].copy()
     users[log.user_texts == ""] = 0.0
+    items = vectors[:n_items]
+    if (log.item_texts == "").any():
+        items = items.copy()
+        items[log.item_texts == ""] = 0.0
     return EncodedLog(
-        items=vectors[:n_items],
+        items=items,
         queries=vectors[n_items : n_items + n_queries],
         user_profiles=users,
         encoder_name=encoder.name,
         fingerprint=encoder.fingerprint,
+        item_features=feature_table(log.item_features, n_items)[0],
+        user_features=feature_table(log.user_features, log.n_users)[0],
     )

@@ -42,6 +42,7 @@ OBS_MODES = ("embeddings", "ids")
 REWARDS = ("expected", "sampled")
 EPISODES = ("session", "user")
 RING = 2  # a batched observation's candidates array stays valid for RING - 1 further steps
+MAX_CANDIDATES = 256  # K; the counter below gives a position 8 bits
 SMALL_GATHER = 256  # candidate rows up to which numpy gathers faster than torch on the CPU
 
 
@@ -50,9 +51,10 @@ class ReplayConfig:
     """Options of the replay environments (``conf/env/*.yaml``).
 
     Args:
-        max_candidates: ``K``, candidates per request. Shorter requests are padded (masked);
-            longer ones keep their first ``K`` items in logged order (the logging ranker's top K,
-            the items most likely examined, so the click evidence stays).
+        max_candidates: ``K``, candidates per request (at most 256). Shorter requests are
+            padded (masked); longer ones keep their first ``K`` candidates: shown items in logged
+            order first (the logging ranker's top, so the click evidence stays), then unshown
+            ones (``SessionLog.candidate_matrix``).
         slate_size: positions to fill per request (``<= K``); requests with fewer candidates fill
             as many as they have.
         action_mode: ``slot`` (``Discrete(K)``: one step per position), ``scores`` (``Box(K)``:
@@ -67,6 +69,11 @@ class ReplayConfig:
             observation, the baselines and click models that read the user state.
         profile_weight: weight of the user's profile text in the state (embeddings mode: an
             ``ids`` observation carries item codes only).
+        features: put the dataset's item and user feature tables in the observation
+            (``EncodedLog.item_features`` / ``user_features``; no effect without feature
+            columns): ``embeddings`` observations get ``candidate_features`` and
+            ``user_features``, ``ids`` observations the tables in ``embedding_tables`` (and a
+            ``user_id`` code when there are user features).
     """
 
     max_candidates: int = 20
@@ -80,6 +87,7 @@ class ReplayConfig:
     decay: float = 0.8
     last_k: int = 5
     profile_weight: float = 0.0
+    features: bool = True
 
     def __post_init__(self) -> None:
         choices = {
@@ -92,14 +100,15 @@ class ReplayConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"env.{key}={getattr(self, key)!r}; allowed: {', '.join(allowed)}")
-        if not 1 <= self.max_candidates <= MAX_POSITIONS:
+        if not 1 <= self.max_candidates <= MAX_CANDIDATES:
             raise ValueError(
-                f"env.max_candidates={self.max_candidates}; allowed: 1..{MAX_POSITIONS}"
+                f"env.max_candidates={self.max_candidates}; allowed: 1..{MAX_CANDIDATES}"
             )
-        if not 1 <= self.slate_size <= self.max_candidates:
+        top = min(self.max_candidates, MAX_POSITIONS)
+        if not 1 <= self.slate_size <= top:
             raise ValueError(
-                f"env.slate_size={self.slate_size}; allowed: 1..max_candidates "
-                f"({self.max_candidates})"
+                f"env.slate_size={self.slate_size}; allowed: 1..{top} (max_candidates "
+                f"{self.max_candidates}, at most {MAX_POSITIONS} positions)"
             )
         if self.history_len < 1:
             raise ValueError(f"env.history_len={self.history_len}; allowed: >= 1")
@@ -140,7 +149,10 @@ class ReplayData:
             then computed when a request starts).
         episode_offsets, episode_requests: episodes as CSR ranges of request codes.
         initial_history: ``int64[U, H]`` each user's pre-log history, right-aligned.
-        embedding_tables: ``items``, ``queries``, ``user_profiles`` (what ``ids`` codes index).
+        embedding_tables: ``items``, ``queries``, ``user_profiles`` (what ``ids`` codes index),
+            plus ``item_features`` / ``user_features`` when the observation carries features.
+        item_features, user_features: the feature tables the observation carries
+            (``[n, 0]`` without features or with ``features=False``).
         observation_space, action_space: the spaces of one row.
     """
 
@@ -152,12 +164,9 @@ class ReplayData:
         self.log, self.encoded, self.model, self.config = log, encoded, model, config
         self.context: LogContext = model.context(log)
         k = config.max_candidates
-        sizes = log.request_sizes
+        sizes = log.candidate_sizes
         self.slate_len = np.minimum(np.minimum(sizes, k), config.slate_size).astype(np.int64)
-        slot = np.arange(log.n_impressions) - np.repeat(log.request_offsets[:-1], sizes)
-        keep = slot < k
-        self.candidates = np.full((log.n_requests, k), -1, dtype=np.int64)
-        self.candidates[log.impression_request[keep], slot[keep]] = log.item[keep]
+        self.candidates = log.candidate_matrix(k)
         self.attractiveness = (
             None
             if model.needs_history
@@ -181,6 +190,13 @@ class ReplayData:
             "queries": encoded.queries,
             "user_profiles": encoded.user_profiles,
         }
+        no_features = lambda n: np.zeros((n, 0), dtype=np.float32)  # noqa: E731
+        self.item_features = encoded.item_features if config.features else no_features(0)
+        self.user_features = encoded.user_features if config.features else no_features(0)
+        if self.item_features.shape[1]:
+            self.embedding_tables["item_features"] = self.item_features
+        if self.user_features.shape[1]:
+            self.embedding_tables["user_features"] = self.user_features
         self.observation_space = self._observation_space()
         self.action_space: spaces.Space = (
             spaces.Box(-1, 1, (k,), np.float32)
@@ -196,20 +212,37 @@ class ReplayData:
         }
         if cfg.obs_mode == "embeddings":
             bound = float(
-                np.ceil(max(np.abs(t).max() for t in self.embedding_tables.values()) + 1e-6)
+                np.ceil(
+                    max(
+                        np.abs(self.embedding_tables[n]).max()
+                        for n in ("items", "queries", "user_profiles")
+                    )
+                    + 1e-6
+                )
             )
             d = self.encoded.dim
             vec = lambda *shape: spaces.Box(-bound, bound, shape, np.float32)  # noqa: E731
+            feats = {}
+            fi, fu = self.item_features.shape[1], self.user_features.shape[1]
+            for key, table, n in (
+                ("candidate_features", self.item_features, k * fi),
+                ("user_features", self.user_features, fu),
+            ):
+                if n:
+                    top = float(np.ceil(np.abs(table).max() + 1e-6))
+                    feats[key] = spaces.Box(-top, top, (n,), np.float32)
             return spaces.Dict(
-                {"query": vec(d), "user": vec(d), "candidates": vec(k * d), **common}
+                {"query": vec(d), "user": vec(d), "candidates": vec(k * d), **feats, **common}
             )
         ints = lambda n, high: spaces.Box(-1, max(high - 1, 0), (n,), np.int32)  # noqa: E731
+        user_id = {"user_id": ints(1, log.n_users)} if self.user_features.shape[1] else {}
         return spaces.Dict(
             {
                 "query": ints(1, len(log.query_texts)),
                 "user": ints(cfg.history_len, log.n_items),
                 "user_weights": spaces.Box(0, 1, (cfg.history_len,), np.float32),
                 "candidates": ints(k, log.n_items),
+                **user_id,
                 **common,
             }
         )
@@ -482,8 +515,10 @@ class ReplayEngine:
         mask = ((cand >= 0) & ~self.placed[sel] & ready).astype(np.float32)
         position = self.pos[sel].astype(np.float32)[:, None]
         queries = self.data.log.request_query[req]
+        data = self.data
+        users = data.log.request_user[req]
         if not self._embeddings:
-            return {
+            obs = {
                 "query": queries.astype(np.int32)[:, None],
                 "user": self.history[sel].astype(np.int32),
                 "user_weights": self.weights[sel].copy(),
@@ -491,14 +526,23 @@ class ReplayEngine:
                 "mask": mask,
                 "position": position,
             }
+            if data.user_features.shape[1]:
+                obs["user_id"] = users.astype(np.int32)[:, None]
+            return obs
         fresh = copy or rows is not None
-        return {
-            "query": self.data.encoded.queries[queries].astype(np.float32),
+        obs = {
+            "query": data.encoded.queries[queries].astype(np.float32),
             "user": self.state[sel].copy(),
             "candidates": self._gather(cand).copy() if fresh else self._next_ring_buffer(),
             "mask": mask,
             "position": position,
         }
+        if data.item_features.shape[1]:
+            feats = data.item_features[np.maximum(cand, 0)] * (cand >= 0)[..., None]
+            obs["candidate_features"] = feats.reshape(len(cand), -1).astype(np.float32)
+        if data.user_features.shape[1]:
+            obs["user_features"] = data.user_features[users].astype(np.float32)
+        return obs
 
     def _setup_gather(self, device: torch.device, encoded: EncodedLog) -> None:
         b, k, d = self.num_envs, self.config.max_candidates, encoded.dim

@@ -11,7 +11,9 @@ Usage::
 Steps: prepare the dataset (reused when ``out`` already holds it with the same parameters),
 split it, embed its texts (cached by the embedding store), fit the reward model on the training
 split (cached by dataset, split, encoder and settings), train on a batched env over the training
-sessions with periodic evaluation on held-out sessions, then evaluate on all held-out sessions.
+sessions with periodic evaluation on held-out sessions, then evaluate on all held-out sessions
+(plus, on logs with propensities, an IPS estimate of the policy's click rate per slot beside the
+log's own CTR: ``ips_ctr``, ``logged_ctr``, :mod:`agents.ope`).
 The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/`` plus
 ``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/`` (:mod:`agents.checkpoint`:
 nothing in it is unpickled when a run resumes).
@@ -34,7 +36,8 @@ from stable_baselines3.common.utils import set_random_seed
 
 from agents.baselines import SB3Policy
 from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
-from agents.evaluation import evaluate
+from agents.evaluation import EvaluationResult, evaluate
+from agents.ope import item_position_ips, logged_ctr
 from agents.training import (
     STEP_KEY,
     CheckpointCallback,
@@ -45,6 +48,7 @@ from agents.training import (
     make_logger,
     record_eval,
 )
+from envs.logs import SessionLog
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
 from experiments.sweeps import run_job
@@ -95,6 +99,18 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     log.info("reward model %s against the truth: Kendall tau %.3f, relative error %.3f",
              s.reward.name, a.kendall_tau, a.rel_error)  # fmt: skip
     return {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
+
+
+def off_policy(
+    test: SessionLog, result: EvaluationResult, bootstrap: int, seed: int
+) -> dict[str, float]:
+    """IPS estimate of the policy's click rate per slot, and the log's own CTR, when every test
+    impression has a logging propensity (``agents.ope``); ``{}`` otherwise."""
+    if np.isnan(test.propensity).any():
+        return {}
+    requests, slates = result.per_request["request"], result.per_request["slate"]
+    ips = item_position_ips(test, requests, slates, bootstrap=bootstrap, seed=seed)
+    return {**ips.to_dict("ips_ctr"), **logged_ctr(test, bootstrap, seed).to_dict("logged_ctr")}
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -170,12 +186,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     s = setup(cfg)
 
-    def evaluate_policy(policy: Any, sessions: int | None) -> dict[str, Any]:
+    def evaluate_policy(policy: Any, sessions: int | None, final: bool = False) -> dict[str, Any]:
         result = evaluate(
             policy, s.test, s.encoded, s.reward, s.env, truth=s.truth, num_envs=cfg.eval.num_envs,
             bootstrap=cfg.eval.bootstrap, seed=cfg.seed, max_sessions=sessions,
         )  # fmt: skip
-        return result.to_dict()
+        if not final:
+            return result.to_dict()
+        return {**result.to_dict(), **off_policy(s.test, result, cfg.eval.bootstrap, cfg.seed)}
 
     hparams = {
         "agent": agent.name, "seed": cfg.seed, "encoder": cfg.encoder.name,
@@ -194,7 +212,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         policy, timesteps = agent.fit(s.train, s.encoded), 0
         log_hparams(logger, hparams)
     train_seconds = time.perf_counter() - start
-    final = evaluate_policy(policy, cfg.eval.final_sessions)
+    final = evaluate_policy(policy, cfg.eval.final_sessions, final=True)
     record_eval(logger, final)
     logger.record(STEP_KEY, timesteps)
     logger.dump(timesteps)

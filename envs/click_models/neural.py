@@ -13,6 +13,10 @@ the policy observes; ``encoder`` uses the run's text embeddings
 with different encoders are compared in, and lexical matches (brand names, colours, exact
 product words) rank policies closer to the truth than MiniLM's embeddings do (BENCHMARKS.md).
 
+Feature columns (``use_features``): the dataset's item and user features
+(:mod:`encoders.features`) join the text vectors, so datasets described by features (OBD) are
+modelled from them, not from fake sentences.
+
 User state: the user's history pooled with a :class:`~encoders.pooling.UserPooling` given to
 :meth:`NeuralClickModel.fit` (the run setup passes the environment's), over the model's own item
 vectors, with the clicks of the session's earlier requests appended as the environment appends
@@ -208,6 +212,8 @@ class NeuralClickModel(ClickModel):
             propensity, clipped at this value (unbiased-learning-to-rank style); 0: unweighted.
         features: ``lexical`` (hashed words and n-grams of the log's texts) or ``encoder``
             (the run's text embeddings, given to :meth:`fit`).
+        use_features: also read the dataset's item and user feature columns
+            (:mod:`encoders.features`; see :meth:`_set_tables`); no effect without them.
         ensemble: members fitted from seeds ``seed, seed + 1, ...`` (initialisation and
             minibatch order); the attractiveness is their mean. One fit's overall level moves
             by up to +-20% with the seed alone on the default world (BENCHMARKS.md).
@@ -238,6 +244,7 @@ class NeuralClickModel(ClickModel):
         calibrate: str = "level",
         propensity_clip: float = 0.0,
         features: str = "lexical",
+        use_features: bool = True,
         ensemble: int = 5,
         seed: int = 0,
         device: str = "cpu",
@@ -260,6 +267,7 @@ class NeuralClickModel(ClickModel):
         if features not in FEATURES:
             raise ValueError(f"features={features!r}: expected one of {', '.join(FEATURES)}")
         self.features = features
+        self.use_features = bool(use_features)
         self.ensemble = int(ensemble)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
@@ -283,6 +291,7 @@ class NeuralClickModel(ClickModel):
         self.items = np.zeros((0, 0), dtype=np.float32)
         self.queries = np.zeros((0, 0), dtype=np.float32)
         self.user_profiles = np.zeros((0, 0), dtype=np.float32)
+        self.user_features = np.zeros((0, 0), dtype=np.float32)
         self.encoder_fingerprint: str | None = None
         self.modules: list[_Scorer] = []
         self.train_log_likelihood: float | None = None
@@ -319,10 +328,41 @@ class NeuralClickModel(ClickModel):
             history[alive] = append_history(history[alive], clicked[req])
         return states
 
+    def _set_tables(self, encoded: EncodedLog) -> None:
+        """The model's own tables: texts and feature columns in one ``D``-wide space.
+
+        ``D = d + F_i + F_u`` (less the dimensions no table uses): items are
+        ``[text, item features, 0]``, queries and profiles ``[text, 0, 0]``, and a user's
+        features ``[0, 0, user features]`` are added to the pooled state. So ``u * i`` pairs
+        the history's features with the item's, and the user's own features reach the network
+        through ``u``.
+        """
+        ifeat = encoded.item_features if self.use_features else encoded.item_features[:, :0]
+        ufeat = encoded.user_features if self.use_features else encoded.user_features[:, :0]
+        d, fi, fu = encoded.dim, ifeat.shape[1], ufeat.shape[1]
+        pad = lambda a, left, right: np.pad(a, ((0, 0), (left, right)))  # noqa: E731
+        as32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+        tables = [
+            pad(np.hstack([encoded.items, ifeat]), 0, fu),
+            pad(encoded.queries, 0, fi + fu),
+            pad(encoded.user_profiles, 0, fi + fu),
+            pad(ufeat, d + fi, 0),
+        ]
+        # a dimension that is 0 in every table changes no input of the MLP: drop it (a log
+        # without texts, such as OBD, keeps only its features; 10x less work per candidate)
+        used = np.zeros(d + fi + fu, dtype=bool)
+        for table in tables:
+            used |= (table != 0).any(axis=0)
+        self.items, self.queries, self.user_profiles, self.user_features = (
+            as32(table[:, used]) for table in tables
+        )
+
     def _pool(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """``float32[B, d]`` user states of ``history`` over the model's own item vectors."""
+        """``float32[B, D]`` user states of ``history`` over the model's own item vectors,
+        plus the users' features."""
         assert self.pooling is not None
-        return self.pooling.pool(self.items, history, self.user_profiles[users])
+        state = self.pooling.pool(self.items, history, self.user_profiles[users])
+        return state + self.user_features[users]
 
     def _check_tables(self, log: SessionLog) -> None:
         EncodedLog(
@@ -424,9 +464,7 @@ class NeuralClickModel(ClickModel):
         else:
             self.encoder_fingerprint = encoded.fingerprint
         encoded.check(train)
-        self.items = np.ascontiguousarray(encoded.items, dtype=np.float32)
-        self.queries = np.ascontiguousarray(encoded.queries, dtype=np.float32)
-        self.user_profiles = np.ascontiguousarray(encoded.user_profiles, dtype=np.float32)
+        self._set_tables(encoded)
         self.dataset = log_fingerprint(train)
         self.pooling = pooling or UserPooling()
         structure, held = self.structure_mode, None
@@ -589,6 +627,7 @@ class NeuralClickModel(ClickModel):
             "items": self.items,
             "queries": self.queries,
             "user_profiles": self.user_profiles,
+            "user_features": self.user_features,
             "encoder_fingerprint": np.array(self.encoder_fingerprint or ""),
             **weights,
         }
@@ -598,6 +637,10 @@ class NeuralClickModel(ClickModel):
         self.items = np.asarray(arrays["items"], dtype=np.float32)
         self.queries = np.asarray(arrays["queries"], dtype=np.float32)
         self.user_profiles = np.asarray(arrays["user_profiles"], dtype=np.float32)
+        # models saved before feature columns have none (zeros: no effect)
+        self.user_features = np.asarray(
+            arrays.get("user_features", np.zeros_like(self.user_profiles)), dtype=np.float32
+        )
         self.encoder_fingerprint = str(arrays["encoder_fingerprint"]) or None
         n_items = len(self.items) if self.item_bias else 0
         self.modules = []
@@ -628,6 +671,7 @@ class NeuralClickModel(ClickModel):
             "calibrate": self.calibrate,
             "propensity_clip": self.propensity_clip,
             "features": self.features,
+            "use_features": self.use_features,
             "ensemble": self.ensemble,
             "seed": self.seed,
             "device": self.device,

@@ -25,6 +25,19 @@ class LoggedClickModel(ClickModel):
     name = "logged"
     structure = "independent"
 
+    def context(self, log: SessionLog) -> LogContext:
+        """The log itself; refuses a log with unshown candidates (they have no logged click)."""
+        if log.has_unshown:
+            source = log.meta.get("source", "this dataset")
+            raise ValueError(
+                f"reward=logged cannot value candidates that were never shown, and {source} has "
+                f"{len(log.unshown_items)} of them (dataset.candidates="
+                f"{log.meta.get('params', {}).get('candidates', '?')}): use a reward model "
+                "fitted on the shown items (reward=pbm|dcm|cascade|neural) or "
+                "dataset.candidates=logged"
+            )
+        return super().context(log)
+
     def attractiveness(
         self,
         context: LogContext,

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from envs.logs.candidates import CandidateOptions
 from envs.logs.errors import LogValidationError
 from envs.logs.session_log import SessionLog
 from envs.logs.source import LogSource
@@ -51,8 +52,11 @@ _TOKEN = r"^(?P<item>[^\s-]+)-(?P<label>[01])$"
 
 
 @dataclass
-class MINDSource(LogSource):
+class MINDSource(LogSource, CandidateOptions):
     """MIND impression logs as a canonical :class:`SessionLog`.
+
+    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default (an
+    impression lists the news shown); ``catalog`` or ``logged+sampled`` draw from all news.
 
     Attributes:
         name: source name stored in ``meta.json``.
@@ -66,6 +70,7 @@ class MINDSource(LogSource):
     max_impressions: int | None = None
 
     def __post_init__(self) -> None:
+        self.check_candidate_options()
         root = Path(self.path).expanduser()
         if not self.path or not root.is_dir():
             raise ValueError(
@@ -99,7 +104,7 @@ class MINDSource(LogSource):
             "params": asdict(self),
             "history_items_dropped": dropped,
         }
-        return SessionLog.from_tables(impressions, items, users, meta=meta)
+        return self.with_candidates(SessionLog.from_tables(impressions, items, users, meta=meta))
 
 
 def _read_tsv(

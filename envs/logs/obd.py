@@ -6,10 +6,33 @@ The raw layout (full dataset and the sample shipped in the ``obp`` sdist alike) 
     {behavior_policy}/{campaign}/item_context.csv     item features
 
 A row holds ``timestamp, item_id, position (1-based), click, propensity_score``, four hashed
-user features and 80 user-item affinities. There are no user or request ids, so a request is the
-rows sharing (timestamp, user features), a user is a hash of the four user features and a session
-is a user's requests on one UTC calendar day. ``obp`` itself is not imported (its loader breaks on
-pandas 3); the CSVs are read directly, from a directory or straight out of the sdist tarball.
+user features and one user-item affinity per catalog item (``user-item_affinity_k`` for item
+``k``). ``obp`` itself is not imported (its loader breaks on pandas 3); the CSVs are read
+directly, from a directory or straight out of the sdist tarball.
+
+How rows become a ranking problem (OBD as OBD is):
+
+* **Request.** At each impression ZOZOTOWN's logging policy (uniform ``random`` or Bernoulli
+  Thompson sampling ``bts``) chose items for 3 positions out of the campaign's catalog (34 items
+  for ``men``, 80 for ``all``). There are no request ids, so a request is the rows sharing
+  (timestamp, user features); the k-th repeat of a position starts another request.
+* **Candidates.** ``candidates: catalog`` (the default here): every item of the campaign's
+  ``item_context.csv`` is a candidate, so a policy ranks the catalog into 3 slots
+  (``conf/experiment/obd.yaml``: ``env.slate_size=3``, ``env.max_candidates`` the catalog).
+* **Propensity.** Each row's ``propensity_score`` (the logging policy's ``action_prob``) is the
+  probability that it showed this item at this position: an item-position propensity.
+* **User.** A user is a hash of the four user features, which are kept as categorical user
+  feature columns; the user's history is the items with a positive affinity in the user's first
+  logged row (least affinity first). A session is a user's requests on one UTC calendar day.
+* **Items** carry their four features (price and three hashed categories) as feature columns;
+  item and user texts are empty: features are not turned into sentences.
+
+What this loses: the sample (and, per row, the full data) keeps one row per shown item, and in
+the 10,000-row samples nearly every row has its own timestamp, so a request holds one shown item
+at its logged position and the two others are unknown (``stats()``: 1.0 shown, 3 positions).
+Click evidence exists for that one (item, position) per request: a simulator fitted on it and
+IPS estimates both work from single-slot feedback. Affinities change between a user's rows; only
+the first row's are kept, as history.
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from envs.logs.candidates import CandidateOptions
 from envs.logs.errors import LogValidationError
 from envs.logs.session_log import SessionLog
 from envs.logs.source import LogSource
@@ -37,6 +61,7 @@ CAMPAIGNS = ("all", "men", "women")
 USER_FEATURES = [f"user_feature_{i}" for i in range(4)]
 ITEM_FEATURES = [f"item_feature_{i}" for i in range(4)]
 LOG_COLUMNS = ["timestamp", "item_id", "position", "click", "propensity_score", *USER_FEATURES]
+AFFINITY_PREFIX = "user-item_affinity_"
 LICENSE = (
     "Open Bandit Dataset, CC BY 4.0 (ZOZO, Inc.); "
     "https://research.zozo.com/data.html - cite Saito et al., NeurIPS Datasets 2021"
@@ -45,8 +70,11 @@ _SAMPLE_ROOT = f"obp-{OBP_VERSION}/obp/dataset/obd"
 
 
 @dataclass
-class OBDSource(LogSource):
-    """Open Bandit Dataset logs as a canonical :class:`SessionLog`.
+class OBDSource(LogSource, CandidateOptions):
+    """Open Bandit Dataset logs as a canonical :class:`SessionLog` (see the module docstring).
+
+    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``catalog`` by default,
+    the campaign's items; ``logged`` keeps the shown item only.
 
     Attributes:
         name: source name stored in ``meta.json``.
@@ -66,8 +94,10 @@ class OBDSource(LogSource):
     behavior_policy: str = "random"
     campaign: str = "all"
     cache_dir: str = "~/.cache/rankgym"
+    candidates: str = "catalog"
 
     def __post_init__(self) -> None:
+        self.check_candidate_options()
         if self.behavior_policy not in BEHAVIOR_POLICIES:
             raise ValueError(
                 f"behavior_policy={self.behavior_policy!r} is not allowed; "
@@ -109,14 +139,15 @@ class OBDSource(LogSource):
                     _member(tar, f"{_SAMPLE_ROOT}/{rel}/{items_name}"), items_name
                 )
             origin = str(archive)
-        impressions, users = _impressions(raw, log_name)
+        impressions, users = _impressions(raw, log_name, item_context["item_id"].to_numpy())
         meta = {
             "source": "obd",
             "license": LICENSE,
             "params": asdict(self),
             "origin": origin,
         }
-        return SessionLog.from_tables(impressions, _items(item_context), users, meta=meta)
+        log = SessionLog.from_tables(impressions, _items(item_context), users, meta=meta)
+        return self.with_candidates(log)
 
 
 def fetch_sdist(cache_dir: Path) -> Path:
@@ -168,10 +199,15 @@ def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
 
 
 def _read_csv(
-    source: Path | IO[bytes], file: str, columns: list[str], dtypes: dict
+    source: Path | IO[bytes], file: str, columns: list[str], dtypes: dict, prefix: str = ""
 ) -> pd.DataFrame:
-    """Read ``columns`` of an OBD CSV (first column is an unnamed index), naming missing ones."""
+    """Read ``columns`` of an OBD CSV (first column is an unnamed index), naming missing ones;
+    with ``prefix``, also every column whose name starts with it."""
     header = pd.read_csv(source, nrows=0).columns
+    if prefix:
+        extra = [c for c in header if c.startswith(prefix)]
+        columns = columns + extra
+        dtypes = {**dtypes, **dict.fromkeys(extra, "float64")}
     missing = [c for c in columns if c not in header]
     if missing:
         raise LogValidationError(
@@ -193,7 +229,7 @@ def _read_log(source: Path | IO[bytes], file: str) -> pd.DataFrame:
         "timestamp": str,
         **dict.fromkeys(USER_FEATURES, str),
     }
-    return _read_csv(source, file, LOG_COLUMNS, dtypes)
+    return _read_csv(source, file, LOG_COLUMNS, dtypes, prefix=AFFINITY_PREFIX)
 
 
 def _read_items(source: Path | IO[bytes], file: str) -> pd.DataFrame:
@@ -206,8 +242,10 @@ def _read_items(source: Path | IO[bytes], file: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- mapping
-def _impressions(raw: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Canonical impressions and users tables from the raw log rows."""
+def _impressions(
+    raw: pd.DataFrame, file: str, catalog: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Canonical impressions and users tables from the raw log rows (``catalog``: item ids)."""
     time = pd.to_datetime(raw["timestamp"], format="ISO8601", utc=True, errors="coerce")
     if time.isna().any():
         row = int(np.argmax(time.isna().to_numpy()))
@@ -249,20 +287,52 @@ def _impressions(raw: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFra
             "propensity": raw["propensity_score"].to_numpy(dtype=np.float64),
         }
     )
-    short = [pd.Series(distinct.get_level_values(i)).str[:8] for i in range(4)]
-    text = "user"
-    for i, s in enumerate(short):
-        text = text + f" feature{i} " + s
     users = pd.DataFrame(
-        {"user_id": user_values, "text": text, "history": [[] for _ in range(len(user_values))]}
+        {
+            "user_id": user_values,
+            "text": "",
+            "history": _histories(raw, user_code, len(user_values), catalog, micros, file),
+            **{c: distinct.get_level_values(i).to_numpy() for i, c in enumerate(USER_FEATURES)},
+        }
     )
     return impressions, users
 
 
+def _histories(
+    raw: pd.DataFrame,
+    user_code: np.ndarray,
+    n_users: int,
+    catalog: np.ndarray,
+    micros: np.ndarray,
+    file: str,
+) -> list[list[str]]:
+    """Each user's history: items with a positive affinity in the user's first row, least first."""
+    columns = [c for c in raw.columns if c.startswith(AFFINITY_PREFIX)]
+    known = {int(i) for i in catalog}
+    for c in columns:
+        suffix = c.removeprefix(AFFINITY_PREFIX)
+        if not suffix.isdigit() or int(suffix) not in known:
+            raise LogValidationError(
+                file,
+                f"affinity column {c!r} names no item of item_context.csv "
+                f"(expected {AFFINITY_PREFIX}<item_id>)",
+                column=c,
+            )
+    if not columns:
+        return [[] for _ in range(n_users)]
+    items = np.array([c.removeprefix(AFFINITY_PREFIX) for c in columns], dtype=object)
+    first = np.lexsort((np.arange(len(raw)), micros, user_code))
+    first = first[np.concatenate([[True], np.diff(user_code[first]) != 0])]
+    affinity = np.nan_to_num(raw[columns].to_numpy(dtype=np.float64)[first])
+    histories: list[list[str]] = [[] for _ in range(n_users)]
+    for user, row in zip(user_code[first], affinity, strict=True):
+        liked = np.flatnonzero(row > 0)
+        order = liked[np.lexsort((liked, row[liked]))]
+        histories[int(user)] = list(items[order])
+    return histories
+
+
 def _items(raw: pd.DataFrame) -> pd.DataFrame:
-    """Items with a readable deterministic text and the four item features kept as columns."""
+    """Items with an empty text and the four item features kept as feature columns."""
     ids = raw["item_id"].astype(str)
-    text = "item " + ids + " price " + raw["item_feature_0"].map("{:.2f}".format)
-    for i in (1, 2, 3):
-        text = text + f" feature{i} " + raw[f"item_feature_{i}"].str[:8]
-    return pd.DataFrame({"item_id": ids, "text": text, **{c: raw[c] for c in ITEM_FEATURES}})
+    return pd.DataFrame({"item_id": ids, "text": "", **{c: raw[c] for c in ITEM_FEATURES}})

@@ -6,6 +6,9 @@ On disk a dataset is a directory::
                          click, propensity (one row per shown item)
     items.parquet        item_id, text (+ optional feature columns)
     users.parquet        user_id, text, history (list of item ids clicked before the log)
+                         (+ optional feature columns)
+    candidates.parquet   request_id, item_id: items a request could have shown but did not
+                         (optional; absent when the candidates are the shown items)
     meta.json            schema_version, source, license, params, counts
 
 In memory every string is replaced by an integer code into a string table, and impressions are
@@ -13,6 +16,10 @@ sorted by (session, request time, position), so a request is a contiguous slice 
 ``request_offsets`` and a session a contiguous range of requests given by ``session_offsets``.
 Taking a batch of sessions is array indexing. The item, user and query tables are never subset,
 so embedding tables built from them stay aligned with the codes of every split.
+
+A request's *candidates* are its shown items (in logged order) followed by its *unshown*
+candidates, the items the system chose from but did not show (``unshown_offsets`` /
+``unshown_items``, see :mod:`envs.logs.candidates`). Click evidence exists for shown items only.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.logs.atomic import atomic_directory
+from envs.logs.candidates import CANDIDATES_FILE, encode_candidates
 from envs.logs.errors import DATA_ERRORS, as_validation_error
 from envs.logs.validation import (
     IMPRESSIONS_FILE,
@@ -89,6 +97,10 @@ class SessionLog:
         propensity: ``float64[N]`` probability that the logging policy showed this item at this
             position; NaN where unknown.
         item_features: extra item columns, each an array of length ``I``.
+        user_features: extra user columns, each an array of length ``U``.
+        unshown_offsets: ``int64[R+1]`` offsets of each request's unshown candidates.
+        unshown_items: ``int32[E]`` item codes of the unshown candidates (never a shown item
+            of the same request); empty when the candidates are the shown items.
         meta: source, license and generator parameters (written to ``meta.json``).
     """
 
@@ -111,7 +123,15 @@ class SessionLog:
     click: np.ndarray
     propensity: np.ndarray
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
+    unshown_offsets: np.ndarray | None = None
+    unshown_items: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.unshown_offsets is None:  # candidates = the shown items
+            self.unshown_offsets = np.zeros(len(self.request_ids) + 1, dtype=np.int64)
+            self.unshown_items = np.zeros(0, dtype=np.int32)
 
     # ------------------------------------------------------------------ sizes and derived views
     @property
@@ -145,6 +165,41 @@ class SessionLog:
         return np.diff(self.request_offsets)
 
     @property
+    def candidate_sizes(self) -> np.ndarray:
+        """``int64[R]`` candidates per request: shown plus unshown."""
+        return self.request_sizes + np.diff(self.unshown_offsets)
+
+    @property
+    def has_unshown(self) -> bool:
+        """Whether some request has candidates that were not shown (no logged click)."""
+        return len(self.unshown_items) > 0
+
+    def candidate_matrix(self, k: int) -> np.ndarray:
+        """``int64[R, k]`` each request's candidates, ``-1`` padded.
+
+        A request of shown items only lists them in logged order; one with more than ``k``
+        keeps its first ``k`` (the logging ranker's top, whose click evidence matters most).
+        A request with unshown candidates keeps its shown items and as many unshown ones as
+        fit, listed by item code: the order must not tell a policy which items were logged
+        (a policy that sees the logged action cannot be evaluated off-policy).
+        """
+        out = np.full((self.n_requests, k), -1, dtype=np.int64)
+        for offsets, items, start in (
+            (self.request_offsets, self.item, np.zeros(self.n_requests, dtype=np.int64)),
+            (self.unshown_offsets, self.unshown_items, self.request_sizes),
+        ):
+            sizes = np.diff(offsets)
+            req = np.repeat(np.arange(self.n_requests), sizes)
+            slot = np.arange(len(items)) - np.repeat(offsets[:-1], sizes) + start[req]
+            keep = slot < k
+            out[req[keep], slot[keep]] = items[keep]
+        mixed = np.flatnonzero(np.diff(self.unshown_offsets) > 0)
+        if len(mixed):
+            rows = np.sort(np.where(out[mixed] < 0, np.iinfo(np.int64).max, out[mixed]), axis=1)
+            out[mixed] = np.where(rows == np.iinfo(np.int64).max, -1, rows)
+        return out
+
+    @property
     def request_session(self) -> np.ndarray:
         """``int32[R]`` session code of each request."""
         counts = np.diff(self.session_offsets)
@@ -168,6 +223,7 @@ class SessionLog:
         items: pa.Table | Any,
         users: pa.Table | Any | None = None,
         meta: dict[str, Any] | None = None,
+        candidates: pa.Table | Any | None = None,
     ) -> SessionLog:
         """Validate canonical tables and encode them.
 
@@ -176,15 +232,21 @@ class SessionLog:
             items: the items table.
             users: the optional users table.
             meta: source, license and parameters to keep with the data.
+            candidates: the optional unshown-candidates table (``request_id, item_id``).
 
         Raises:
             LogValidationError: naming the table file, first offending row and column.
         """
         try:
             encoded = encode_tables(_as_arrow(impressions), _as_arrow(items), _as_arrow(users))
+            log = cls(**encoded, meta=dict(meta or {}))
+            if candidates is not None:
+                log.unshown_offsets, log.unshown_items = encode_candidates(
+                    _as_arrow(candidates), log
+                )
         except DATA_ERRORS as err:
             raise as_validation_error("tables", err, "validating the tables") from None
-        return cls(**encoded, meta=dict(meta or {}))
+        return log
 
     @classmethod
     def read(cls, path: str | Path) -> SessionLog:
@@ -211,11 +273,17 @@ class SessionLog:
         impressions = _read_parquet(root / IMPRESSIONS_FILE, _STRING_COLUMNS)
         items = _read_parquet(root / ITEMS_FILE, [])
         users = _read_parquet(root / USERS_FILE, []) if (root / USERS_FILE).is_file() else None
+        unshown = root / CANDIDATES_FILE
+        candidates = (
+            _read_parquet(unshown, ["request_id", "item_id"]) if unshown.is_file() else None
+        )
         try:
-            encoded = encode_tables(impressions, items, users)
+            log = cls(**encode_tables(impressions, items, users), meta=meta)
+            if candidates is not None:
+                log.unshown_offsets, log.unshown_items = encode_candidates(candidates, log)
         except DATA_ERRORS as err:  # a file that parses but holds broken data
             raise as_validation_error(str(root), err, "validating the dataset") from None
-        return cls(**encoded, meta=meta)
+        return log
 
     # ------------------------------------------------------------------ output
     def to_tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -252,9 +320,22 @@ class SessionLog:
                 "user_id": pa.array(self.user_ids, pa.string()),
                 "text": pa.array(self.user_texts, pa.string()),
                 "history": history,
+                **{k: pa.array(v) for k, v in self.user_features.items()},
             }
         )
         return impressions, items, users
+
+    def candidates_table(self) -> pa.Table | None:
+        """The unshown candidates as a ``request_id, item_id`` table (``None`` when none)."""
+        if not self.has_unshown:
+            return None
+        req = np.repeat(np.arange(self.n_requests), np.diff(self.unshown_offsets))
+        return pa.table(
+            {
+                "request_id": dict_column(req, self.request_ids),
+                "item_id": dict_column(self.unshown_items, self.item_ids),
+            }
+        )
 
     def write(self, path: str | Path) -> Path:
         """Write the canonical directory atomically (temporary directory renamed into place).
@@ -271,6 +352,9 @@ class SessionLog:
         pq.write_table(impressions, directory / IMPRESSIONS_FILE, compression="zstd")
         pq.write_table(items, directory / ITEMS_FILE, compression="zstd")
         pq.write_table(users, directory / USERS_FILE, compression="zstd")
+        candidates = self.candidates_table()
+        if candidates is not None:
+            pq.write_table(candidates, directory / CANDIDATES_FILE, compression="zstd")
         meta = {"schema_version": SCHEMA_VERSION, **self.meta, "counts": self.counts()}
         meta["schema_version"] = SCHEMA_VERSION
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -288,6 +372,8 @@ class SessionLog:
         r_start = self.request_offsets[requests]
         r_len = self.request_offsets[requests + 1] - r_start
         rows = ranges(r_start, r_len)
+        u_start = self.unshown_offsets[requests]
+        u_len = self.unshown_offsets[requests + 1] - u_start
         return replace(
             self,
             session_ids=self.session_ids[sessions],
@@ -301,6 +387,8 @@ class SessionLog:
             position=self.position[rows],
             click=self.click[rows],
             propensity=self.propensity[rows],
+            unshown_offsets=np.concatenate([[0], np.cumsum(u_len)]).astype(np.int64),
+            unshown_items=self.unshown_items[ranges(u_start, u_len)],
             meta=dict(self.meta),
         )
 
@@ -344,6 +432,7 @@ class SessionLog:
             "items": self.n_items,
             "users": self.n_users,
             "queries": len(self.query_texts),
+            "unshown_candidates": len(self.unshown_items),
         }
 
     def stats(self, max_position: int = 10) -> dict[str, Any]:
@@ -351,10 +440,15 @@ class SessionLog:
 
         Returns:
             sessions, requests, impressions, items, users, queries, ``ctr``, ``ctr_by_position``
-            (positions ``0..max_position-1``), candidates per request (mean, min, max), share of
-            requests with an empty query, share with propensities.
+            (positions ``0..max_position-1``), ``positions`` (distinct logged positions),
+            candidates and shown items per request (mean, min, max), share of requests with an
+            empty query, share with propensities.
         """
-        sizes = self.request_sizes
+        spread = lambda x: {  # noqa: E731
+            "mean": round(float(x.mean()), 3),
+            "min": int(x.min()),
+            "max": int(x.max()),
+        }
         by_pos = []
         for p in range(max_position):
             shown = self.position == p
@@ -366,11 +460,9 @@ class SessionLog:
             **self.counts(),
             "ctr": round(float(self.click.mean()), 5),
             "ctr_by_position": by_pos,
-            "candidates_per_request": {
-                "mean": round(float(sizes.mean()), 3),
-                "min": int(sizes.min()),
-                "max": int(sizes.max()),
-            },
+            "positions": len(np.unique(self.position)),
+            "candidates_per_request": spread(self.candidate_sizes),
+            "shown_per_request": spread(self.request_sizes),
             "requests_per_session": round(self.n_requests / max(self.n_sessions, 1), 3),
             "empty_query_share": round(float(empty_query.mean()), 4),
             "propensity_share": round(float((~np.isnan(self.propensity)).mean()), 4),

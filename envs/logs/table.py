@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envs.logs.candidates import CandidateOptions
 from envs.logs.errors import DATA_ERRORS, LogValidationError, as_validation_error
 from envs.logs.session_log import SessionLog
 from envs.logs.source import LogSource
@@ -31,8 +32,11 @@ _SUFFIXES = (".csv", ".parquet")
 
 
 @dataclass
-class TableSource(LogSource):
+class TableSource(LogSource, CandidateOptions):
     """A generic long impressions table as a canonical :class:`SessionLog`.
+
+    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default;
+    ``catalog`` or ``logged+sampled`` draw from the items file (or the items seen in the log).
 
     Attributes:
         name: source name stored in ``meta.json``.
@@ -60,6 +64,7 @@ class TableSource(LogSource):
     time_format: str | None = None
 
     def __post_init__(self) -> None:
+        self.check_candidate_options()
         # null means "not in the file" for optional columns, "same name" for required ones
         self.columns = {k: v for k, v in dict(self.columns or {}).items() if v is not None}
         unknown = [c for c in self.columns if c not in CANONICAL_COLUMNS]
@@ -108,9 +113,10 @@ class TableSource(LogSource):
             "params": asdict(self),
         }
         try:
-            return SessionLog.from_tables(impressions, items, users, meta=meta)
+            log = SessionLog.from_tables(impressions, items, users, meta=meta)
         except LogValidationError as err:
             raise self._in_source_terms(err) from None
+        return self.with_candidates(log)
 
     def _in_source_terms(self, err: LogValidationError) -> LogValidationError:
         """Name the researcher's own file and column (rows keep their order, so they match)."""

@@ -61,7 +61,9 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
     item_ids, item_texts, item_features = _encode_items(items)
     item_lookup = pa.array(item_ids, pa.string())
     if users is not None:
-        user_ids, user_texts, hist_offsets, hist_items = _encode_users(users, item_lookup)
+        user_ids, user_texts, hist_offsets, hist_items, user_features = _encode_users(
+            users, item_lookup
+        )
     _require_columns(impressions, IMPRESSIONS_FILE, IMPRESSION_COLUMNS)
     if impressions.num_rows == 0:
         raise LogValidationError(IMPRESSIONS_FILE, "the dataset is empty (0 impressions)")
@@ -195,6 +197,7 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
         user_texts = np.full(len(user_ids), "", dtype=object)
         hist_offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         hist_items = np.zeros(0, dtype=np.int32)
+        user_features = {}
     else:
         r_user = user[first_row][r_order]
     return {
@@ -217,6 +220,7 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
         "click": click[rows].astype(np.int8),
         "propensity": propensity[rows],
         "item_features": item_features,
+        "user_features": user_features,
     }
 
 
@@ -237,7 +241,7 @@ def _encode_items(items: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, np
 
 def _encode_users(
     users: pa.Table, item_lookup: pa.Array
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     f = USERS_FILE
     _require_columns(users, f, {"user_id": "string"})
     _check_kind(users, f, "user_id", "string")
@@ -249,8 +253,14 @@ def _encode_users(
         texts = _strings(pc.fill_null(users["text"], ""))
     else:
         texts = np.full(len(ids), "", dtype=object)
+    features = {
+        c: users[c].to_numpy()
+        for c in users.column_names
+        if c not in ("user_id", "text", "history")
+    }
     if "history" not in users.column_names:
-        return ids, texts, np.zeros(len(ids) + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        empty = np.zeros(0, dtype=np.int32)
+        return ids, texts, np.zeros(len(ids) + 1, dtype=np.int64), empty, features
     history = users["history"].combine_chunks()
     if not (pa.types.is_list(history.type) or pa.types.is_large_list(history.type)):
         raise LogValidationError(
@@ -266,7 +276,7 @@ def _encode_users(
             f, f"history item {flat[k].as_py()!r} is not in {ITEMS_FILE}", row=row, column="history"
         )
     offsets = _offsets(_numpy(pc.list_value_length(history)).astype(np.int64))
-    return ids, texts, offsets, codes.astype(np.int32)
+    return ids, texts, offsets, codes.astype(np.int32), features
 
 
 # ---------------------------------------------------------------------- value checks

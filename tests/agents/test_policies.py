@@ -54,8 +54,9 @@ def test_scorer_is_permutation_equivariant_and_masked(world, obs_mode: str, vari
     permuted["mask"] = obs["mask"][:, perm]
     if obs_mode == "ids":
         permuted["candidates"] = obs["candidates"][:, perm]
-    else:
-        permuted["candidates"] = obs["candidates"].reshape(8, 12, -1)[:, perm].reshape(8, -1)
+    else:  # every per-candidate block moves with its candidate (text and features)
+        for key in ("candidates", "candidate_features"):
+            permuted[key] = obs[key].reshape(8, 12, -1)[:, perm].reshape(8, -1)
     with torch.no_grad():
         moved = scorer(obs_as_tensor(permuted, "cpu")).numpy()
     np.testing.assert_allclose(moved, base[:, perm], rtol=1e-5, atol=1e-5)

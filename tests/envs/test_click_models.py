@@ -253,13 +253,20 @@ def test_neural_features_are_its_own_or_the_runs(world, encoded) -> None:
     lexical = NeuralClickModel(epochs=1, hidden=8, structure="pbm", ensemble=1).fit(train)
     assert lexical.encoder_fingerprint is None and not lexical.reads_embeddings
     own = encode_log(train, HashingEncoder(), progress=False)
-    np.testing.assert_array_equal(lexical.items, own.items)
-    np.testing.assert_array_equal(lexical.queries, own.queries)
+    d, fi = own.dim, own.item_features.shape[1]
+    assert fi > 0  # the world's category and price band: [text, features] per item
+    np.testing.assert_array_equal(lexical.items, np.hstack([own.items, own.item_features]))
+    np.testing.assert_array_equal(lexical.queries[:, :d], own.queries)
+    assert not lexical.queries[:, d:].any()
     other = encode_log(train, HashingEncoder(dim=16, seed=1), progress=False)
     run = NeuralClickModel(epochs=1, hidden=8, structure="pbm", features="encoder", ensemble=1)
     run.fit(train, encoded=other)
     assert run.reads_embeddings and run.encoder_fingerprint == other.fingerprint
-    assert run.items.shape == (train.n_items, 16)
+    assert run.items.shape == (train.n_items, 16 + fi)
+    text_only = NeuralClickModel(
+        epochs=1, hidden=8, structure="pbm", ensemble=1, use_features=False
+    )
+    assert text_only.fit(train).items.shape == (train.n_items, d)
 
 
 def test_neural_uses_the_current_history(world, fitted) -> None:
@@ -343,8 +350,8 @@ def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> N
 
     train = world[0]
     model = NeuralClickModel(**FAST_NEURAL, propensity_clip=10.0)
-    model.items, model.queries = encoded.items, encoded.queries
-    model.user_profiles, model.pooling = encoded.user_profiles, UserPooling()
+    model._set_tables(encoded)
+    model.pooling = UserPooling()
     batch = _RequestBatch(model, train, torch.device("cpu"))
     rankings, _ = logged_rankings(train)
     valid = rankings >= 0
@@ -355,6 +362,6 @@ def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> N
     expected[train.impression_request, train.position] = raw / raw.mean()
     np.testing.assert_allclose(weights[valid], expected[valid], rtol=1e-5)
     plain = NeuralClickModel(**FAST_NEURAL)
-    plain.items, plain.queries = encoded.items, encoded.queries
-    plain.user_profiles, plain.pooling = encoded.user_profiles, UserPooling()
+    plain._set_tables(encoded)
+    plain.pooling = UserPooling()
     assert np.all(_RequestBatch(plain, train, torch.device("cpu")).weights.numpy() == 1.0)

@@ -46,17 +46,36 @@ def test_positions_zero_based_and_propensities_kept(log: SessionLog) -> None:
     assert list(clicked) == ["38"]
 
 
-def test_timestamps_and_texts(log: SessionLog) -> None:
+def test_timestamps_features_and_histories(log: SessionLog) -> None:
     # 2019-11-24 00:00:34.762830+00:00 -> unix seconds (fraction dropped)
     assert log.request_timestamp[0] == 1574553634
-    text = dict(zip(log.item_ids, log.item_texts, strict=True))
-    assert text["0"] == "item 0 price -0.50 feature1 aed79091 feature2 67503f4a feature3 5c1e29f9"
+    # features stay features: no sentences made of them
+    assert set(log.item_texts) == {""} and set(log.user_texts) == {""}
     assert set(log.item_features) == {f"item_feature_{i}" for i in range(4)}
     assert log.item_features["item_feature_1"][0] == "aed790911d0344f149be2fb9470d6f0a"
-    assert all(t.startswith("user feature0 ") for t in log.user_texts)
-    assert "feature0 81ce123c" in log.user_texts[log.request_user[0]]
+    assert set(log.user_features) == {f"user_feature_{i}" for i in range(4)}
+    first = log.request_user[0]
+    assert log.user_features["user_feature_0"][first].startswith("81ce123c")
     # user ids are a stable hash of the four user features
-    assert log.user_ids[log.request_user[0]] == "u0ab848a79987"
+    assert log.user_ids[first] == "u0ab848a79987"
+    # history: items with a positive affinity in the user's first row (row 586: items 5, 27,
+    # 29); the user's later rows (1816/1817: item 29 only) do not change it
+    histories = {log.user_ids[u]: list(log.item_ids[log.user_history(u)]) for u in range(5)}
+    assert histories["u1ae342131572"] == ["5", "27", "29"]
+    assert histories["u461d338e8f65"] == ["71"]
+    assert sum(map(len, histories.values())) == 4
+
+
+def test_catalog_candidates_make_a_three_slot_ranking(log: SessionLog) -> None:
+    """Every request ranks the campaign's 80 items into 3 positions; shown items come first."""
+    stats = log.stats()
+    assert stats["candidates_per_request"] == {"mean": 80.0, "min": 80, "max": 80}
+    assert stats["shown_per_request"]["max"] == 2 and stats["positions"] == 3
+    matrix = log.candidate_matrix(80)
+    # the whole catalog once, in item order: the order does not reveal the shown item
+    assert (matrix == np.arange(80)).all()
+    logged = OBDSource(path=str(FIXTURE), candidates="logged").build()
+    assert logged.stats()["candidates_per_request"]["max"] == 2 and not logged.has_unshown
 
 
 def test_round_trip(log: SessionLog, tmp_path: Path) -> None:
@@ -71,8 +90,12 @@ def test_round_trip(log: SessionLog, tmp_path: Path) -> None:
         "session_offsets",
         "request_timestamp",
         "request_user",
+        "unshown_offsets",
+        "unshown_items",
+        "user_history_items",
     ):
         np.testing.assert_array_equal(getattr(back, name), getattr(log, name))
+    assert back.user_features.keys() == log.user_features.keys()
     assert list(back.session_ids) == list(log.session_ids)
     assert back.meta["source"] == "obd" and back.meta["params"]["campaign"] == "all"
 
@@ -116,7 +139,11 @@ def test_real_sample_via_pip(tmp_path: Path) -> None:
     assert (log.n_items, log.n_users, log.n_sessions) == (80, 240, 1084)
     assert int(log.click.sum()) == 38
     np.testing.assert_allclose(log.propensity, 0.0125)  # uniform over 80 items
+    stats = log.stats()
+    assert stats["candidates_per_request"] == {"mean": 80.0, "min": 80, "max": 80}
+    assert stats["positions"] == 3
     bts = OBDSource(archive=str(archive), behavior_policy="bts", campaign="men").build()
     assert bts.n_impressions == 10_000 and bts.n_items == 34
+    assert bts.stats()["candidates_per_request"] == {"mean": 34.0, "min": 34, "max": 34}
     assert int(bts.click.sum()) == 69
     assert bts.propensity.mean() == pytest.approx(0.163594, abs=1e-6)
