@@ -1,4 +1,4 @@
-"""The real-data result: policies trained in a simulator fitted on OBD, valued by IPS on held-out logs.
+"""The real-data result: policies trained in a simulator fitted on OBD, valued by IPS.
 
 Usage::
 
