@@ -36,6 +36,9 @@ class IPSEstimate:
         n: logged impressions used.
         support: share of them the evaluated policy matches (item at the same position).
         ess: effective sample size of the weights, ``(sum w)^2 / sum w^2``.
+        resolution: the smallest value this sample can tell from 0: with no click among the
+            matched impressions, the 95% upper bound (rule of three) is ``3 * mean weight / n``
+            (the bootstrap interval then collapses to [0, 0] and says nothing).
     """
 
     value: float
@@ -44,6 +47,7 @@ class IPSEstimate:
     n: int
     support: float
     ess: float
+    resolution: float = float("nan")
 
     def to_dict(self, prefix: str) -> dict[str, float]:
         """``{prefix: value, prefix_ci_low: ..., prefix_support: ...}`` for ``metrics.json``."""
@@ -105,7 +109,9 @@ def item_position_ips(
     value = estimate(np.arange(len(used)))
     low, high = _session_bootstrap(estimate, session, int(session.max()) + 1, bootstrap, seed)
     ess = float(weight.sum() ** 2 / (weight**2).sum()) if weight.any() else 0.0
-    return IPSEstimate(value, low, high, len(used), float(match.mean()), ess)
+    typical = weight[match].mean() if match.any() else float((1.0 / prop).mean())
+    resolution = 3.0 * float(typical) / len(used)
+    return IPSEstimate(value, low, high, len(used), float(match.mean()), ess, resolution)
 
 
 def logged_ctr(log: SessionLog, bootstrap: int = 1000, seed: int = 0) -> IPSEstimate:
@@ -118,7 +124,7 @@ def logged_ctr(log: SessionLog, bootstrap: int = 1000, seed: int = 0) -> IPSEsti
 
     low, high = _session_bootstrap(estimate, session, log.n_sessions, bootstrap, seed)
     n = log.n_impressions
-    return IPSEstimate(estimate(np.arange(n)), low, high, n, 1.0, float(n))
+    return IPSEstimate(estimate(np.arange(n)), low, high, n, 1.0, float(n), 3.0 / n)
 
 
 def _session_bootstrap(

@@ -11,8 +11,9 @@ into 3 positions, the neural click model fitted on the training sessions), it ru
 baselines, each in its own run directory, then collects from their ``metrics.json``:
 
 * ``ips_ctr``: the IPS estimate of the policy's click rate per slot on the held-out random logs
-  (uniform logging makes it unbiased for any policy), with its 95% bootstrap interval, the share
-  of logged impressions the policy matches and the weights' effective sample size;
+  (uniform logging makes it unbiased for any policy), with its 95% bootstrap interval, its
+  resolution (the smallest value the sample tells from 0), the share of logged impressions the
+  policy matches and the weights' effective sample size;
 * ``sim``: the policy's expected clicks per slot in the fitted simulator (its own opinion);
 * beside them, the random logging policy's CTR on the held-out rows and the Bernoulli Thompson
   sampling policy's on-policy CTR over its own logs (``behavior_policy=bts``, same campaign).
@@ -63,15 +64,17 @@ def run_agent(
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the collected rows."""
     lines = [
-        "| campaign | policy | value (clicks per slot) | 95% interval | how | support | ESS |",
-        "| --- | --- | ---: | --- | --- | ---: | ---: |",
+        "| campaign | policy | value (clicks per slot) | 95% interval | resolution | how "
+        "| support | ESS |",
+        "| --- | --- | ---: | --- | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
         support = f"{r['support']:.2%}" if r["support"] is not None else ""
         ess = f"{r['ess']:.0f}" if r["ess"] is not None else ""
         lines.append(
             f"| {r['campaign']} | {r['policy']} | {r['value']:.4f} | "
-            f"[{r['low']:.4f}, {r['high']:.4f}] | {r['how']} | {support} | {ess} |"
+            f"[{r['low']:.4f}, {r['high']:.4f}] | {r['resolution']:.4f} | {r['how']} | "
+            f"{support} | {ess} |"
         )
     return "\n".join(lines)
 
@@ -98,12 +101,13 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(
                 {"campaign": campaign, "policy": "logging (uniform random)",
                  "value": m["logged_ctr"], "low": m["logged_ctr_ci_low"],
-                 "high": m["logged_ctr_ci_high"], "how": "on-policy CTR, held-out rows",
-                 "support": None, "ess": None}
+                 "high": m["logged_ctr_ci_high"], "resolution": m["logged_ctr_resolution"],
+                 "how": "on-policy CTR, held-out rows", "support": None, "ess": None}
             )  # fmt: skip
         rows.append(
             {"campaign": campaign, "policy": label, "value": m["ips_ctr"],
              "low": m["ips_ctr_ci_low"], "high": m["ips_ctr_ci_high"],
+             "resolution": m["ips_ctr_resolution"],
              "how": f"IPS (sim: {m['expected_clicks'] / 3:.4f})",
              "support": m["ips_ctr_support"], "ess": m["ips_ctr_ess"]}
         )  # fmt: skip
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         bts = logged_ctr(source.build(), seed=args.seed)
         rows.append(
             {"campaign": campaign, "policy": "Bernoulli TS (logging)", "value": bts.value,
-             "low": bts.ci_low, "high": bts.ci_high,
+             "low": bts.ci_low, "high": bts.ci_high, "resolution": bts.resolution,
              "how": f"on-policy CTR, its own {bts.n} rows", "support": None, "ess": None}
         )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ def test_exact_values_on_a_hand_made_log() -> None:
     # r0 (item 0 at 0) and r1 (item 1 at 1) match; weights 2, 2, 0, 0; clicks 1, 0
     assert est.value == pytest.approx((2 * 1 + 2 * 0) / 4)
     assert (est.support, est.ess, est.n) == (0.5, 2.0, 4)
+    assert est.resolution == 3 * 2 / 4  # rule of three over the matched weights
     assert item_position_ips(log, order, slates, clip=1.5, bootstrap=0).value == 1.5 / 4
     snips = item_position_ips(log, order, slates, self_normalized=True, bootstrap=0)
     assert snips.value == pytest.approx(0.5 / 1.0)  # mean weight 1
