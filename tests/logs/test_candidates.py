@@ -190,9 +190,12 @@ def test_a_policy_places_an_item_never_shown_on_obd(obs_mode: str) -> None:
         _, reward, _, step_infos = env.step(np.array([action, action]))
         rewards.append(reward)
         infos = step_infos
+    never_shown = set(range(80)) - set(log.item.tolist())
+    assert {77, 78, 79} <= never_shown  # items the whole log never showed
     for info in infos:
         slate = info["slate"].tolist()
-        assert len(slate) == 3 and not set(slate) & shown[info["request"]]
+        assert len(slate) == 3 and set(slate) <= never_shown
+        assert not set(slate) & shown[info["request"]]
     assert (np.array(rewards) > 0).all()  # valued by the fitted model, not a missing click
 
 
