@@ -42,7 +42,7 @@ OBS_MODES = ("embeddings", "ids")
 REWARDS = ("expected", "sampled")
 EPISODES = ("session", "user")
 RING = 2  # a batched observation's candidates array stays valid for RING - 1 further steps
-MAX_CANDIDATES = 256  # K; the counter below gives a position 8 bits
+MAX_CANDIDATES = 256  # K: candidates per request (OBD's largest catalog is 80; positions: 64)
 SMALL_GATHER = 256  # candidate rows up to which numpy gathers faster than torch on the CPU
 
 
@@ -54,7 +54,8 @@ class ReplayConfig:
         max_candidates: ``K``, candidates per request (at most 256). Shorter requests are
             padded (masked); longer ones keep their first ``K`` candidates: shown items in logged
             order first (the logging ranker's top, so the click evidence stays), then unshown
-            ones (``SessionLog.candidate_matrix``).
+            ones; a request with unshown candidates lists the kept ones by item code
+            (``SessionLog.candidate_matrix``).
         slate_size: positions to fill per request (``<= K``); requests with fewer candidates fill
             as many as they have.
         action_mode: ``slot`` (``Discrete(K)``: one step per position), ``scores`` (``Box(K)``:

@@ -110,7 +110,9 @@ def off_policy(
         return {}
     requests, slates = result.per_request["request"], result.per_request["slate"]
     ips = item_position_ips(test, requests, slates, bootstrap=bootstrap, seed=seed)
-    return {**ips.to_dict("ips_ctr"), **logged_ctr(test, bootstrap, seed).to_dict("logged_ctr")}
+    evaluated = test.select_sessions(np.unique(test.request_session[requests]))
+    ctr = logged_ctr(evaluated, bootstrap, seed)  # on the same sessions as the IPS estimate
+    return {**ips.to_dict("ips_ctr"), **ctr.to_dict("logged_ctr")}
 
 
 def check_run_settings(cfg: DictConfig) -> None:
