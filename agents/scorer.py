@@ -96,7 +96,7 @@ class CandidateScorer(nn.Module):
         else:
             dim = int(observation_space["query"].shape[0])
             fi = _width(observation_space, "candidate_features") // self.k
-            fu = _width(observation_space, "user_features")
+            fu = _width(observation_space, "user_features") - fi  # after the pooled history's
             self.bias = None
         self.dim, self.item_feature_dim, self.user_feature_dim = dim, fi, fu
         self.item_proj = nn.Linear(dim + fi, hidden)
@@ -154,10 +154,8 @@ class CandidateScorer(nn.Module):
             item_feats = obs.get("candidate_features", items[..., :0])
             item_feats = item_feats.reshape(b, self.k, self.item_feature_dim)
             codes, user, query = None, obs["user"], obs["query"]
-            # the embeddings observation pools texts only: the history's features are not in it
-            user_feats = [user.new_zeros((b, self.item_feature_dim))]
-            if self.user_feature_dim:
-                user_feats.append(obs["user_features"])
+            # [pooled history features, the user's own features], pooled by the env
+            user_feats = [obs["user_features"]] if "user_features" in obs else []
         context = torch.cat([query, user, *user_feats], dim=1)
         ctx = self.ctx_proj(context) + self.position(position)
         # cosine of the candidate with the query and with the user state: the signal a

@@ -73,7 +73,8 @@ class ReplayConfig:
         features: put the dataset's item and user feature tables in the observation
             (``EncodedLog.item_features`` / ``user_features``; no effect without feature
             columns): ``embeddings`` observations get ``candidate_features`` and
-            ``user_features``, ``ids`` observations the tables in ``embedding_tables`` (and a
+            ``user_features`` (the history's item features pooled as the text state is, then
+            the user's own), ``ids`` observations the tables in ``embedding_tables`` (and a
             ``user_id`` code when there are user features).
     """
 
@@ -225,12 +226,13 @@ class ReplayData:
             vec = lambda *shape: spaces.Box(-bound, bound, shape, np.float32)  # noqa: E731
             feats = {}
             fi, fu = self.item_features.shape[1], self.user_features.shape[1]
-            for key, table, n in (
-                ("candidate_features", self.item_features, k * fi),
-                ("user_features", self.user_features, fu),
+            # user_features: the history's pooled item features, then the user's own
+            for key, tables, n in (
+                ("candidate_features", [self.item_features], k * fi),
+                ("user_features", [self.item_features, self.user_features], fi + fu),
             ):
                 if n:
-                    top = float(np.ceil(np.abs(table).max() + 1e-6))
+                    top = float(np.ceil(max(np.abs(t).max(initial=0) for t in tables) + 1e-6))
                     feats[key] = spaces.Box(-top, top, (n,), np.float32)
             return spaces.Dict(
                 {"query": vec(d), "user": vec(d), "candidates": vec(k * d), **feats, **common}
@@ -346,6 +348,8 @@ class ReplayEngine:
         self.history = np.full((b, h), -1, dtype=np.int64)
         self.weights = np.zeros((b, h), dtype=np.float32)
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
+        # embeddings mode: the history's item features, pooled with the same weights
+        self.feature_state = np.zeros((b, data.item_features.shape[1]), dtype=np.float32)
         self._embeddings = cfg.obs_mode == "embeddings"
         if self._embeddings:
             self._setup_gather(torch.device(device), encoded)
@@ -389,6 +393,10 @@ class ReplayEngine:
         else:
             profiles = data.encoded.user_profiles[data.log.request_user[req]]
             self.state[rows] = self.pooling.pool(data.encoded.items, history, profiles)
+            if self.feature_state.shape[1]:
+                weights = self.pooling.weights(history)
+                feats = data.item_features[np.maximum(history, 0)]
+                self.feature_state[rows] = np.einsum("bh,bhf->bf", weights, feats)
         self.attr[rows] = data.request_attractiveness(
             req, history if data.model.needs_history else None
         )
@@ -541,8 +549,11 @@ class ReplayEngine:
         if data.item_features.shape[1]:
             feats = data.item_features[np.maximum(cand, 0)] * (cand >= 0)[..., None]
             obs["candidate_features"] = feats.reshape(len(cand), -1).astype(np.float32)
+        user_feats = [self.feature_state[sel]] if data.item_features.shape[1] else []
         if data.user_features.shape[1]:
-            obs["user_features"] = data.user_features[users].astype(np.float32)
+            user_feats.append(data.user_features[users].astype(np.float32))
+        if user_feats:
+            obs["user_features"] = np.concatenate(user_feats, axis=1)
         return obs
 
     def _setup_gather(self, device: torch.device, encoded: EncodedLog) -> None:

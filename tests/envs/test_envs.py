@@ -334,8 +334,17 @@ def test_pooling_reaches_the_observation_in_both_modes(world, pooling) -> None:
             (history >= 0)[:, None], encoded.items[np.maximum(history, 0)], 0.0
         )
         np.testing.assert_allclose(pooled, obs_emb["user"], rtol=1e-5, atol=1e-6)
+        # the history's item features, pooled with the same weights (the world's category and
+        # price band), and each candidate's features, as the ids tables give them
+        feats = ids.embedding_tables["item_features"]
+        pooled_feats = obs_ids["user_weights"] @ feats[np.maximum(history, 0)]
+        np.testing.assert_allclose(pooled_feats, obs_emb["user_features"], rtol=1e-5, atol=1e-6)
+        cand = obs_ids["candidates"].astype(np.int64)
+        expected = np.where((cand >= 0)[:, None], feats[np.maximum(cand, 0)], 0.0).reshape(-1)
+        np.testing.assert_allclose(obs_emb["candidate_features"], expected, rtol=1e-6)
         states[len(options)] = obs_emb["user"]
     assert (history >= 0).sum() > 2 and not np.allclose(states[0], states[2])
+    assert emb.observation_space.contains(obs_emb)
 
 
 def test_mismatched_artifacts_are_refused(world) -> None:
