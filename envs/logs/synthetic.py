@@ -27,6 +27,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from envs.logs.atomic import atomic_directory
+from envs.logs.candidates import CandidateOptions
 from envs.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
 from envs.logs.session_log import SessionLog, dict_column, ranges
 from envs.logs.source import LogSource
@@ -115,8 +116,12 @@ DEFAULT_ABANDONMENT = 0.3  # cascade worlds: see SyntheticWorld.abandonment
 
 
 @dataclass
-class SyntheticWorld(LogSource):
+class SyntheticWorld(LogSource, CandidateOptions):
     """Configuration of the synthetic world (``conf/dataset/synthetic.yaml``).
+
+    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default;
+    with ``logged+sampled`` (or ``catalog``) the ground truth values every candidate, so what
+    negative sampling does to a policy can be measured against the truth.
 
     Args:
         name: dataset name.
@@ -164,6 +169,7 @@ class SyntheticWorld(LogSource):
     abandonment: float | None = None
 
     def __post_init__(self) -> None:
+        self.check_candidate_options()
         n_cat = len(CATEGORIES)
         checks = {
             "scale": (self.scale > 0, "> 0"),
@@ -217,7 +223,8 @@ class SyntheticWorld(LogSource):
 
     def generate(self) -> tuple[SessionLog, GroundTruth]:
         """Generate the world: the canonical log and its ground truth."""
-        return _Generator(self).run()
+        log, truth = _Generator(self).run()
+        return self.with_candidates(log), truth
 
 
 class _Generator:

@@ -207,3 +207,26 @@ def test_truth_values_sampled_candidates_of_the_synthetic_world(small_world) -> 
         model.context(out), np.arange(out.n_requests), out.candidate_matrix(20)
     )
     assert (attr[out.candidate_matrix(20) >= 0] > 0).all()
+
+
+def test_synthetic_world_takes_the_option_and_the_oracle_gains_from_it() -> None:
+    """With sampled negatives the truth's oracle has more to choose from: it can only gain."""
+    from agents.baselines import OraclePolicy
+    from agents.evaluation import evaluate
+    from envs.logs.synthetic import SyntheticWorld
+    from tests.conftest import SMALL_WORLD
+
+    values = {}
+    for mode, negatives in (("logged", 0), ("logged+sampled", 8)):
+        world = SyntheticWorld(**SMALL_WORLD, candidates=mode, negatives=negatives)
+        log, truth = world.generate()
+        part = log.select_sessions(np.arange(60))
+        encoded = encode_log(part, HashingEncoder(dim=16), progress=False)
+        cfg = ReplayConfig(max_candidates=32, slate_size=5, obs_mode="ids")
+        result = evaluate(
+            OraclePolicy(), part, encoded, TruthClickModel(truth=truth), cfg, truth=truth,
+            bootstrap=0,
+        )  # fmt: skip
+        values[mode] = result.metrics["true_expected_clicks"]
+        assert (np.diff(part.unshown_offsets) == negatives).all()
+    assert values["logged+sampled"] > values["logged"]
