@@ -205,15 +205,23 @@ def evaluate(
 
 
 def bootstrap_intervals(
-    per_request: dict[str, np.ndarray], session: np.ndarray, resamples: int, seed: int
+    per_request: dict[str, np.ndarray],
+    session: np.ndarray,
+    resamples: int,
+    seed: int,
+    denominator: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """95% percentile bootstrap intervals of per-request means, resampling whole sessions."""
+    """95% percentile bootstrap intervals of per-request means, resampling whole sessions.
+
+    Each resample's value is the sum of its rows' values divided by its number of rows, or by
+    the sum of its rows' ``denominator`` (a ratio estimator such as self-normalised IPS).
+    """
     keys = list(per_request)
     if resamples == 0 or len(session) == 0:
         return {k: (float("nan"), float("nan")) for k in keys}
     _, group = np.unique(session, return_inverse=True)
     n = int(group.max()) + 1
-    counts = np.bincount(group, minlength=n).astype(np.float64)
+    counts = np.bincount(group, weights=denominator, minlength=n).astype(np.float64)
     sums = np.stack([np.bincount(group, weights=per_request[k], minlength=n) for k in keys], 1)
     rng = np.random.default_rng(seed)
     out = np.empty((resamples, len(keys)))
@@ -221,6 +229,7 @@ def bootstrap_intervals(
     for start in range(0, resamples, chunk):
         m = min(chunk, resamples - start)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=m).astype(np.float64)
-        out[start : start + m] = (weights @ sums) / (weights @ counts)[:, None]
+        total = weights @ counts
+        out[start : start + m] = (weights @ sums) / np.where(total > 0, total, 1.0)[:, None]
     low, high = np.percentile(out, [2.5, 97.5], axis=0)
     return {k: (float(low[j]), float(high[j])) for j, k in enumerate(keys)}

@@ -15,13 +15,12 @@ sample size of the weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from agents.evaluation import bootstrap_intervals
 from envs.logs import SessionLog
-from envs.logs.session_log import ranges
 
 __all__ = ["IPSEstimate", "item_position_ips", "logged_ctr"]
 
@@ -99,15 +98,11 @@ def item_position_ips(
     if clip is not None:
         weight = np.minimum(weight, clip)
     click = log.click[used].astype(np.float64)
-    _, session = np.unique(log.request_session[req], return_inverse=True)
-
-    def estimate(rows: np.ndarray) -> float:
-        w = weight[rows]
-        norm = w.mean() if self_normalized else 1.0
-        return float((w * click[rows]).mean() / norm) if norm > 0 else 0.0
-
-    value = estimate(np.arange(len(used)))
-    low, high = _session_bootstrap(estimate, session, int(session.max()) + 1, bootstrap, seed)
+    session = log.request_session[req]
+    norm = weight if self_normalized else None
+    total = weight.sum() if self_normalized else len(used)
+    value = float((weight * click).sum() / total) if total > 0 else 0.0
+    low, high = bootstrap_intervals({"v": weight * click}, session, bootstrap, seed, norm)["v"]
     ess = float(weight.sum() ** 2 / (weight**2).sum()) if weight.any() else 0.0
     typical = weight[match].mean() if match.any() else float((1.0 / prop).mean())
     resolution = 3.0 * float(typical) / len(used)
@@ -118,32 +113,6 @@ def logged_ctr(log: SessionLog, bootstrap: int = 1000, seed: int = 0) -> IPSEsti
     """The log's own click rate per impression: the logging policy's on-policy value."""
     click = log.click.astype(np.float64)
     session = log.request_session[log.impression_request]
-
-    def estimate(rows: np.ndarray) -> float:
-        return float(click[rows].mean())
-
-    low, high = _session_bootstrap(estimate, session, log.n_sessions, bootstrap, seed)
+    low, high = bootstrap_intervals({"v": click}, session, bootstrap, seed)["v"]
     n = log.n_impressions
-    return IPSEstimate(estimate(np.arange(n)), low, high, n, 1.0, float(n), 3.0 / n)
-
-
-def _session_bootstrap(
-    estimate: Callable[[np.ndarray], float],
-    session: np.ndarray,
-    n_sessions: int,
-    resamples: int,
-    seed: int,
-) -> tuple[float, float]:
-    """95% percentile interval of ``estimate(rows)`` over resampled sessions."""
-    if resamples < 1:
-        return float("nan"), float("nan")
-    order = np.argsort(session, kind="stable")
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(session, minlength=n_sessions))])
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        drawn = rng.integers(0, n_sessions, n_sessions)
-        rows = order[ranges(offsets[drawn], offsets[drawn + 1] - offsets[drawn])]
-        values.append(estimate(rows))
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    return IPSEstimate(float(click.mean()), low, high, n, 1.0, float(n), 3.0 / n)

@@ -98,10 +98,10 @@ def encode_log(
     n_items, n_queries = log.n_items, len(log.query_texts)
     users = vectors[n_items + n_queries :].copy()
     users[log.user_texts == ""] = 0.0
-    items = vectors[:n_items]
-    if (log.item_texts == "").any():
+    items, no_text = vectors[:n_items], log.item_texts == ""
+    if no_text.any():
         items = items.copy()
-        items[log.item_texts == ""] = 0.0
+        items[no_text] = 0.0
     return EncodedLog(
         items=items,
         queries=vectors[n_items : n_items + n_queries],

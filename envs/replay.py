@@ -192,9 +192,9 @@ class ReplayData:
             "queries": encoded.queries,
             "user_profiles": encoded.user_profiles,
         }
-        no_features = lambda n: np.zeros((n, 0), dtype=np.float32)  # noqa: E731
-        self.item_features = encoded.item_features if config.features else no_features(0)
-        self.user_features = encoded.user_features if config.features else no_features(0)
+        none = np.zeros((0, 0), dtype=np.float32)
+        self.item_features = encoded.item_features if config.features else none
+        self.user_features = encoded.user_features if config.features else none
         if self.item_features.shape[1]:
             self.embedding_tables["item_features"] = self.item_features
         if self.user_features.shape[1]:
@@ -394,9 +394,7 @@ class ReplayEngine:
             profiles = data.encoded.user_profiles[data.log.request_user[req]]
             self.state[rows] = self.pooling.pool(data.encoded.items, history, profiles)
             if self.feature_state.shape[1]:
-                weights = self.pooling.weights(history)
-                feats = data.item_features[np.maximum(history, 0)]
-                self.feature_state[rows] = np.einsum("bh,bhf->bf", weights, feats)
+                self.feature_state[rows] = self.pooling.pool(data.item_features, history)
         self.attr[rows] = data.request_attractiveness(
             req, history if data.model.needs_history else None
         )

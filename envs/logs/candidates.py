@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from envs.logs.errors import LogValidationError
+from envs.logs.validation import _lookup, _offsets, _reject_nulls, _strings
 
 if TYPE_CHECKING:
     from envs.logs.session_log import SessionLog
@@ -104,6 +104,8 @@ def add_candidates(
     if mode == "logged":
         return replace(log, unshown_offsets=None, unshown_items=None)
     popularity = np.bincount(log.item, minlength=log.n_items).astype(np.float64) + 1.0
+    weight = np.log(popularity) if sampling == "popularity" else np.zeros(log.n_items)
+    n = min(negatives, log.n_items)
     rng = np.random.default_rng(seed)
     sizes, chunks = [], []
     step = max(1, _CHUNK_CELLS // log.n_items)
@@ -116,17 +118,14 @@ def add_candidates(
             req, item = np.nonzero(~shown)
         else:
             # Gumbel top-k: keys log(weight) + Gumbel noise; shown items can never win
-            weight = np.log(popularity) if sampling == "popularity" else np.zeros(log.n_items)
             keys = weight + rng.gumbel(size=shown.shape)
             keys[shown] = -np.inf
-            n = min(negatives, log.n_items)
             top = np.argsort(-keys, axis=1, kind="stable")[:, :n]
             ok = np.take_along_axis(keys, top, axis=1) > -np.inf
             req, item = np.nonzero(ok)[0], top[ok]
         sizes.append(np.bincount(req, minlength=stop - start))
         chunks.append(item.astype(np.int32))
-    counts = np.concatenate(sizes)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = _offsets(np.concatenate(sizes))
     return replace(log, unshown_offsets=offsets, unshown_items=np.concatenate(chunks))
 
 
@@ -143,20 +142,15 @@ def encode_candidates(table: pa.Table, log: SessionLog) -> tuple[np.ndarray, np.
             raise LogValidationError(
                 f, f"missing column {column!r}; required: request_id, item_id", column=column
             )
-        if table[column].null_count:
-            row = int(np.argmax(pc.is_null(table[column]).to_numpy(zero_copy_only=False)))
-            raise LogValidationError(f, f"{column} is null", row=row, column=column)
+        _reject_nulls(table, f, column)
     codes = {}
     for column, known in (("request_id", log.request_ids), ("item_id", log.item_ids)):
-        values = table[column].combine_chunks()
-        if pa.types.is_dictionary(values.type):
-            values = values.cast(values.type.value_type)
-        found = pc.index_in(values, value_set=pa.array(known, pa.string()))
-        code = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = _strings(table[column])
+        code = _lookup(values, pa.array(known, pa.string()))
         if (code < 0).any():
             row = int(np.argmax(code < 0))
             raise LogValidationError(
-                f, f"{column} {values[row].as_py()!r} is not in the log", row=row, column=column
+                f, f"{column} {values[row]!r} is not in the log", row=row, column=column
             )
         codes[column] = code
     req, item = codes["request_id"], codes["item_id"]
@@ -179,6 +173,4 @@ def encode_candidates(table: pa.Table, log: SessionLog) -> tuple[np.ndarray, np.
             column="item_id",
         )
     order = np.argsort(req, kind="stable")
-    counts = np.bincount(req, minlength=log.n_requests)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return offsets, item[order].astype(np.int32)
+    return _offsets(np.bincount(req, minlength=log.n_requests)), item[order].astype(np.int32)
