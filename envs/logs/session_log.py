@@ -96,6 +96,9 @@ class SessionLog:
         click: ``int8[N]`` 0/1.
         propensity: ``float64[N]`` probability that the logging policy showed this item at this
             position; NaN where unknown.
+        prefix_propensity: ``float64[N]`` probability that the logging policy showed the
+            request's logged items at positions ``0..position`` exactly as logged (the whole
+            slate's probability at the last position); NaN where unknown.
         item_features: extra item columns, each an array of length ``I``.
         user_features: extra user columns, each an array of length ``U``.
         unshown_offsets: ``int64[R+1]`` offsets of each request's unshown candidates.
@@ -122,6 +125,7 @@ class SessionLog:
     position: np.ndarray
     click: np.ndarray
     propensity: np.ndarray
+    prefix_propensity: np.ndarray | None = None
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     unshown_offsets: np.ndarray | None = None
@@ -129,6 +133,8 @@ class SessionLog:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.prefix_propensity is None:
+            self.prefix_propensity = np.full(len(self.item), np.nan)
         if self.unshown_offsets is None:  # candidates = the shown items
             self.unshown_offsets = np.zeros(len(self.request_ids) + 1, dtype=np.int64)
             self.unshown_items = np.zeros(0, dtype=np.int32)
@@ -305,6 +311,11 @@ class SessionLog:
                 ),
             }
         )
+        if not np.isnan(self.prefix_propensity).all():  # written only where a source has it
+            prefix = self.prefix_propensity
+            impressions = impressions.append_column(
+                "prefix_propensity", pa.array(prefix, pa.float64(), mask=np.isnan(prefix))
+            )
         item_columns = {
             "item_id": pa.array(self.item_ids, pa.string()),
             "text": pa.array(self.item_texts, pa.string()),
@@ -387,6 +398,7 @@ class SessionLog:
             position=self.position[rows],
             click=self.click[rows],
             propensity=self.propensity[rows],
+            prefix_propensity=self.prefix_propensity[rows],
             unshown_offsets=np.concatenate([[0], np.cumsum(u_len)]).astype(np.int64),
             unshown_items=self.unshown_items[ranges(u_start, u_len)],
             meta=dict(self.meta),
@@ -466,6 +478,7 @@ class SessionLog:
             "requests_per_session": round(self.n_requests / max(self.n_sessions, 1), 3),
             "empty_query_share": round(float(empty_query.mean()), 4),
             "propensity_share": round(float((~np.isnan(self.propensity)).mean()), 4),
+            "prefix_propensity_share": round(float((~np.isnan(self.prefix_propensity)).mean()), 4),
         }
 
 

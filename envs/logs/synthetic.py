@@ -10,7 +10,8 @@ Small enough to generate in seconds on a laptop CPU, realistic enough that text 
 * users with latent category, brand and price preferences, a profile text and a pre-log history;
 * sessions of several requests whose later queries refine the user's intent;
 * a logging ranker (noisy lexical match + popularity, Plackett-Luce sampling with a temperature)
-  that records the propensity of each shown item at its position;
+  that records each shown item's exact propensities (item-position and prefix,
+  :mod:`envs.logs.plackett_luce`);
 * a ground-truth click model (:mod:`envs.logs.ground_truth`, PBM or cascade) saved with the world.
 
 Everything per impression is vectorised; Python loops run only per item, user and request, to
@@ -24,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from envs.logs.atomic import atomic_directory
 from envs.logs.candidates import CandidateOptions
 from envs.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
+from envs.logs.plackett_luce import position_marginals, prefix_probabilities
 from envs.logs.session_log import SessionLog, dict_column, ranges
 from envs.logs.source import LogSource
 
@@ -138,7 +139,8 @@ class SyntheticWorld(LogSource, CandidateOptions):
         synonym_rate: probability that a query names the category with a synonym.
         logging_temperature: Plackett-Luce temperature of the logging ranker (higher: more random).
         lexical_weight, popularity_weight: logging score weights.
-        propensity_samples: Monte Carlo draws per request for the position propensities.
+        propensity_samples: Monte Carlo draws per request for the item-position propensities
+            of lists longer than ``EXACT_MAX_LIST`` (shorter ones are exact).
         click_model: ``pbm`` or ``cascade`` ground truth.
         abandonment: cascade only: probability that the user leaves after an item they do not
             click, in ``[0, 1)``; ``None``: the cascade default ``DEFAULT_ABANDONMENT``
@@ -442,8 +444,15 @@ class _Generator:
         position = np.empty(n, dtype=np.int64)
         position[order] = np.arange(n) - offsets[imp_req[order]]
         self.imp_req, self.imp_item, self.imp_pos = imp_req, items, position
-        self.imp_prop = _pl_position_propensity(
-            rng, logits, position, imp_req, offsets, cfg.propensity_samples
+        # the propensities' own generator (Monte Carlo beyond the exact limit only), so that
+        # computing them never changes the rest of the world
+        self.imp_prop, self.imp_prefix_prop = _pl_propensities(
+            np.random.default_rng([cfg.seed, 1]),
+            logits,
+            position,
+            imp_req,
+            offsets,
+            cfg.propensity_samples,
         )
 
     def _clicks(self, truth: GroundTruth) -> None:
@@ -504,6 +513,7 @@ class _Generator:
                 "position": pa.array(self.imp_pos, pa.int32()),
                 "click": pa.array(self.imp_click, pa.int8()),
                 "propensity": pa.array(self.imp_prop, pa.float64()),
+                "prefix_propensity": pa.array(self.imp_prefix_prop, pa.float64()),
             }
         )
         items = pa.table(
@@ -615,41 +625,28 @@ def _overlap(query_tokens: np.ndarray, item_tokens: np.ndarray, chunk: int = 200
     return out
 
 
-def _pl_position_propensity(
+def _pl_propensities(
     rng: np.random.Generator,
     logits: np.ndarray,
     position: np.ndarray,
     imp_req: np.ndarray,
     offsets: np.ndarray,
     n_samples: int,
-    chunk: int = 20_000,
-) -> np.ndarray:
-    """P(item shown at its logged position) under the Plackett-Luce logging ranker.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Plackett-Luce logger's (item-position, prefix) probabilities of each impression.
 
-    Exact marginals are exponential in the list length, so they are estimated by Monte Carlo:
-    ``(1 + hits) / (1 + n_samples)`` over ``n_samples`` fresh draws plus the logged draw itself,
-    which keeps every estimate in (0, 1].
+    Exact (:mod:`envs.logs.plackett_luce`) for lists of up to ``EXACT_MAX_LIST`` items; the
+    item-position marginals of longer lists are Monte Carlo estimates over ``n_samples`` draws.
     """
     n_r = len(offsets) - 1
-    width = int(np.diff(offsets).max())
+    sizes = np.diff(offsets)
+    width = int(sizes.max())
     slot = np.arange(len(logits)) - offsets[imp_req]
     padded = np.full((n_r, width), -np.inf)
     padded[imp_req, slot] = logits
-    logged = np.full((n_r, width), -1, dtype=np.int64)
-    logged[imp_req, slot] = position
-    hits = np.zeros((n_r, width), dtype=np.int64)
-    slots = np.arange(width)
-    bar = tqdm(
-        total=n_r * n_samples, desc="logging propensities", unit=" draws", unit_scale=True,
-        disable=None if n_r * n_samples > 5_000_000 else True, leave=False,
-    )  # fmt: skip
-    for s in range(0, n_r, chunk):
-        block, target = padded[s : s + chunk], logged[s : s + chunk]
-        at = np.maximum(target, 0)  # padded slots look anywhere; they are never read back
-        for _ in range(n_samples):
-            bar.update(len(block))
-            order = np.argsort(-(block + rng.gumbel(size=block.shape)), axis=1)
-            # slot j was drawn at its logged position p iff order[p] == j
-            hits[s : s + chunk] += np.take_along_axis(order, at, axis=1) == slots
-    bar.close()
-    return (1.0 + hits[imp_req, slot]) / (1.0 + n_samples)
+    order = np.full((n_r, width), -1, dtype=np.int64)
+    order[imp_req, position] = slot
+    prefix = prefix_probabilities(padded, order)[imp_req, position]
+    finite = np.where(np.isfinite(padded), padded, 0.0)
+    marginals = position_marginals(finite, sizes, n_samples, rng)
+    return marginals[imp_req, slot, position], prefix

@@ -25,7 +25,7 @@ from envs.logs.validation import IMPRESSIONS_FILE, ITEMS_FILE, USERS_FILE
 __all__ = ["CANONICAL_COLUMNS", "TableSource"]
 
 REQUIRED = ["request_id", "user_id", "timestamp", "item_id", "position", "click"]
-OPTIONAL = ["session_id", "query", "propensity", "item_text"]
+OPTIONAL = ["session_id", "query", "propensity", "prefix_propensity", "item_text"]
 CANONICAL_COLUMNS = REQUIRED + OPTIONAL
 _ID_COLUMNS = ["session_id", "request_id", "user_id", "item_id", "query", "item_text"]
 _SUFFIXES = (".csv", ".parquet")
@@ -42,7 +42,9 @@ class TableSource(LogSource, CandidateOptions):
         name: source name stored in ``meta.json``.
         impressions: path of the impressions file (``.csv`` or ``.parquet``). Required columns:
             request_id, user_id, timestamp, item_id, position, click; optional: session_id
-            (default: the request id), query (default ""), propensity (default null), item_text.
+            (default: the request id), query (default ""), propensity (default null: the logging
+            policy's probability of this item at this position), prefix_propensity (default
+            null: its probability of the ranking down to this position), item_text.
         items: optional items file with ``item_id`` and ``text`` (+ feature columns kept).
         users: optional users file with ``user_id``, ``text`` and ``history`` (a list column in
             Parquet, space-separated item ids in CSV).
@@ -160,8 +162,9 @@ class TableSource(LogSource, CandidateOptions):
             out["session_id"] = out["request_id"]
         if "query" not in out.columns:
             out["query"] = ""
-        if "propensity" not in out.columns:
-            out["propensity"] = np.nan
+        for column in ("propensity", "prefix_propensity"):
+            if column not in out.columns:
+                out[column] = np.nan
         out["timestamp"] = self._seconds(out["timestamp"], wanted["timestamp"])
         if out["position"].dtype.kind in "iu":
             out["position"] = out["position"] - self.position_base

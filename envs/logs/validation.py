@@ -33,6 +33,9 @@ IMPRESSION_COLUMNS = {
     "position": "integer",
     "click": "binary",
 }
+# optional logging-policy probabilities: of this item at this position (item-position), and of
+# the whole ranking from the top down to this position (prefix; the slate's at the last one)
+PROPENSITY_COLUMNS = ("propensity", "prefix_propensity")
 _KIND_HELP = {
     "string": "string",
     "integer": "integer",
@@ -69,8 +72,9 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
         raise LogValidationError(IMPRESSIONS_FILE, "the dataset is empty (0 impressions)")
     for column, kind in IMPRESSION_COLUMNS.items():
         _check_kind(impressions, IMPRESSIONS_FILE, column, kind)
-    if "propensity" in impressions.column_names:
-        _check_kind(impressions, IMPRESSIONS_FILE, "propensity", "float")
+    for column in PROPENSITY_COLUMNS:
+        if column in impressions.column_names:
+            _check_kind(impressions, IMPRESSIONS_FILE, column, "float")
     f = IMPRESSIONS_FILE
 
     for column in ("session_id", "request_id", "user_id", "timestamp", "position"):
@@ -88,10 +92,11 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
         )
     position = raw_position.astype(np.int64)
     click = _numpy(impressions["click"])  # float with NaN where null
-    propensity = (
-        _numpy(impressions["propensity"]).astype(np.float64)
-        if "propensity" in impressions.column_names
+    propensity, prefix_propensity = (
+        _numpy(impressions[c]).astype(np.float64)
+        if c in impressions.column_names
         else np.full(impressions.num_rows, np.nan)
+        for c in PROPENSITY_COLUMNS
     )
 
     # items: every impression shows a known item; a request whose rows all lack one is empty
@@ -133,7 +138,9 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
     else:
         user, user_ids = user_raw, user_values  # renumbered by first use below
 
-    _check_values(f, click, position, propensity)
+    _check_values(f, click, position)
+    for column, values in zip(PROPENSITY_COLUMNS, (propensity, prefix_propensity), strict=True):
+        _check_probability(f, column, values)
 
     # request-level columns must agree across a request's rows
     req, req_values = _densify(req, req_values)
@@ -219,6 +226,7 @@ def encode_tables(impressions: pa.Table, items: pa.Table, users: pa.Table | None
         "position": position[rows].astype(np.int32),
         "click": click[rows].astype(np.int8),
         "propensity": propensity[rows],
+        "prefix_propensity": prefix_propensity[rows],
         "item_features": item_features,
         "user_features": user_features,
     }
@@ -280,7 +288,7 @@ def _encode_users(
 
 
 # ---------------------------------------------------------------------- value checks
-def _check_values(f: str, click: np.ndarray, position: np.ndarray, propensity: np.ndarray) -> None:
+def _check_values(f: str, click: np.ndarray, position: np.ndarray) -> None:
     if click.dtype.kind == "f" and np.isnan(click).any():
         row = int(np.argmax(np.isnan(click)))
         raise LogValidationError(
@@ -308,15 +316,17 @@ def _check_values(f: str, click: np.ndarray, position: np.ndarray, propensity: n
         raise LogValidationError(
             f, f"position {position[row]} is too large", row=row, column="position"
         )
-    known = ~np.isnan(propensity)
-    bad = known & ((propensity <= 0) | (propensity > 1))
+
+
+def _check_probability(f: str, column: str, values: np.ndarray) -> None:
+    bad = ~np.isnan(values) & ((values <= 0) | (values > 1))
     if bad.any():
         row = int(np.argmax(bad))
         raise LogValidationError(
             f,
-            f"propensity {propensity[row].item()!r} is outside (0, 1]; use null when unknown",
+            f"{column} {values[row].item()!r} is outside (0, 1]; use null when unknown",
             row=row,
-            column="propensity",
+            column=column,
         )
 
 

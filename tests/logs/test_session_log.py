@@ -15,7 +15,7 @@ ARRAYS = [
     "item_ids", "item_texts", "user_ids", "user_texts", "user_history_offsets",
     "user_history_items", "query_texts", "session_ids", "session_offsets", "request_ids",
     "request_user", "request_query", "request_timestamp", "request_offsets", "item", "position",
-    "click", "propensity",
+    "click", "propensity", "prefix_propensity",
 ]  # fmt: skip
 
 

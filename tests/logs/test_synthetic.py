@@ -10,7 +10,8 @@ import pytest
 
 from envs.logs import LogValidationError, SessionLog
 from envs.logs.ground_truth import GroundTruth
-from envs.logs.synthetic import CATEGORIES, SyntheticWorld, _pl_position_propensity
+from envs.logs.plackett_luce import position_marginals, prefix_probabilities
+from envs.logs.synthetic import CATEGORIES, SyntheticWorld, _pl_propensities
 from tests.conftest import SMALL_WORLD
 
 
@@ -85,22 +86,84 @@ def test_later_requests_refine_the_intent(small_world) -> None:
     assert has_brand[search & (step >= 2)].mean() > has_brand[search & (step == 0)].mean() + 0.2
 
 
-def test_propensity_estimate_matches_exact_plackett_luce() -> None:
-    logits = np.array([2.0, 1.0, 0.0, -0.5])
+def _enumerate_plackett_luce(logits: np.ndarray) -> dict[tuple[int, ...], float]:
+    """Every ranking of the items with its Plackett-Luce probability."""
     weights = np.exp(logits)
-    exact = np.zeros((4, 4))  # exact[item, position] by enumerating all rankings
-    for perm in itertools.permutations(range(4)):
+    out = {}
+    for perm in itertools.permutations(range(len(logits))):
         p, left = 1.0, weights.sum()
         for item in perm:
             p *= weights[item] / left
             left -= weights[item]
-        for pos, item in enumerate(perm):
-            exact[item, pos] += p
-    position = np.array([1, 0, 3, 2])  # a logged ranking
-    got = _pl_position_propensity(
-        np.random.default_rng(0), logits, position, np.zeros(4, np.int64), np.array([0, 4]), 20000
+        out[perm] = p
+    return out
+
+
+def test_plackett_luce_probabilities_equal_enumeration() -> None:
+    rng = np.random.default_rng(3)
+    lengths = np.array([5, 3, 5, 4])
+    logits = rng.normal(size=(4, 5)) * 1.5
+    marginals = position_marginals(logits, lengths)
+    for r, n in enumerate(lengths):
+        exact = np.zeros((n, n))
+        for perm, p in _enumerate_plackett_luce(logits[r, :n]).items():
+            exact[list(perm), np.arange(n)] += p
+        np.testing.assert_allclose(marginals[r, :n, :n], exact, atol=1e-12)
+    # prefix probabilities of one ranking: the sums of the enumeration over its completions
+    ranking = (2, 0, 4, 1, 3)
+    table = _enumerate_plackett_luce(logits[0])
+    want = [sum(p for perm, p in table.items() if perm[: k + 1] == ranking[: k + 1])
+            for k in range(5)]  # fmt: skip
+    got = prefix_probabilities(logits[:1], np.array([ranking]))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_logger_propensities_match_empirical_frequencies() -> None:
+    """The recorded propensities equal the frequencies of the logger's own Gumbel-sort draws."""
+    rng = np.random.default_rng(0)
+    sizes = np.array([4, 6, 16])  # 16 items: beyond the exact limit, Monte Carlo
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    imp_req = np.repeat(np.arange(3), sizes)
+    logits = rng.normal(size=len(imp_req))
+    slot = np.arange(len(imp_req)) - offsets[imp_req]
+    position = np.concatenate([rng.permutation(n) for n in sizes])  # one logged ranking each
+    draws = 40_000
+    hits = np.zeros(len(imp_req))
+    prefix_hits = np.zeros(len(imp_req))
+    for r, n in enumerate(sizes):
+        rows = np.flatnonzero(imp_req == r)
+        order = np.argsort(-(logits[rows] + rng.gumbel(size=(draws, n))), axis=1)
+        placed = np.argsort(order, axis=1)  # position drawn for each slot
+        same = placed == position[rows]
+        hits[rows] = same.mean(axis=0)
+        logged_order = np.argsort(position[rows])  # slots in logged display order
+        prefix_ok = np.cumprod(order == logged_order, axis=1).mean(axis=0)
+        prefix_hits[rows] = prefix_ok[position[rows]]
+    prop, prefix = _pl_propensities(
+        np.random.default_rng(1), logits, position, imp_req, offsets, n_samples=20_000
     )
-    np.testing.assert_allclose(got, exact[np.arange(4), position], atol=0.01)
+    # exact (and 20k-draw Monte Carlo) vs 40k empirical draws: within 5 standard errors
+    se = np.sqrt(prop * (1 - prop) / draws + prop * (1 - prop) / 20_000)
+    assert (np.abs(hits - prop) < 5 * se + 1e-9).all()
+    exact = imp_req < 2
+    se_exact = np.sqrt(prop * (1 - prop) / draws)
+    assert (np.abs(hits - prop)[exact] < 5 * se_exact[exact] + 1e-9).all()
+    se_prefix = np.sqrt(prefix * (1 - prefix) / draws)
+    assert (np.abs(prefix_hits - prefix) < 5 * se_prefix + 1e-9).all()
+    assert np.isfinite(slot).all()
+
+
+def test_world_records_consistent_propensities(small_world) -> None:
+    log, _ = small_world
+    assert not np.isnan(log.propensity).any() and not np.isnan(log.prefix_propensity).any()
+    top = log.position == 0  # the first draw: its marginal is its prefix probability
+    np.testing.assert_allclose(log.propensity[top], log.prefix_propensity[top], rtol=1e-12)
+    # prefix probabilities fall down the ranking, and never exceed the item-position marginal
+    order = np.lexsort((log.position, log.impression_request))
+    same = log.impression_request[order][1:] == log.impression_request[order][:-1]
+    prefix = log.prefix_propensity[order]
+    assert (prefix[1:][same] <= prefix[:-1][same] * (1 + 1e-9)).all()
+    assert (log.prefix_propensity <= log.propensity + 1e-12).all()
 
 
 def test_logged_clicks_follow_the_ground_truth(small_world) -> None:

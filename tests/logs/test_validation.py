@@ -122,6 +122,13 @@ BAD_INPUTS = [
         r"impressions\.parquet, row 4, column 'propensity': propensity 1\.5 is outside \(0, 1\]",
     ),
     (
+        "prefix propensity above one",
+        "impressions",
+        lambda df: df.assign(prefix_propensity=0.5).pipe(set_value("prefix_propensity", 2, 2.0)),
+        r"impressions\.parquet, row 2, column 'prefix_propensity': prefix_propensity 2\.0 is "
+        r"outside \(0, 1\]",
+    ),
+    (
         "empty dataset",
         "impressions",
         lambda df: df.iloc[:0],
