@@ -45,7 +45,8 @@ class EvaluationResult:
         intervals: 95% bootstrap interval of each metric (over sessions).
         invalid_actions: actions on masked candidates (replaced by the env's fallback).
         per_request: each metric per request, plus ``request`` (request codes of the test log)
-            and ``slate`` (``int64[N, slate_size]`` item codes, ``-1`` past a slate's end).
+            ``slate`` (``int64[N, slate_size]`` item codes, ``-1`` past a slate's end) and
+            ``click_probs`` (the reward model's click probability at each slate position).
     """
 
     policy: str
@@ -193,6 +194,7 @@ def evaluate(
     intervals = bootstrap_intervals(per_request, session_of, bootstrap, seed)
     per_request["request"] = req
     per_request["slate"] = slate_mat
+    per_request["click_probs"] = prob_mat
     return EvaluationResult(
         policy=policy.name,
         n_sessions=n_sessions,

@@ -12,8 +12,8 @@ Steps: prepare the dataset (reused when ``out`` already holds it with the same p
 split it, embed its texts (cached by the embedding store), fit the reward model on the training
 split (cached by dataset, split, encoder and settings), train on a batched env over the training
 sessions with periodic evaluation on held-out sessions, then evaluate on all held-out sessions
-(plus, on logs with propensities, an IPS estimate of the policy's click rate per slot beside the
-log's own CTR: ``ips_ctr``, ``logged_ctr``, :mod:`agents.ope`).
+(plus, on logs with propensities, off-policy estimates of the policy's clicks per request beside
+the log's own: ``ope_iips``, ``ope_rips``, ..., ``logged_clicks``, :mod:`agents.ope`).
 The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/`` plus
 ``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/`` (:mod:`agents.checkpoint`:
 nothing in it is unpickled when a run resumes).
@@ -37,7 +37,7 @@ from stable_baselines3.common.utils import set_random_seed
 from agents.baselines import SB3Policy
 from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
 from agents.evaluation import EvaluationResult, evaluate
-from agents.ope import item_position_ips, logged_ctr
+from agents.ope import logged_clicks, off_policy_estimates
 from agents.training import (
     STEP_KEY,
     CheckpointCallback,
@@ -48,6 +48,7 @@ from agents.training import (
     make_logger,
     record_eval,
 )
+from envs.click_models.simple import TruthClickModel
 from envs.logs import SessionLog
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
@@ -102,17 +103,22 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
 
 
 def off_policy(
-    test: SessionLog, result: EvaluationResult, bootstrap: int, seed: int
+    test: SessionLog, result: EvaluationResult, model: Any, bootstrap: int, seed: int
 ) -> dict[str, float]:
-    """IPS estimate of the policy's click rate per slot, and the log's own CTR, when every test
-    impression has a logging propensity (``agents.ope``); ``{}`` otherwise."""
+    """Off-policy estimates of the evaluated slates' clicks per request at the logged positions
+    (every estimator the log's propensities allow, :mod:`agents.ope`), beside the log's own
+    clicks on the same requests; ``dm``/``dr`` with the run's reward model when it is fitted
+    (not the truth). ``{}`` when the log has no propensities."""
     if np.isnan(test.propensity).any():
         return {}
     requests, slates = result.per_request["request"], result.per_request["slate"]
-    ips = item_position_ips(test, requests, slates, bootstrap=bootstrap, seed=seed)
-    evaluated = test.select_sessions(np.unique(test.request_session[requests]))
-    ctr = logged_ctr(evaluated, bootstrap, seed)  # on the same sessions as the IPS estimate
-    return {**ips.to_dict("ips_ctr"), **ctr.to_dict("logged_ctr")}
+    probs = None if isinstance(model, TruthClickModel) else result.per_request["click_probs"]
+    estimates = off_policy_estimates(test, requests, slates, probs, None, None, bootstrap, seed)
+    own = logged_clicks(test, requests, slates.shape[1], bootstrap, seed)
+    out = own.to_dict("logged_clicks")
+    for name, est in estimates.items():
+        out.update(est.to_dict(f"ope_{name}"))
+    return out
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -195,7 +201,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )  # fmt: skip
         if not final:
             return result.to_dict()
-        return {**result.to_dict(), **off_policy(s.test, result, cfg.eval.bootstrap, cfg.seed)}
+        ope = off_policy(s.test, result, s.reward, cfg.eval.bootstrap, cfg.seed)
+        return {**result.to_dict(), **ope}
 
     hparams = {
         "agent": agent.name, "seed": cfg.seed, "encoder": cfg.encoder.name,

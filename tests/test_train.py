@@ -30,7 +30,8 @@ SMALL = {
 METRIC_KEYS = {
     "policy", "seed", "total_timesteps", "train_seconds", "expected_clicks", "ctr@1", "ndcg@10",
     "mrr", "true_expected_clicks", "expected_clicks_ci_low", "expected_clicks_ci_high",
-    "n_sessions", "n_requests", "ips_ctr", "ips_ctr_ci_low", "ips_ctr_support", "logged_ctr",
+    "n_sessions", "n_requests", "ope_iips", "ope_iips_ci_low", "ope_iips_support", "ope_rips",
+    "ope_ips", "ope_snips", "logged_clicks",
 }  # fmt: skip
 
 
@@ -120,8 +121,10 @@ def test_obd_trains_as_a_ranking_over_its_catalog(tmp_path: Path, agent: str) ->
 
     data = SessionLog.read(tmp_path / "data")
     _, test = data.split(0.5, seed=0)
-    assert metrics["ips_ctr_n"] == test.n_impressions and 0 <= metrics["ips_ctr_support"] <= 1
-    assert metrics["logged_ctr"] == pytest.approx(test.click.mean())
+    assert metrics["ope_iips_n"] == test.n_requests and 0 <= metrics["ope_iips_support"] <= 1
+    assert metrics["logged_clicks"] == pytest.approx(test.click.mean())  # one slot per request
+    # OBD records item-position propensities only: no prefix estimators; dm from the neural model
+    assert "ope_dm" in metrics and "ope_rips" not in metrics and "ope_dr" not in metrics
     assert data.meta["counts"]["unshown_candidates"] == 6 * 80 - 8
 
 
