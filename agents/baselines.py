@@ -40,6 +40,9 @@ class ScoringPolicy:
 
     name: str = "scoring"
     obs_mode: str = "ids"
+    # True when the scores read the logged ranking itself: off-policy estimators cannot value
+    # such a policy (its action is not independent of the logged one given the request)
+    reads_logged_order: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:
@@ -87,6 +90,7 @@ class LoggedPolicy(ScoringPolicy):
     """The logging policy's order: candidates arrive in logged order, so score ``-index``."""
 
     name = "logged"
+    reads_logged_order = True
 
     def fit(self, train: SessionLog, encoded: EncodedLog | None = None) -> LoggedPolicy:
         """Refuse logs with unshown candidates: their order does not reveal the logged one."""

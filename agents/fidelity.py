@@ -23,6 +23,13 @@ from agents.baselines import (
     ScoringPolicy,
 )
 from agents.evaluation import evaluate
+from agents.ope import (
+    LoggedSlates,
+    OPEEstimate,
+    TargetProbs,
+    available_estimators,
+    estimate,
+)
 from encoders.encoded_log import EncodedLog
 from envs.click_models.base import ClickModel, LogContext
 from envs.logs import SessionLog
@@ -69,6 +76,7 @@ class MixturePolicy(ScoringPolicy):
             raise ValueError(f"noise={noise}; allowed: >= 0")
         self.parts, self.noise, self.seed = parts, float(noise), seed
         self.rng = np.random.default_rng(seed)
+        self.reads_logged_order = any(p.reads_logged_order for p, _ in parts)
 
     def fit(self, train: SessionLog, encoded: EncodedLog) -> MixturePolicy:
         """Fit every part; returns self."""
@@ -184,6 +192,8 @@ class Agreement:
     Attributes:
         kendall_tau, spearman: rank correlations with the true values.
         rel_error: mean of ``|value - true| / true`` over the zoo.
+        max_rel_error: the largest ``|value - true| / true``.
+        within: share of the zoo valued within :data:`MIN_GAP` (relative) of the true value.
         pair_agreement: share of policy pairs whose true values differ by more than
             :data:`MIN_GAP` (relative) that the method orders like the truth.
         pairs: how many such pairs there are.
@@ -192,6 +202,8 @@ class Agreement:
     kendall_tau: float
     spearman: float
     rel_error: float
+    max_rel_error: float
+    within: float
     pair_agreement: float
     pairs: int
 
@@ -203,10 +215,13 @@ def agreement(true_values: np.ndarray, values: np.ndarray, min_gap: float = MIN_
     gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
     clear = gap > min_gap
     same = np.sign(t[i] - t[j]) == np.sign(v[i] - v[j])
+    error = np.abs(v - t) / np.maximum(np.abs(t), 1e-12)
     return Agreement(
         kendall_tau=kendall_tau(t, v),
         spearman=spearman(t, v),
-        rel_error=float(np.mean(np.abs(v - t) / np.maximum(np.abs(t), 1e-12))),
+        rel_error=float(np.mean(error)),
+        max_rel_error=float(np.max(error)),
+        within=float(np.mean(error <= min_gap)),
         pair_agreement=float(same[clear].mean()) if clear.any() else float("nan"),
         pairs=int(clear.sum()),
     )
@@ -223,11 +238,14 @@ def value_zoo(
     seed: int = 0,
     max_sessions: int | None = None,
     progress: bool = False,
+    slates: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Expected clicks per request of every policy under every model, on the same sessions.
 
     Returns ``{model name: {policy name: value}}``; with a ``truth``, also ``"truth"`` (the true
-    value of the slates each policy built in the truth's env).
+    value of the slates each policy built in the truth's env). A ``slates`` dict receives each
+    policy's ``(requests, slates)`` from its run under the first model (for off-policy
+    estimates of the same slates, :func:`ope_zoo`).
     """
     from tqdm.auto import tqdm
 
@@ -239,4 +257,42 @@ def value_zoo(
             bootstrap=0, seed=seed, max_sessions=max_sessions,
         )  # fmt: skip
         values[name][policy.name] = result.metrics["expected_clicks"]
+        if slates is not None and policy.name not in slates:
+            slates[policy.name] = (result.per_request["request"], result.per_request["slate"])
     return values
+
+
+def ope_zoo(
+    slates: dict[str, tuple[np.ndarray, np.ndarray]],
+    test: SessionLog,
+    models: dict[str, ClickModel],
+    clip: float | None = None,
+    seed: int = 0,
+    exclude: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, dict[str, OPEEstimate]]:
+    """Off-policy estimates of every policy's slates: ``{method: {policy: estimate}}``.
+
+    Methods: every propensity estimator the log allows (:data:`agents.ope.ESTIMATORS`), and
+    ``dr(<model>)`` for each fitted model in ``models`` (the doubly robust estimator with that
+    model's click probabilities of the policy's slates). No bootstrap: the zoo compares values.
+    Policies named in ``exclude`` (those that read the logged ranking) are not estimated.
+    """
+    out: dict[str, dict[str, OPEEstimate]] = {}
+    contexts = {name: m.context(test) for name, m in models.items()}
+    for policy, (requests, slate) in slates.items():
+        if policy in exclude:
+            continue
+        logged = LoggedSlates.from_log(test, requests, slate.shape[1])
+        plain = TargetProbs.deterministic(logged, slate)
+        names = available_estimators(logged, plain)
+        for name in names:
+            out.setdefault(name, {})[policy] = estimate(name, logged, plain, clip, 0, seed)
+        if "rips" not in names:  # dr weights by the prefix propensities
+            continue
+        for name, model in models.items():
+            probs = model.click_probs(contexts[name], requests, slate)
+            target = TargetProbs.deterministic(logged, slate, probs)
+            out.setdefault(f"dr({name})", {})[policy] = estimate(
+                "dr", logged, target, clip, 0, seed
+            )
+    return out

@@ -9,10 +9,14 @@ Usage::
 On the held-out sessions of a dataset with a ground truth, every zoo policy
 (:func:`agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is valued
 under the truth and under each reward model of ``fidelity.rewards`` (fitted on the training
-sessions, as ``experiments.train`` fits them). The run directory gets ``fidelity.md`` (the
-summary and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman, mean
-relative error, pairwise-order agreement), ``values.csv`` (policy x method), ``fidelity.png``
-(simulated against true value, one panel per method) and TensorBoard scalars under
+sessions, as ``experiments.train`` fits them) and, on logs with propensities
+(``fidelity.ope``), by every off-policy estimator of :mod:`agents.ope` on the same slates (the
+second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms and ``dr(<model>)``).
+The run directory gets ``fidelity.md`` (the summary, whether the best simulator and the best
+estimator agree, and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman,
+mean and largest relative error, the share within 5%, pairwise-order agreement, and for the
+estimators their mean support and ESS), ``values.csv`` (policy x method), ``fidelity.png``
+(simulated or estimated against true value, one panel per method) and TensorBoard scalars under
 ``fidelity/``.
 """
 
@@ -25,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines import SB3Policy
 from agents.checkpoint import CHECKPOINT
-from agents.fidelity import agreement, policy_zoo, value_zoo
+from agents.fidelity import MIN_GAP, agreement, ope_zoo, policy_zoo, value_zoo
+from agents.ope import OPEEstimate
 from agents.training import SB3Agent
 from envs.click_models.simple import TruthClickModel
 from envs.setup import RunSetup, fit_reward_model
@@ -83,15 +89,54 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
     return policies
 
 
-def report(values: dict[str, dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(policy x method values, one agreement row per method)."""
+def report(
+    values: dict[str, dict[str, float]], ope: dict[str, dict[str, OPEEstimate]] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(policy x method values, one agreement row per method).
+
+    Off-policy methods (``ope``) also get the mean over the zoo of their support (share of
+    requests with a nonzero weight) and effective sample size.
+    """
+    ope = ope or {}
+    values = {**values, **{m: {p: e.value for p, e in per.items()} for m, per in ope.items()}}
     table = pd.DataFrame(values)
     table = table.sort_values("truth", ascending=False)
     rows = []
     for method in table.columns.drop("truth"):
-        a = agreement(table["truth"].to_numpy(), table[method].to_numpy())
-        rows.append({"method": method, **dataclasses.asdict(a)})
+        known = table[method].notna()  # estimators skip the policies that read the log
+        a = agreement(table["truth"][known].to_numpy(), table[method][known].to_numpy())
+        row = {"method": method, "kind": "OPE" if method in ope else "simulator"}
+        row.update(dataclasses.asdict(a))
+        estimates = list(ope.get(method, {}).values())
+        row["support"] = float(np.mean([e.support for e in estimates])) if estimates else np.nan
+        row["ess"] = float(np.mean([e.ess for e in estimates])) if estimates else np.nan
+        rows.append(row)
     return table, pd.DataFrame(rows).set_index("method")
+
+
+def consensus(table: pd.DataFrame, summary: pd.DataFrame, min_gap: float = MIN_GAP) -> str:
+    """Whether the best simulator and the best OPE method (by Kendall tau) pick the same winner
+    of every policy pair whose true values differ by more than ``min_gap`` (relative)."""
+    best = {}
+    for kind in ("simulator", "OPE"):
+        rows = summary[summary["kind"] == kind]
+        if len(rows):
+            best[kind] = rows["kendall_tau"].idxmax()
+    if len(best) < 2:
+        return ""
+    table = table[table[best["OPE"]].notna()]
+    t = table["truth"].to_numpy()
+    a, b = (table[best[k]].to_numpy() for k in ("simulator", "OPE"))
+    i, j = np.triu_indices(len(t), k=1)
+    gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
+    clear = gap > min_gap
+    same = np.sign(a[i] - a[j]) == np.sign(b[i] - b[j])
+    both_right = same & (np.sign(a[i] - a[j]) == np.sign(t[i] - t[j]))
+    return (
+        f"Best simulator `{best['simulator']}` and best OPE method `{best['OPE']}` pick the same "
+        f"winner in {same[clear].mean():.1%} of the {int(clear.sum())} policy pairs whose true "
+        f"values differ by more than {min_gap:.0%} (both right in {both_right[clear].mean():.1%})."
+    )
 
 
 def markdown(frame: pd.DataFrame, index: str) -> str:
@@ -101,7 +146,12 @@ def markdown(frame: pd.DataFrame, index: str) -> str:
     lines = [f"| {index} | " + " | ".join(frame.columns) + " |",
              "| --- | " + " | ".join("---:" for _ in frame.columns) + " |"]  # fmt: skip
     for n, name in enumerate(frame.index):
-        cells = [f"{columns[c][n]:.3f}" if floats[c] else str(columns[c][n]) for c in columns]
+        cells = [
+            ("n/a" if columns[c][n] != columns[c][n] else f"{columns[c][n]:.3f}")
+            if floats[c]
+            else str(columns[c][n])
+            for c in columns
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -114,10 +164,14 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(summary.index)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
+    cols = min(len(methods), 6)
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     low = float(table.min().min()) * 0.95
     high = float(table.max().max()) * 1.05
-    for ax, method in zip(axes[0], methods, strict=True):
+    for ax in axes.flat[len(methods) :]:
+        ax.axis("off")
+    for ax, method in zip(axes.flat, methods, strict=False):
         ax.plot([low, high], [low, high], color="grey", lw=0.8)
         ax.scatter(table["truth"], table[method], s=14)
         row = summary.loc[method]
@@ -125,7 +179,8 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("true expected clicks")
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
-    axes[0][0].set_ylabel("simulated expected clicks")
+    for row in axes:
+        row[0].set_ylabel("simulated / estimated expected clicks")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -145,11 +200,17 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(s.reward, cfg.fidelity.noise, cfg.seed)]
     policies = [*zoo, *trained_policies(cfg, s)]
     log.info("valuing %d policies under %d models", len(policies), len(models))
+    slates: dict[str, tuple[Any, Any]] = {}
     values = value_zoo(
         policies, s.test, s.encoded, models, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
-        max_sessions=cfg.fidelity.sessions, progress=True,
+        max_sessions=cfg.fidelity.sessions, progress=True, slates=slates,
     )  # fmt: skip
-    table, summary = report(values)
+    ope = {}
+    if cfg.fidelity.ope and not np.isnan(s.test.propensity).all():
+        fitted = {name: m for name, m in models.items() if name != "truth"}
+        peeking = {p.name for p in policies if getattr(p, "reads_logged_order", False)}
+        ope = ope_zoo(slates, s.test, fitted, cfg.fidelity.clip, cfg.seed, peeking)
+    table, summary = report(values, ope)
     table.to_csv(run_dir / "values.csv", index_label="policy")
     summary.to_csv(run_dir / "fidelity.csv")
     plot(table, summary, run_dir / "fidelity.png")
@@ -157,6 +218,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         f"# Simulator fidelity: {cfg.dataset.name} ({s.truth.click_model} truth), "
         f"{cfg.encoder.name} encoder, {s.test.n_sessions} held-out sessions\n\n"
         + markdown(summary, "method")
+        + "\n\n"
+        + consensus(table, summary)
         + "\n\nExpected clicks per request:\n\n"
         + markdown(table, "policy")
         + "\n"
@@ -165,8 +228,11 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         for method, row in summary.iterrows():
-            for key in ("kendall_tau", "spearman", "rel_error", "pair_agreement"):
+            for key in ("kendall_tau", "spearman", "rel_error", "within", "pair_agreement"):
                 writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
+            for key in ("support", "ess"):
+                if row["kind"] == "OPE":
+                    writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
     log.info("wrote %s", run_dir / "fidelity.md")
     return summary
 
@@ -177,8 +243,8 @@ def main(cfg: DictConfig) -> None:
     summary = run_job(lambda: run(cfg))
     if summary is None:  # a failed sweep job, recorded in its error.txt
         return
-    print(json.dumps({m: {k: round(float(v), 4) for k, v in r.items()}
-                      for m, r in summary.iterrows()}, default=str))  # fmt: skip
+    print(json.dumps({m: {k: v if isinstance(v, str) else round(float(v), 4)
+                          for k, v in r.items()} for m, r in summary.iterrows()}))  # fmt: skip
 
 
 if __name__ == "__main__":

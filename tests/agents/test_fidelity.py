@@ -12,7 +12,15 @@ import pytest
 from scipy import stats
 
 from agents.baselines import CosinePolicy
-from agents.fidelity import MixturePolicy, agreement, kendall_tau, policy_zoo, spearman, value_zoo
+from agents.fidelity import (
+    MixturePolicy,
+    agreement,
+    kendall_tau,
+    ope_zoo,
+    policy_zoo,
+    spearman,
+    value_zoo,
+)
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
 from envs.click_models.fitted import PBMClickModel
@@ -56,7 +64,10 @@ def test_the_zoo_spans_the_truths_range(world) -> None:
     zoo = [p.fit(train, encoded) for p in policy_zoo(model)]
     names = [p.name for p in zoo]
     assert len(set(names)) == len(names) >= 15
-    values = value_zoo(zoo, test, encoded, {"truth": model}, ReplayConfig(obs_mode="ids"))
+    slates: dict = {}
+    values = value_zoo(
+        zoo, test, encoded, {"truth": model}, ReplayConfig(obs_mode="ids"), slates=slates
+    )
     v = values["truth"]
     assert max(v, key=v.get) == "truth-oracle" and min(v, key=v.get) == "anti-truth-oracle"
     assert v["cosine"] > v["random"] > v["anti-cosine"]
@@ -65,6 +76,21 @@ def test_the_zoo_spans_the_truths_range(world) -> None:
     sim = value_zoo(zoo, test, encoded, {"pbm": pbm}, ReplayConfig(obs_mode="ids"))["pbm"]
     a = agreement(np.array([v[n] for n in names]), np.array([sim[n] for n in names]))
     assert a.kendall_tau < 0.8
+
+    # the off-policy estimators value the same slates; not the policies that read the log
+    peeking = {p.name for p in zoo if p.reads_logged_order}
+    assert peeking == {"logged", "cosine+logged", "anti-logged"}
+    ope = ope_zoo(slates, test, {"pbm": pbm}, exclude=peeking)
+    assert set(ope) == {"ips", "snips", "iips", "sniips", "rips", "snrips", "dr(pbm)"}
+    assert set(ope["iips"]) == set(names) - peeking
+    for name in set(names) - peeking:
+        requests, slate = slates[name]
+        assert len(requests) == test.n_requests and slate.shape[1] == 10
+        # the more of the ranking a weight asks to match, the fewer requests support it
+        assert ope["iips"][name].support >= ope["rips"][name].support >= ope["ips"][name].support
+        # dr weights by the prefix: its support is rips's
+        assert ope["dr(pbm)"][name].support == ope["rips"][name].support
+    assert 0 < ope["iips"]["random"].support < 1
 
 
 def test_mixture_policy_reverses_and_blurs(world) -> None:
@@ -100,11 +126,21 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     summary = pd.read_csv(run / "fidelity.csv", index_col="method")
-    assert list(summary.index) == ["pbm", "neural"]
-    assert {"kendall_tau", "spearman", "rel_error", "pair_agreement", "pairs"} <= set(summary)
+    ope = ["ips", "snips", "iips", "sniips", "rips", "snrips", "dr(pbm)", "dr(neural)"]
+    assert list(summary.index) == ["pbm", "neural", *ope]
+    assert (
+        summary.loc[ope, "kind"].eq("OPE").all()
+        and summary.loc[["pbm"], "kind"].eq("simulator").all()
+    )
+    assert summary.loc[ope, "support"].between(0, 1).all() and summary.loc[ope, "ess"].gt(0).all()
+    assert summary.loc[["pbm", "neural"], "support"].isna().all()
+    assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
     assert summary["kendall_tau"].between(-1, 1).all()
     values = pd.read_csv(run / "values.csv", index_col="policy")
     assert values.loc["truth-oracle", "truth"] == values["truth"].max()
+    assert values.loc["logged", "iips"] != values.loc["logged", "iips"]  # n/a: it reads the log
+    text = (run / "fidelity.md").read_text()
+    assert "Best simulator `" in text and "pick the same winner" in text
     assert (run / "fidelity.png").stat().st_size > 1000
     assert "kendall_tau" in (run / "fidelity.md").read_text()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
