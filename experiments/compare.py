@@ -8,6 +8,11 @@ Every ``metrics.json`` below the directory is one run. Runs are grouped by ``pol
 metric the table gives the mean over seeds and a 95% Student-t interval over seeds (a single
 seed, or seeds that agree exactly, give a zero-width interval), and the median of the runs'
 own session-bootstrap intervals. Markdown goes to stdout, ``compare.csv`` beside the runs.
+
+When the runs' logs have propensities, a second table puts the two opinions of each policy side
+by side (:func:`two_opinions`): the simulator's value and every off-policy estimate of its final
+slates (``ope_*`` in ``metrics.json``, :mod:`agents.ope`) with their support, plus the truth
+where the world has one; written to ``ope.csv``.
 """
 
 from __future__ import annotations
@@ -104,6 +109,49 @@ def markdown(table: pd.DataFrame, metrics: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def two_opinions(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per policy, the mean over seeds of the simulator's value, each off-policy estimate and
+    its support, and the true value when there is one (empty without ``ope_*`` metrics)."""
+    from agents.ope import ESTIMATORS
+
+    names = [n for n in ESTIMATORS if any(f"ope_{n}" in r for r in runs)]
+    if not names:
+        return pd.DataFrame()
+    rows = []
+    for policy in sorted({r["policy"] for r in runs}):
+        group = [r for r in runs if r["policy"] == policy]
+        row: dict[str, Any] = {"policy": policy, "seeds": len(group)}
+        for key in ("true_expected_clicks", "expected_clicks", "logged_clicks"):
+            values = [r[key] for r in group if r.get(key) is not None]
+            if values:
+                row[key] = statistics.fmean(values)
+        for n in names:
+            values = [r[f"ope_{n}"] for r in group if r.get(f"ope_{n}") is not None]
+            if values:
+                row[n] = statistics.fmean(values)
+                row[f"{n}_support"] = statistics.fmean(r[f"ope_{n}_support"] for r in group)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def opinions_markdown(table: pd.DataFrame) -> str:
+    """The two-opinions table as Markdown (estimates with their support in parentheses)."""
+    from agents.ope import ESTIMATORS
+
+    plain = [c for c in ("true_expected_clicks", "expected_clicks", "logged_clicks") if c in table]
+    names = [n for n in ESTIMATORS if n in table]
+    head = ["policy", "seeds", *plain, *names]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    for _, row in table.iterrows():
+        cells = [str(row["policy"]), str(row["seeds"])]
+        cells += ["" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in plain]
+        cells += [
+            "" if pd.isna(row[n]) else f"{row[n]:.4f} ({row[n + '_support']:.0%})" for n in names
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, print the table, write ``compare.csv``."""
     parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__)
@@ -125,6 +173,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"- `{job}`: {why}")
         print()
     print(markdown(table, metrics))
+    opinions = two_opinions(runs)
+    if len(opinions):
+        opinions.to_csv(args.sweep / "ope.csv", index=False)
+        print(
+            "\nTwo opinions of each policy's clicks per request: the simulator "
+            "(`expected_clicks`), off-policy estimates of the same final slates at the logged "
+            "positions (share of requests with support), the log's own (`logged_clicks`):\n"
+        )
+        print(opinions_markdown(opinions))
 
 
 if __name__ == "__main__":

@@ -242,3 +242,6 @@ def test_a_failing_job_never_stops_the_sweep(tmp_path: Path) -> None:
     head = table.stdout.split("| policy")[0]
     assert "1 run(s) of this sweep are not in the table" in head
     assert "`0`: failed: ValueError: env.slate_size=0" in head
+    # the synthetic log has propensities: the off-policy estimates come next to the simulator
+    assert "Two opinions" in table.stdout and "| cosine | 1 |" in table.stdout.split("Two")[1]
+    assert (sweep / "ope.csv").is_file()
