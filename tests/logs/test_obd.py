@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from envs.logs.errors import LogValidationError
-from envs.logs.obd import OBDSource, fetch_sdist
+from envs.logs.obd import OBDSource, bernoulli_ts_marginals, bernoulli_ts_prior, fetch_sdist
 from envs.logs.session_log import SessionLog
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "obd"
@@ -147,3 +147,42 @@ def test_real_sample_via_pip(tmp_path: Path) -> None:
     assert bts.stats()["candidates_per_request"] == {"mean": 34.0, "min": 34, "max": 34}
     assert int(bts.click.sum()) == 69
     assert bts.propensity.mean() == pytest.approx(0.163594, abs=1e-6)
+
+
+def test_bernoulli_ts_marginals() -> None:
+    # a sure best item, a sure worst, and a middling one: top-2 is (best, middling) nearly always
+    sure = np.array([[1000.0, 1.0], [1.0, 1000.0], [50.0, 50.0]])
+    m = bernoulli_ts_marginals(sure, slots=2, draws=2_000)
+    np.testing.assert_allclose(m, [[1, 0], [0, 0], [0, 1]], atol=1e-3)
+    # identical priors: every item equally likely at every position (within 5 standard errors)
+    same = np.tile([[3.0, 7.0]], (4, 1))
+    draws = 40_000
+    m = bernoulli_ts_marginals(same, slots=3, draws=draws, seed=1)
+    np.testing.assert_allclose(m.sum(axis=0), 1.0)
+    assert np.abs(m - 0.25).max() < 5 * np.sqrt(0.25 * 0.75 / draws)
+
+
+@pytest.mark.slow
+def test_bts_value_from_the_random_logs(tmp_path: Path) -> None:
+    """The Open Bandit paper's check on the sample: BTS valued from the uniform-random logs."""
+    from experiments.obd import bts_from_random
+
+    cached = Path("~/.cache/rankgym").expanduser()
+    cache = cached if (cached / "obp" / "obp-0.5.7.tar.gz").is_file() else tmp_path
+    try:
+        fetch_sdist(cache)
+    except RuntimeError as err:
+        pytest.skip(f"pip could not fetch the obp sdist holding the OBD sample: {err}")
+    prior = bernoulli_ts_prior("men", cache)
+    assert prior.shape == (34, 2) and (prior > 0).all()
+    rows = bts_from_random("men", cache_dir=str(cache), draws=20_000, bootstrap=200)
+    own, iips, sniips = (r["est"] for r in rows)
+    assert own.value == pytest.approx(69 / 9998)  # the BTS logs' own clicks per request
+    # iips by hand: each random-log click weighted by BTS's / uniform's item-position probability
+    log = OBDSource(archive=str(cache / "obp" / "obp-0.5.7.tar.gz"), campaign="men",
+                    candidates="logged").build()  # fmt: skip
+    pi = bernoulli_ts_marginals(prior, 3, 20_000, 0)
+    weight = pi[log.item_ids.astype(int)[log.item], log.position] / log.propensity
+    assert iips.value == pytest.approx((log.click * weight).sum() / log.n_requests, rel=1e-12)
+    assert iips.ci_low < iips.value < iips.ci_high and iips.support == 1.0
+    assert 0 < sniips.value < 2 * own.value
