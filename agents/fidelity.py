@@ -269,30 +269,32 @@ def ope_zoo(
     clip: float | None = None,
     seed: int = 0,
     exclude: set[str] | frozenset[str] = frozenset(),
+    bootstrap: int = 200,
 ) -> dict[str, dict[str, OPEEstimate]]:
     """Off-policy estimates of every policy's slates: ``{method: {policy: estimate}}``.
 
     Methods: every propensity estimator the log allows (:data:`agents.ope.ESTIMATORS`), and
-    ``dr(<model>)`` for each fitted model in ``models`` (the doubly robust estimator with that
-    model's click probabilities of the policy's slates). No bootstrap: the zoo compares values.
-    Policies named in ``exclude`` (those that read the logged ranking) are not estimated.
+    ``dr(<model>)`` / ``idr(<model>)`` for each fitted model in ``models`` (the doubly robust
+    estimators with that model as control variate; a model that replays the log's own clicks
+    is skipped). Policies named in ``exclude`` (those that read the logged ranking) are not
+    estimated. ``bootstrap`` resamples of sessions give each estimate its interval.
     """
     out: dict[str, dict[str, OPEEstimate]] = {}
-    contexts = {name: m.context(test) for name, m in models.items()}
+    fitted = {name: m for name, m in models.items() if not m.replays_clicks}
+    contexts = {name: m.context(test) for name, m in fitted.items()}
     for policy, (requests, slate) in slates.items():
         if policy in exclude:
             continue
         logged = LoggedSlates.from_log(test, requests, slate.shape[1])
         plain = TargetProbs.deterministic(logged, slate)
-        names = available_estimators(logged, plain)
-        for name in names:
-            out.setdefault(name, {})[policy] = estimate(name, logged, plain, clip, 0, seed)
-        if "rips" not in names:  # dr weights by the prefix propensities
-            continue
-        for name, model in models.items():
+        for name in available_estimators(logged, plain):
+            out.setdefault(name, {})[policy] = estimate(name, logged, plain, clip, bootstrap, seed)
+        for name, model in fitted.items():
             probs = model.click_probs(contexts[name], requests, slate)
-            target = TargetProbs.deterministic(logged, slate, probs)
-            out.setdefault(f"dr({name})", {})[policy] = estimate(
-                "dr", logged, target, clip, 0, seed
-            )
+            own = model.click_probs(contexts[name], requests, logged.items)
+            target = TargetProbs.deterministic(logged, slate, probs, own)
+            for kind in ("dr", "idr"):
+                if kind in available_estimators(logged, target):
+                    est = estimate(kind, logged, target, clip, bootstrap, seed)
+                    out.setdefault(f"{kind}({name})", {})[policy] = est
     return out

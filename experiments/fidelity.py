@@ -11,11 +11,13 @@ On the held-out sessions of a dataset with a ground truth, every zoo policy
 under the truth and under each reward model of ``fidelity.rewards`` (fitted on the training
 sessions, as ``experiments.train`` fits them) and, on logs with propensities
 (``fidelity.ope``), by every off-policy estimator of :mod:`agents.ope` on the same slates (the
-second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms and ``dr(<model>)``).
+second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms, and the doubly robust
+``dr(<model>)`` and ``idr(<model>)`` with each fitted model).
 The run directory gets ``fidelity.md`` (the summary, whether the best simulator and the best
 estimator agree, and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman,
 mean and largest relative error, the share within 5%, pairwise-order agreement, and for the
-estimators their mean support and ESS), ``values.csv`` (policy x method), ``fidelity.png``
+estimators their mean support and ESS and how often the truth lies in their 95% interval),
+``values.csv`` (policy x method), ``fidelity.png``
 (simulated or estimated against true value, one panel per method) and TensorBoard scalars under
 ``fidelity/``.
 """
@@ -95,7 +97,8 @@ def report(
     """(policy x method values, one agreement row per method).
 
     Off-policy methods (``ope``) also get the mean over the zoo of their support (share of
-    requests with a nonzero weight) and effective sample size.
+    requests with a nonzero weight) and effective sample size, and the share of the zoo whose
+    true value lies in the estimate's 95% interval (``covered``: low means bias, not noise).
     """
     ope = ope or {}
     values = {**values, **{m: {p: e.value for p, e in per.items()} for m, per in ope.items()}}
@@ -107,9 +110,12 @@ def report(
         a = agreement(table["truth"][known].to_numpy(), table[method][known].to_numpy())
         row = {"method": method, "kind": "OPE" if method in ope else "simulator"}
         row.update(dataclasses.asdict(a))
-        estimates = list(ope.get(method, {}).values())
+        per = ope.get(method, {})
+        estimates = list(per.values())
         row["support"] = float(np.mean([e.support for e in estimates])) if estimates else np.nan
         row["ess"] = float(np.mean([e.ess for e in estimates])) if estimates else np.nan
+        covered = [e.ci_low <= table.loc[p, "truth"] <= e.ci_high for p, e in per.items()]
+        row["covered"] = float(np.mean(covered)) if covered else np.nan
         rows.append(row)
     return table, pd.DataFrame(rows).set_index("method")
 

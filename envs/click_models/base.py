@@ -87,6 +87,9 @@ class ClickModel:
     name: ClassVar[str] = "base"
     structure: str = "pbm"
     needs_history: ClassVar[bool] = False
+    # True for a model that replays the clicks of the log it is applied to (not a model of
+    # them): an off-policy estimator cannot use it as its control variate
+    replays_clicks: ClassVar[bool] = False
     reads_embeddings: bool = False  # the fit depends on the run's text embeddings
 
     def __init__(self) -> None:

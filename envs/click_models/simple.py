@@ -24,6 +24,7 @@ class LoggedClickModel(ClickModel):
 
     name = "logged"
     structure = "independent"
+    replays_clicks = True
 
     def context(self, log: SessionLog) -> LogContext:
         """The log itself; refuses a log with unshown candidates (they have no logged click)."""

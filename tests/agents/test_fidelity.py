@@ -81,15 +81,17 @@ def test_the_zoo_spans_the_truths_range(world) -> None:
     peeking = {p.name for p in zoo if p.reads_logged_order}
     assert peeking == {"logged", "cosine+logged", "anti-logged"}
     ope = ope_zoo(slates, test, {"pbm": pbm}, exclude=peeking)
-    assert set(ope) == {"ips", "snips", "iips", "sniips", "rips", "snrips", "dr(pbm)"}
+    assert set(ope) == {"ips", "snips", "iips", "sniips", "rips", "snrips", "dr(pbm)", "idr(pbm)"}
     assert set(ope["iips"]) == set(names) - peeking
     for name in set(names) - peeking:
         requests, slate = slates[name]
         assert len(requests) == test.n_requests and slate.shape[1] == 10
         # the more of the ranking a weight asks to match, the fewer requests support it
         assert ope["iips"][name].support >= ope["rips"][name].support >= ope["ips"][name].support
-        # dr weights by the prefix: its support is rips's
+        # dr weights by the prefix, idr by the item-position: their supports are rips's, iips's
         assert ope["dr(pbm)"][name].support == ope["rips"][name].support
+        assert ope["idr(pbm)"][name].support == ope["iips"][name].support
+        assert ope["iips"][name].ci_low <= ope["iips"][name].value <= ope["iips"][name].ci_high
     assert 0 < ope["iips"]["random"].support < 1
 
 
@@ -126,13 +128,15 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     summary = pd.read_csv(run / "fidelity.csv", index_col="method")
-    ope = ["ips", "snips", "iips", "sniips", "rips", "snrips", "dr(pbm)", "dr(neural)"]
+    ope = ["ips", "snips", "iips", "sniips", "rips", "snrips"]
+    ope += ["dr(pbm)", "idr(pbm)", "dr(neural)", "idr(neural)"]
     assert list(summary.index) == ["pbm", "neural", *ope]
     assert (
         summary.loc[ope, "kind"].eq("OPE").all()
         and summary.loc[["pbm"], "kind"].eq("simulator").all()
     )
     assert summary.loc[ope, "support"].between(0, 1).all() and summary.loc[ope, "ess"].gt(0).all()
+    assert summary.loc[ope, "covered"].between(0, 1).all()
     assert summary.loc[["pbm", "neural"], "support"].isna().all()
     assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
     assert summary["kendall_tau"].between(-1, 1).all()

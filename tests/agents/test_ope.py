@@ -61,6 +61,12 @@ def test_exact_values_on_a_hand_made_log() -> None:
     # k=0: w1 (r - Q1) + Q1 = 2 (1 - 0.5) + 0.5; k=1: w2 (r - Q2) + w1 Q2 = 2 (0 - 0.1) + 2 * 0.1
     # r1: k=0: 0 + 0.5; k=1: 0.  Mean: (1.5 + 0.5) / 2
     assert est["dr"].value == pytest.approx(1.0)
+    # idr: sum_k c_k(policy) + w_k (r_k - c_k(logged item)); the model's probabilities of the
+    # logged rankings: r0 [0.4, 0.1] (as the policy's), r1 [0.3, 0.2]
+    own = np.array([[0.4, 0.1], [0.3, 0.2]])
+    idr = off_policy_estimates(log, np.arange(2), slates, probs, ["idr"], None, 0, 0, own)["idr"]
+    # r0: 0.5 + 2 (1 - 0.4) + 2 (0 - 0.1) = 1.5; r1: 0.5 + 0 = 0.5 (no item matches)
+    assert idr.value == pytest.approx(1.0)
     assert off_policy_estimates(log, np.arange(2), slates, bootstrap=0, clip=1.0)[
         "iips"
     ].value == pytest.approx(0.5)
@@ -143,6 +149,27 @@ def test_doubly_robust_is_right_with_either_part_right() -> None:
     # a right model removes the part of the weights' variance it explains (the clicks' own
     # noise, times the weights, stays)
     assert good.ci_high - good.ci_low < 0.9 * (rips.ci_high - rips.ci_low)
+
+
+def test_independent_doubly_robust_under_pbm() -> None:
+    log, attract, exam = _plackett_luce_world("pbm", n=30_000, seed=3)
+    ranking = np.array([0, 1, 2])
+    truth = _true_value("pbm", ranking, attract, exam)
+    n = log.n_requests
+    slates = np.tile(ranking, (n, 1))
+    logged = LoggedSlates.from_log(log, np.arange(n), 3)
+
+    def model(attr: np.ndarray) -> TargetProbs:  # a PBM click model with these attractions
+        own = attr[np.maximum(logged.items, 0)] * exam[:3]
+        policy = np.tile(attr[ranking] * exam[:3], (n, 1))
+        return TargetProbs.deterministic(logged, slates, policy, own)
+
+    good = estimate("idr", logged, model(attract))
+    bad = estimate("idr", logged, model(np.full(5, 0.3)))
+    iips = estimate("iips", logged, model(attract))
+    assert good.value == pytest.approx(truth, rel=0.03)
+    assert bad.ci_low <= truth <= bad.ci_high  # the weights rescue a wrong model
+    assert good.ci_high - good.ci_low < 0.9 * (iips.ci_high - iips.ci_low)  # and it pays
 
 
 def test_missing_propensities_are_named() -> None:
