@@ -454,6 +454,10 @@ class _Generator:
             offsets,
             cfg.propensity_samples,
         )
+        # earlier versions estimated every propensity by Monte Carlo from this generator; skip
+        # the draws they made, so that a seed keeps giving the same world (clicks, histories)
+        width = int(np.diff(offsets).max())
+        rng.bit_generator.advance(cfg.propensity_samples * n_r * width)
 
     def _clicks(self, truth: GroundTruth) -> None:
         # ranking matrix [R, Lmax] of shown items by position, then the truth gives P(click)
