@@ -20,7 +20,7 @@ import numpy as np
 __all__ = ["EXACT_MAX_LIST", "position_marginals", "prefix_probabilities"]
 
 EXACT_MAX_LIST = 14  # 2^14 subsets per request: exact below, Monte Carlo above
-_CHUNK_CELLS = 4_000_000  # requests x subsets x items held at once by the subset DP
+_CHUNK_CELLS = 4_000_000  # subsets x requests held at once by the subset DP
 
 
 def prefix_probabilities(logits: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -70,7 +70,7 @@ def position_marginals(
         rows = np.flatnonzero(lengths == length)
         block = logits[rows, :length]
         if length <= EXACT_MAX_LIST:
-            step = max(1, _CHUNK_CELLS // ((1 << length) * length))
+            step = max(1, _CHUNK_CELLS // (1 << length))
             parts = [_exact(block[s : s + step]) for s in range(0, len(rows), step)]
             out[rows, :length, :length] = np.concatenate(parts)
         else:
@@ -84,28 +84,30 @@ def _exact(logits: np.ndarray) -> np.ndarray:
 
     ``F[S]`` is the probability that the first ``|S|`` draws are the set ``S`` (in any order):
     ``F[S] = sum_{j in S} F[S - j] * w_j / (W - W(S - j))``; then item ``i`` lands at position
-    ``k`` with probability ``sum_{|S| = k, i not in S} F[S] * w_i / (W - W(S))``.
+    ``k`` with probability ``sum_{|S| = k, i not in S} F[S] * w_i / (W - W(S))``. Arrays are
+    ``[subset, request]`` so that every gather reads whole rows.
     """
     n, length = logits.shape
-    weight = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weight = np.exp(logits - logits.max(axis=1, keepdims=True)).T.copy()  # [L, R]
     subsets = np.arange(1 << length)
     bits = ((subsets[:, None] >> np.arange(length)) & 1).astype(np.float64)  # [2^L, L]
     size = bits.sum(axis=1).astype(np.int64)
-    total = weight.sum(axis=1, keepdims=True)
-    left = total - weight @ bits.T  # weight not yet drawn after S, [R, 2^L]
-    ratio = np.zeros((n, 1 << length))  # F[S] / left[S]: the per-draw factor of the next item
-    ratio[:, 0] = 1.0 / total[:, 0]
-    out = np.zeros((n, length, length))
+    total = weight.sum(axis=0)
+    left = total[None, :] - bits @ weight  # weight not yet drawn after S, [2^L, R]
+    ratio = np.zeros((1 << length, n))  # F[S] / left[S]: the factor of the next draw
+    ratio[0] = 1.0 / total
+    out = np.zeros((length, length, n))  # [item, position, request]
     for k in range(length):
         level = np.flatnonzero(size == k)
         if k > 0:
-            parents = level[:, None] ^ (1 << np.arange(length))  # S - j for every j in S
-            has = bits[level]  # [n_k, L]
-            f = (ratio[:, parents] * weight[:, None, :] * has).sum(axis=2)  # F[S], [R, n_k]
-            ratio[:, level] = f / left[:, level]
+            f = np.zeros((len(level), n))
+            for j in range(length):  # S = parent + j for every parent without j
+                has = np.flatnonzero((level >> j) & 1)
+                f[has] += ratio[level[has] ^ (1 << j)] * weight[j]
+            ratio[level] = f / left[level]
         # item i at position k: sum over |S| = k without i of F[S] w_i / left[S]
-        out[:, :, k] = weight * (ratio[:, level] @ (1.0 - bits[level]))
-    return out
+        out[:, k, :] = weight * ((1.0 - bits[level]).T @ ratio[level])
+    return out.transpose(2, 0, 1)
 
 
 def _monte_carlo(logits: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
