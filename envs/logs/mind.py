@@ -9,7 +9,9 @@ A MIND split directory holds two headerless tab-separated files::
 ``time`` reads like ``11/15/2019 8:55:22 AM`` (no time zone given; read as UTC), ``history`` is
 the space-separated news the user clicked before the log period, ``impressions`` the shown list
 ``N123-1 N456-0`` with click labels. One behaviors row becomes one request; a session is a user's
-requests on one calendar day.
+requests on one calendar day. MIND records no logging propensities (``propensity`` and
+``prefix_propensity`` stay null), so off-policy estimators do not apply to it; its policies are
+valued by the fitted simulator only.
 """
 
 from __future__ import annotations

@@ -20,7 +20,12 @@ How rows become a ranking problem (OBD as OBD is):
   ``item_context.csv`` is a candidate, so a policy ranks the catalog into 3 slots
   (``conf/experiment/obd.yaml``: ``env.slate_size=3``, ``env.max_candidates`` the catalog).
 * **Propensity.** Each row's ``propensity_score`` (the logging policy's ``action_prob``) is the
-  probability that it showed this item at this position: an item-position propensity.
+  probability that it showed this item at this position: an item-position propensity, so the
+  item-position estimators (``iips``, ``sniips``, ``idr``) apply. The probability of the items
+  above it (``prefix_propensity``) is not recorded, so the whole-slate and prefix estimators
+  (``ips``, ``rips``, ``dr``) do not; the uniform logger's could be derived, Bernoulli TS's
+  cannot from the files. ``bernoulli_ts_marginals`` recomputes BTS's item-position
+  probabilities from its starting prior (``bernoulli_ts_prior``) for off-policy evaluation.
 * **User.** A user is a hash of the four user features, which are kept as categorical user
   feature columns; the user's history is the items with a positive affinity in the user's first
   logged row (least affinity first). A session is a user's requests on one UTC calendar day.
