@@ -135,11 +135,16 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
         summary.loc[ope, "kind"].eq("OPE").all()
         and summary.loc[["pbm"], "kind"].eq("simulator").all()
     )
-    assert summary.loc[ope, "support"].between(0, 1).all() and summary.loc[ope, "ess"].gt(0).all()
+    assert summary.loc[ope, "support"].between(0, 1).all() and summary.loc[ope, "ess"].ge(0).all()
+    # item-position weights find support for every policy; whole slates rarely match
+    assert summary.loc["iips", "ess"] > summary.loc["ips", "ess"]
+    assert summary.loc["iips", "support"] > summary.loc["rips", "support"]
     assert summary.loc[ope, "covered"].between(0, 1).all()
     assert summary.loc[["pbm", "neural"], "support"].isna().all()
     assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
-    assert summary["kendall_tau"].between(-1, 1).all()
+    # (an estimator that values every policy at 0, as ips may here, has no tau)
+    assert summary["kendall_tau"].dropna().between(-1, 1).all()
+    assert summary.loc[["pbm", "neural", "iips", "rips"], "kendall_tau"].notna().all()
     values = pd.read_csv(run / "values.csv", index_col="policy")
     assert values.loc["truth-oracle", "truth"] == values["truth"].max()
     assert values.loc["logged", "iips"] != values.loc["logged", "iips"]  # n/a: it reads the log
