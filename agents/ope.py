@@ -53,6 +53,7 @@ __all__ = [
     "estimate",
     "logged_clicks",
     "off_policy_estimates",
+    "round_rewards",
 ]
 
 # estimator -> (the probabilities it weights by, self-normalised)

@@ -198,6 +198,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     if OmegaConf.select(cfg, "reward._target_") != "envs.click_models.simple.TruthClickModel":
         raise ValueError("experiments.fidelity values policies under the truth: keep reward=truth")
     check_rewards(list(cfg.fidelity.rewards))
+    clip = cfg.fidelity.clip
+    if clip is not None and not (isinstance(clip, int | float) and clip > 0):
+        raise ValueError(f"fidelity.clip={clip!r}; allowed: a number > 0, or null (no clipping)")
     s = setup(cfg)
     if s.truth is None:
         raise ValueError(f"{cfg.out}: this dataset has no ground truth; fidelity needs one")

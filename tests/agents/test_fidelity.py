@@ -157,3 +157,7 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
                            text=True, timeout=600)  # fmt: skip
     assert wrong.returncode == 2
     assert "fidelity.rewards has 'pbn'; allowed: cascade, dcm, logged, neural, pbm" in wrong.stderr
+    clip = subprocess.run([*args, "fidelity.clip=-1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert clip.returncode == 2
+    assert "fidelity.clip=-1; allowed: a number > 0, or null (no clipping)" in clip.stderr
