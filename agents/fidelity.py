@@ -208,12 +208,21 @@ class Agreement:
     pairs: int
 
 
+def clear_pairs(
+    true_values: np.ndarray, min_gap: float = MIN_GAP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``(i, j)`` of policies, and whether their true values differ by more than
+    ``min_gap`` (relative to the smaller one)."""
+    t = np.asarray(true_values, dtype=np.float64)
+    i, j = np.triu_indices(len(t), k=1)
+    gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
+    return i, j, gap > min_gap
+
+
 def agreement(true_values: np.ndarray, values: np.ndarray, min_gap: float = MIN_GAP) -> Agreement:
     """Compare a method's values of the zoo with the true values (same order of policies)."""
     t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    i, j = np.triu_indices(len(t), k=1)
-    gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
-    clear = gap > min_gap
+    i, j, clear = clear_pairs(t, min_gap)
     same = np.sign(t[i] - t[j]) == np.sign(v[i] - v[j])
     error = np.abs(v - t) / np.maximum(np.abs(t), 1e-12)
     return Agreement(
@@ -293,8 +302,8 @@ def ope_zoo(
             probs = model.click_probs(contexts[name], requests, slate)
             own = model.click_probs(contexts[name], requests, logged.items)
             target = TargetProbs.deterministic(logged, slate, probs, own)
-            for kind in ("dr", "idr"):
-                if kind in available_estimators(logged, target):
-                    est = estimate(kind, logged, target, clip, bootstrap, seed)
-                    out.setdefault(f"{kind}({name})", {})[policy] = est
+            allowed = available_estimators(logged, target)
+            for kind in [k for k in ("dr", "idr") if k in allowed]:
+                est = estimate(kind, logged, target, clip, bootstrap, seed)
+                out.setdefault(f"{kind}({name})", {})[policy] = est
     return out

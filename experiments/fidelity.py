@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines import SB3Policy
 from agents.checkpoint import CHECKPOINT
-from agents.fidelity import MIN_GAP, agreement, ope_zoo, policy_zoo, value_zoo
+from agents.fidelity import MIN_GAP, agreement, clear_pairs, ope_zoo, policy_zoo, value_zoo
 from agents.ope import OPEEstimate
 from agents.training import SB3Agent
 from envs.click_models.simple import TruthClickModel
@@ -133,9 +133,7 @@ def consensus(table: pd.DataFrame, summary: pd.DataFrame, min_gap: float = MIN_G
     table = table[table[best["OPE"]].notna()]
     t = table["truth"].to_numpy()
     a, b = (table[best[k]].to_numpy() for k in ("simulator", "OPE"))
-    i, j = np.triu_indices(len(t), k=1)
-    gap = np.abs(t[i] - t[j]) / np.maximum(np.minimum(np.abs(t[i]), np.abs(t[j])), 1e-12)
-    clear = gap > min_gap
+    i, j, clear = clear_pairs(t, min_gap)
     same = np.sign(a[i] - a[j]) == np.sign(b[i] - b[j])
     both_right = same & (np.sign(a[i] - a[j]) == np.sign(t[i] - t[j]))
     return (
