@@ -133,7 +133,7 @@ class CandidateScorer(nn.Module):
     def encode(self, obs: dict[str, torch.Tensor]) -> Encoded:
         """Project the observation: context, candidates, mask, codes and similarity features."""
         mask = obs["mask"] > 0.5
-        position = obs["position"].long().reshape(-1).clamp(0, self.position.num_embeddings - 1)
+        position = obs["position"].long().reshape(-1)
         if self.mode == "ids":
             pad = self.items.shape[0] - 1
             codes = obs["candidates"].long()
@@ -157,7 +157,34 @@ class CandidateScorer(nn.Module):
             # [pooled history features, the user's own features], pooled by the env
             user_feats = [obs["user_features"]] if "user_features" in obs else []
         context = torch.cat([query, user, *user_feats], dim=1)
-        ctx = self.ctx_proj(context) + self.position(position)
+        return self.encode_vectors(query, user, context, items, item_feats, mask, position, codes)
+
+    def encode_vectors(
+        self,
+        query: torch.Tensor,
+        user: torch.Tensor,
+        context: torch.Tensor,
+        items: torch.Tensor,
+        item_feats: torch.Tensor,
+        mask: torch.Tensor,
+        position: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        positions_axis: bool = False,
+    ) -> Encoded:
+        """:meth:`encode` from vectors rather than an observation (what an exported ranker has).
+
+        ``query``/``user`` are ``[B, d]``, ``context`` ``[B, 2d + features]`` (query, user
+        state, pooled history features, the user's own features), ``items`` ``[B, N, d]`` and
+        ``item_feats`` ``[B, N, fi]``; ``position`` is ``[B]``, or with ``positions_axis``
+        ``[P]``, to score every request at ``P`` positions at once (``ctx`` is then
+        ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``).
+        """
+        position = position.clamp(0, self.position.num_embeddings - 1)
+        ctx = self.ctx_proj(context)
+        if positions_axis:
+            ctx = ctx.unsqueeze(1) + self.position(position).unsqueeze(0)
+        else:
+            ctx = ctx + self.position(position)
         # cosine of the candidate with the query and with the user state: the signal a
         # similarity ranker uses, given to the network directly rather than rediscovered
         unit = torch.nn.functional.normalize(items, dim=-1)
@@ -171,18 +198,59 @@ class CandidateScorer(nn.Module):
         item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
         return Encoded(ctx, item_h, mask, codes, sims)
 
-    def score(self, enc: Encoded) -> torch.Tensor:
-        """``[B, K]`` scores from :meth:`encode`'s output; masked candidates get MASKED."""
-        c = enc.ctx.unsqueeze(1)
+    def score(self, enc: Encoded, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K]`` scores from :meth:`encode`'s output; masked candidates get MASKED.
+
+        ``bias`` (``[B, K]``) replaces the learned item bias: an exported ranker looks the
+        bias up in its own item table (and gives unknown items 0).
+        """
+        network, sims, codes, mask = self._network(enc)
+        scores = network + self.similarity(sims).squeeze(-1)
+        bias = self._bias(codes, bias, enc.ctx.dim() == 3)
+        if bias is not None:
+            scores = scores + bias
+        return scores.masked_fill(~mask, MASKED)
+
+    def score_parts(self, enc: Encoded, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., N, 4]`` additive parts of the unmasked scores (what a ranker explains).
+
+        The parts are the weighted cosine with the query, the weighted cosine with the user
+        state, the learned item bias (0 without one) and the network's remainder (its head
+        plus the similarity weighting's intercept); they sum to :meth:`score` (up to float
+        rounding) wherever the candidate may be placed.
+        """
+        network, sims, codes, _ = self._network(enc)
+        w = self.similarity.weight.reshape(-1)
+        bias = self._bias(codes, bias, enc.ctx.dim() == 3)
+        bias = torch.zeros_like(network) if bias is None else bias
+        parts = (sims[..., 0] * w[0], sims[..., 1] * w[1], bias, network + self.similarity.bias)
+        return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
+
+    def _bias(
+        self, codes: torch.Tensor | None, given: torch.Tensor | None, positions_axis: bool
+    ) -> torch.Tensor | None:
+        """The item bias: ``given`` (``[B, N]``), else the learned table's for ``codes``."""
+        if given is not None:
+            return given.unsqueeze(1) if positions_axis else given
+        if self.bias is None or codes is None:
+            return None
+        return self.bias(codes).squeeze(-1)
+
+    def _network(
+        self, enc: Encoded
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The head's output ``[..., N]`` and the similarity features, codes and mask, each
+        with the position axis of ``enc.ctx`` when it has one."""
+        item_h, sims, mask, codes = enc.item_h, enc.sims, enc.mask, enc.codes
+        if enc.ctx.dim() == 3:  # [B, P, h]: every request at P positions
+            item_h, sims, mask = item_h.unsqueeze(1), sims.unsqueeze(1), mask.unsqueeze(1)
+            codes = None if codes is None else codes.unsqueeze(1)
+        c = enc.ctx.unsqueeze(-2)
         if self.variant == "mlp":
-            x = torch.cat([enc.item_h, c.expand_as(enc.item_h), enc.item_h * c], dim=-1)
-            scores = self.head(torch.relu(x)).squeeze(-1)
-        else:
-            scores = (enc.item_h * c).sum(-1) / self.hidden**0.5
-        scores = scores + self.similarity(enc.sims).squeeze(-1)
-        if self.bias is not None and enc.codes is not None:
-            scores = scores + self.bias(enc.codes).squeeze(-1)
-        return scores.masked_fill(~enc.mask, MASKED)
+            item_h, c = torch.broadcast_tensors(item_h, c)
+            network = self.head(torch.relu(torch.cat([item_h, c, item_h * c], dim=-1)))
+            return network.squeeze(-1), sims, codes, mask
+        return (item_h * c).sum(-1) / self.hidden**0.5, sims, codes, mask
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, K]`` candidate scores."""

@@ -16,7 +16,8 @@ sessions with periodic evaluation on held-out sessions, then evaluate on all hel
 the log's own: ``ope_iips``, ``ope_rips``, ..., ``logged_clicks``, :mod:`agents.ope`).
 The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/`` plus
 ``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/`` (:mod:`agents.checkpoint`:
-nothing in it is unpickled when a run resumes).
+nothing in it is unpickled when a run resumes); with ``export=true`` also ``ranker/``, the
+policy as a servable ranker (:mod:`experiments.export`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.baselines import SB3Policy
+from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
 from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
 from agents.evaluation import EvaluationResult, evaluate
 from agents.ope import logged_clicks, off_policy_estimates
@@ -140,7 +141,7 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 RUN_CONFIG = "run_config.yaml"  # the run's own resolved config (Hydra rewrites .hydra/ on resume)
-RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device")
+RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device", "export")
 
 
 def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -192,6 +193,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), run_dir / RUN_CONFIG)
     set_random_seed(cfg.seed)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
+    if cfg.get("export") and not isinstance(agent, SB3Agent | CosinePolicy | PopularityPolicy):
+        raise ValueError(f"export=true: agent={cfg.agent.name} cannot be exported; allowed: "
+                         "ppo, a2c, dqn, cosine, popularity")  # fmt: skip
     s = setup(cfg)
 
     def evaluate_policy(policy: Any, sessions: int | None, final: bool = False) -> dict[str, Any]:
@@ -240,6 +244,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", run_dir / "metrics.json")
+    if cfg.get("export"):
+        from experiments.export import RANKER_DIR, export_policy
+
+        export_policy(cfg, policy, s, run_dir, run_dir / RANKER_DIR)
     return metrics
 
 

@@ -1,0 +1,336 @@
+"""Export and Ranker: parity with the torch policy in the environment, encoders, bad input.
+
+The world is the default synthetic world (``SyntheticWorld()``), embedded with the hashing
+encoder; PPO, A2C and DQN are trained briefly (parity does not need a good policy, only a
+trained one: its item biases and weights are no longer at their initial values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
+from agents.export import export_ranker, policy_scorer
+from agents.ranker import PARTS, Ranker, RankerError
+from agents.training import build_agent
+from encoders.hashing import HashingEncoder
+from encoders.tiny import tiny_bert_encoder
+from envs.click_models.simple import TruthClickModel
+from envs.logs.synthetic import SyntheticWorld
+from envs.replay import ReplayConfig
+from envs.session_replay import SessionReplayEnv
+from envs.setup import RunSetup, Split, setup_run
+from envs.vector import BatchedReplayEnv
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = ReplayConfig(obs_mode="ids")  # conf/env/default.yaml
+HASHING = HashingEncoder(dim=64)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> RunSetup:
+    """The default synthetic world, split and embedded, with its ground truth as reward."""
+    out = tmp_path_factory.mktemp("world") / "synthetic"
+    return setup_run(SyntheticWorld(), out, HASHING, lambda: TruthClickModel(path=out), ENV,
+                     Split())  # fmt: skip
+
+
+def trained(s: RunSetup, algorithm: str, steps: int, **hyperparams: Any) -> SB3Policy:
+    venv = BatchedReplayEnv(s.train, s.encoded, s.reward, s.env, num_envs=16, device="cpu",
+                            request_infos=False)  # fmt: skip
+    venv.seed(0)
+    model = build_agent(algorithm, venv, seed=0, device="cpu", hyperparams=hyperparams)
+    model.learn(steps)
+    return SB3Policy(model, "ids", algorithm)
+
+
+def export(s: RunSetup, policy: Any, out: Path, **kwargs: Any) -> Ranker:
+    export_ranker(policy, s.encoded, s.data.item_ids, s.data.query_texts, s.data.user_ids,
+                  s.env, out, encoder=kwargs.pop("encoder", HASHING), **kwargs)  # fmt: skip
+    return Ranker.load(out)
+
+
+@pytest.fixture(scope="module")
+def rankers(world: RunSetup, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """name -> (policy, ranker) for a trained PPO, A2C, DQN and the two baselines."""
+    root = tmp_path_factory.mktemp("rankers")
+    policies = {
+        "ppo": trained(world, "ppo", 2048, n_steps=64, batch_size=256, learning_rate=3e-3),
+        "a2c": trained(world, "a2c", 512, n_steps=8),
+        "dqn": trained(world, "dqn", 1024, learning_starts=256, buffer_size=4096, batch_size=64),
+        "cosine": CosinePolicy().fit(world.train, world.encoded),
+        "popularity": PopularityPolicy().fit(world.train, world.encoded),
+    }
+    return {n: (p, export(world, p, root / n)) for n, p in policies.items()}
+
+
+def replay_requests(s: RunSetup, policy: Any, n: int) -> list[dict[str, Any]]:
+    """Held-out requests replayed in ``SessionReplayEnv``: each one's inputs as a ranker gets
+    them (query text, history ids, candidate ids), the env's slate and, per slot, the torch
+    scores of the candidates still free."""
+    data = s.test
+    env = SessionReplayEnv(data, s.encoded, s.reward, s.env)
+    scorer = policy_scorer(policy) if isinstance(policy, SB3Policy) else None
+    out: list[dict[str, Any]] = []
+    for episode in range(env.engine.data.n_episodes):
+        obs, _ = env.reset(seed=0, options={"episode": episode})
+        done = False
+        while not done and len(out) < n:
+            e = env.engine
+            cand = e.cand[0][e.cand[0] >= 0]
+            request = {
+                "query": str(data.query_texts[data.request_query[e.req[0]]]),
+                "user_history": [str(data.item_ids[i]) for i in e.history[0] if i >= 0],
+                "candidates": [str(data.item_ids[i]) for i in cand],
+                "k": int(e.slate_len[0]), "torch": [],
+            }  # fmt: skip
+            while True:
+                batch = {k: v[None] for k, v in obs.items()}
+                if scorer is not None:
+                    with torch.no_grad():
+                        t = {k: torch.as_tensor(v) for k, v in batch.items()}
+                        scores = scorer(t)[0, : len(cand)].numpy()
+                    request["torch"].append((scores, obs["mask"][: len(cand)] > 0.5))
+                    action = int(policy.model.predict(batch, deterministic=True)[0][0])
+                else:
+                    action = int(policy.act(batch, env)[0])
+                obs, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+                if "slate" in info:
+                    break
+            request["slate"] = [str(data.item_ids[i]) for i in info["slate"]]
+            out.append(request)
+        if len(out) >= n:
+            break
+    return out
+
+
+@pytest.mark.parametrize(("name", "n"), [("ppo", 1000), ("cosine", 1000), ("a2c", 200),
+                                         ("dqn", 200), ("popularity", 200)])  # fmt: skip
+def test_ranker_slates_equal_the_policy_in_the_env(
+    world: RunSetup, rankers: dict[str, Any], name: str, n: int
+) -> None:
+    """The Ranker's slate is the policy's deterministic slate in SessionReplayEnv, exactly, and
+    its scores are the torch scorer's to 1e-5, slot by slot."""
+    policy, ranker = rankers[name]
+    requests = replay_requests(world, policy, n)
+    assert len(requests) == n
+    worst = 0.0
+    for r in requests:
+        ranked = ranker.rank(r["query"], r["user_history"], r["candidates"], k=r["k"])
+        assert [i for i, _ in ranked] == r["slate"], r
+        if r["torch"]:  # trained policies: every slot's scores of the free candidates
+            onnx = ranker.scores(r["query"], r["user_history"], r["candidates"])
+            for p, (scores, free) in enumerate(r["torch"]):
+                worst = max(worst, float(np.abs(onnx[p][free] - scores[free]).max()))
+    assert worst <= 1e-5
+    if name in ("ppo", "dqn"):  # trained: a policy that differs from its initial ranking
+        assert np.abs(policy_scorer(policy).bias.weight.detach().numpy()).max() > 1e-3
+
+
+def test_explain_parts_add_up_to_the_ranked_scores(rankers: dict[str, Any]) -> None:
+    for name in ("ppo", "cosine", "popularity"):
+        ranker = rankers[name][1]
+        cands = [f"i{c:04d}" for c in (3, 10, 20, 47, 500)]
+        ranked = ranker.rank("blender", ["i0001", "i0002"], cands)
+        explained = ranker.explain("blender", ["i0001", "i0002"], cands)
+        assert [(e["item_id"], e["score"]) for e in explained] == ranked
+        assert [e["rank"] for e in explained] == list(range(len(cands)))
+        for e in explained:
+            assert set(e["parts"]) == set(PARTS)
+            assert sum(e["parts"].values()) == pytest.approx(e["score"], abs=1e-5)
+        if name == "popularity":  # only the bias: the training CTR
+            assert all(e["parts"]["item_bias"] == e["score"] for e in explained)
+
+
+def test_unknown_items_are_encoded_and_get_no_learned_bias(
+    world: RunSetup, rankers: dict[str, Any]
+) -> None:
+    data = world.data
+    cosine, ppo = rankers["cosine"][1], rankers["ppo"][1]
+    known = ["i0003", "i0010", "i0020"]
+    copy = {"item_id": "new-item", "text": str(data.item_texts[10])}
+    # cosine reads the text only: an unknown copy of i0010 scores exactly as i0010
+    scores = dict(cosine.rank("blender", ["i0001"], [*known, copy]))
+    assert scores["new-item"] == pytest.approx(scores["i0010"], abs=1e-6)
+    parts = {e["item_id"]: e["parts"] for e in ppo.explain("blender", ["i0001"], [*known, copy])}
+    assert parts["new-item"]["item_bias"] == 0.0 and parts["i0010"]["item_bias"] != 0.0
+    assert parts["new-item"]["query"] == pytest.approx(parts["i0010"]["query"], abs=1e-6)
+    # a known id with a text keeps its exported embedding
+    same = ppo.rank("blender", [], [{"item_id": "i0003", "text": "anything at all"}, "i0010"])
+    assert same == ppo.rank("blender", [], ["i0003", "i0010"])
+    # unknown queries and history items with a text are encoded too
+    assert len(ppo.rank("a query nobody typed", [{"item_id": "h", "text": "red kettle"}],
+                        known)) == 3  # fmt: skip
+
+
+def test_batched_ranking_equals_one_by_one(rankers: dict[str, Any]) -> None:
+    ranker = rankers["ppo"][1]
+    requests = [
+        {"query": "blender", "user_history": ["i0001"], "candidates": ["i0003", "i0010"]},
+        {"query": None, "user_history": [], "candidates": [f"i{c:04d}" for c in range(30)],
+         "k": 5},
+        {"query": "kettle", "candidates": ["i0100", {"item_id": "x", "text": "steel kettle"}]},
+    ]  # fmt: skip
+    batched = ranker.rank_batch(requests)
+    for request, ranked in zip(requests, batched, strict=True):
+        one = ranker.rank(request.get("query"), request.get("user_history", []),
+                          request["candidates"], k=request.get("k"))  # fmt: skip
+        assert [i for i, _ in ranked] == [i for i, _ in one]
+        np.testing.assert_allclose([s for _, s in ranked], [s for _, s in one], atol=1e-5)
+    assert len(batched[1]) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"candidates": []}, "non-empty list"),
+        ({"candidates": ["i0001", "nope"]}, "candidate 1: unknown item 'nope' without a text"),
+        ({"candidates": ["i0001", "i0001"]}, "'i0001' appears twice"),
+        ({"candidates": [f"i{c:04d}" for c in range(41)]}, "41 candidates; .* at most 40"),
+        ({"candidates": ["i0001"], "k": 0}, "k=0; allowed"),
+        ({"candidates": ["i0001"], "user_history": ["ghost"]}, "user_history 0: unknown item"),
+        ({"candidates": [{"item_id": "z", "txt": "typo"}]}, "keys item_id and .* text"),
+        ({"candidates": [3.5]}, "item_id must be a string"),
+        ({"candidates": ["i0001"], "query": 7}, "query must be a string"),
+        ({"candidates": ["i0001"], "colour": "red"}, r"unknown keys \['colour'\]"),
+    ],
+)
+def test_bad_requests_name_what_is_wrong(
+    rankers: dict[str, Any], kwargs: dict[str, Any], match: str
+) -> None:
+    ranker = Ranker.load(rankers["ppo"][1].directory, max_candidates=40)
+    with pytest.raises(RankerError, match=match):
+        ranker.rank_batch([kwargs])
+
+
+def test_without_an_encoder_only_known_texts_rank(world: RunSetup, tmp_path: Path) -> None:
+    ranker = export(world, CosinePolicy().fit(world.train, world.encoded), tmp_path / "r",
+                    with_encoder=False)  # fmt: skip
+    known_query = str(world.data.query_texts[0])
+    assert len(ranker.rank(known_query, [], ["i0001", "i0002"])) == 2
+    with pytest.raises(RankerError, match="query 'no such query' is not one"):
+        ranker.rank("no such query", [], ["i0001"])
+    with pytest.raises(RankerError, match="unknown item 'n', and this ranker has no text encoder"):
+        ranker.rank(known_query, [], [{"item_id": "n", "text": "a new thing"}])
+
+
+def test_tampered_or_mismatched_directories_are_refused(
+    rankers: dict[str, Any], tmp_path: Path
+) -> None:
+    source = rankers["ppo"][1].directory
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(source, target)
+        return target
+
+    changed = copy("changed")
+    bias = np.load(changed / "item_bias.npy")
+    np.save(changed / "item_bias.npy", bias + 1)
+    with pytest.raises(RankerError, match=r"item_bias.npy: changed since export"):
+        Ranker.load(changed)
+    missing = copy("missing")
+    (missing / "scorer.onnx").unlink()
+    with pytest.raises(RankerError, match=r"scorer.onnx: missing"):
+        Ranker.load(missing)
+    # a consistent manifest (the sha256 rewritten) cannot hide a table of the wrong shape
+    reshaped = copy("reshaped")
+    np.save(reshaped / "items.npy", np.zeros((5, 64), np.float32))
+    manifest = json.loads((reshaped / "manifest.json").read_text())
+    digest = hashlib.sha256((reshaped / "items.npy").read_bytes()).hexdigest()
+    manifest["files"]["items.npy"] = digest
+    (reshaped / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RankerError, match=r"items.npy: shape \(5, 64\)"):
+        Ranker.load(reshaped)
+    old = copy("old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RankerError, match="format_version 99"):
+        Ranker.load(old)
+    with pytest.raises(RankerError, match="manifest.json: missing"):
+        Ranker.load(tmp_path)
+
+
+def test_export_refuses_what_it_cannot_serve(world: RunSetup, tmp_path: Path) -> None:
+    from agents.baselines import RandomPolicy
+
+    with pytest.raises(ValueError, match="'random' cannot be exported; allowed: ppo"):
+        export(world, RandomPolicy(), tmp_path / "r")
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds files rankgym did not write"):
+        export(world, CosinePolicy().fit(world.train, world.encoded), user_dir)
+    assert (user_dir / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def tiny_ranker(world: RunSetup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """The cosine baseline over a tiny BERT, exported with its encoder as ONNX."""
+    from encoders.encoded_log import encode_log
+
+    encoder = tiny_bert_encoder()
+    encoded = encode_log(world.data, encoder)
+    out = tmp_path_factory.mktemp("tiny") / "ranker"
+    export_ranker(CosinePolicy().fit(world.train, encoded), encoded, world.data.item_ids,
+                  world.data.query_texts, world.data.user_ids, world.env, out,
+                  encoder=encoder)  # fmt: skip
+    return encoder, out
+
+
+def test_exported_transformer_encoder_equals_the_torch_encoder(tiny_ranker: Any) -> None:
+    encoder, out = tiny_ranker
+    ranker = Ranker.load(out)
+    assert ranker.manifest["encoder"]["kind"] == "onnx"
+    texts = ["", "red kettle", "Stainless STEEL kettle, 1.7l!", "x " * 200, "naïve café ☕",
+             *[f"blender {i} with {'extra ' * (i % 7)}words" for i in range(70)]]  # fmt: skip
+    np.testing.assert_allclose(ranker.encode(texts), encoder.encode(texts), atol=1e-4)
+
+
+NO_TORCH = """
+import sys
+from agents.ranker import Ranker
+import experiments.serve
+ranker = Ranker.load(sys.argv[1])
+ranker.rank("a new query", ["i0001"], ["i0002", {"item_id": "n", "text": "green kettle"}])
+print(sorted(m for m in ("torch", "stable_baselines3", "gymnasium", "transformers")
+             if m in sys.modules))
+"""
+
+
+def test_ranker_and_server_run_without_torch(tiny_ranker: Any, rankers: dict[str, Any]) -> None:
+    for directory in (tiny_ranker[1], rankers["ppo"][1].directory):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, str(directory)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_exported_minilm_equals_transformer_encoder(tmp_path: Path) -> None:
+    """The packaged all-MiniLM-L6-v2, exported: embeddings equal TransformerEncoder's to 1e-4."""
+    from encoders.transformer import TransformerEncoder
+    from tests.conftest import SMALL_WORLD
+
+    encoder = TransformerEncoder(device="cpu", progress=False)
+    out = tmp_path / "small"
+    s = setup_run(SyntheticWorld(**SMALL_WORLD), out, encoder, lambda: TruthClickModel(path=out),
+                  ENV, Split())  # fmt: skip
+    ranker = export(s, CosinePolicy().fit(s.train, s.encoded), tmp_path / "ranker",
+                    encoder=encoder)  # fmt: skip
+    assert ranker.manifest["encoder"]["fingerprint"] == encoder.fingerprint
+    texts = [*s.data.item_texts[:100], "", "word " * 400, "naïve café ☕"]
+    np.testing.assert_allclose(ranker.encode(texts), encoder.encode(texts), atol=1e-4)
