@@ -314,6 +314,12 @@ def export_ranker(
             f"with_encoder=true needs a transformer or hashing encoder, got "
             f"{type(encoder).__name__}; export with with_encoder=false"
         )
+    fingerprint = getattr(encoder, "fingerprint", encoded.fingerprint)
+    if fingerprint != encoded.fingerprint:
+        raise ValueError(
+            f"encoder {getattr(encoder, 'name', '?')} has fingerprint {fingerprint}; the "
+            f"embeddings were made by {encoded.fingerprint}: export with the run's own encoder"
+        )
     features = env.features
     fi = encoded.item_features.shape[1] if features else 0
     fu = encoded.user_features.shape[1] if features else 0

@@ -270,7 +270,6 @@ class Ranker:
         n = max(len(r["candidates"]) for r in parsed)
         h = self.history_len
         d, fi, fu = self.dim, self.fi, self.fu
-        items, feats = self.tables["items"], self.tables["item_features"]
         inputs = {
             "query": np.zeros((b, d), np.float32), "user": np.zeros((b, d), np.float32),
             "context_features": np.zeros((b, fi + fu), np.float32),
@@ -289,22 +288,12 @@ class Ranker:
             )
             recent = req["history"][-h:]
             start = h - len(recent)  # right-aligned, most recent last, as in training
-            for j, (_, code, text) in enumerate(recent, start=start):
-                history_codes[r, j] = 0
-                if code is None:
-                    history_vecs[r, j] = encoded[texts[text]]
-                else:
-                    history_vecs[r, j] = items[code]
-                    history_feats[r, j] = feats[code]
+            history_codes[r, start:] = 0
+            self._fill(recent, encoded, texts, history_vecs[r, start:], history_feats[r, start:])
             cands = req["candidates"]
-            for j, (_, code, text) in enumerate(cands):
-                if code is None:
-                    inputs["candidates"][r, j] = encoded[texts[text]]
-                    inputs["bias"][r, j] = self.unknown_bias
-                else:
-                    inputs["candidates"][r, j] = items[code]
-                    inputs["candidate_features"][r, j] = feats[code]
-                    inputs["bias"][r, j] = self.tables["item_bias"][code]
+            bias = self._fill(cands, encoded, texts, inputs["candidates"][r],
+                              inputs["candidate_features"][r])  # fmt: skip
+            inputs["bias"][r, : len(cands)] = bias
             inputs["mask"][r, : len(cands)] = True
             if fu:
                 inputs["context_features"][r, fi:] = self.tables["user_features"][req["user_code"]]
@@ -316,6 +305,28 @@ class Ranker:
             pooled = np.einsum("bh,bhf->bf", weights, history_feats).astype(np.float32)
             inputs["context_features"][:, :fi] = pooled
         return _Batch(inputs, ids, n_rank)
+
+    def _fill(
+        self,
+        items: list[tuple[str, int | None, str | None]],
+        encoded: np.ndarray,
+        texts: dict[str, int],
+        vectors: np.ndarray,
+        features: np.ndarray,
+    ) -> np.ndarray:
+        """Write the items' vectors and features into the first rows of ``vectors`` and
+        ``features`` (known items from the tables, new ones from ``encoded``, zero features);
+        return their biases."""
+        codes = np.array([-1 if c is None else c for _, c, _ in items], dtype=np.int64)
+        known = np.flatnonzero(codes >= 0)
+        vectors[known] = self.tables["items"][codes[known]]
+        features[known] = self.tables["item_features"][codes[known]]
+        new = np.flatnonzero(codes < 0)
+        if len(new):
+            vectors[new] = encoded[[texts[items[i][2]] for i in new]]
+        bias = np.full(len(items), self.unknown_bias, dtype=np.float32)
+        bias[known] = self.tables["item_bias"][codes[known]]
+        return bias
 
     def _parse(self, n: int, request: Mapping[str, Any]) -> dict[str, Any]:
         """One request checked and resolved to codes (``None`` code: encode its text)."""
@@ -372,6 +383,8 @@ class Ranker:
 
     def _item(self, where: str, item: Item) -> tuple[str, int | None, str | None]:
         """``(item_id, code or None, text)`` of an item given as an id or a mapping."""
+        if type(item) is str and item in self.item_code:  # the common case, first
+            return item, self.item_code[item], None
         text = None
         if isinstance(item, Mapping):
             extra = sorted(set(item) - {"item_id", "text"})

@@ -6,6 +6,7 @@ Usage::
     python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
     python -m experiments.bench env [--num-envs 1024] [--steps 200]
     python -m experiments.bench train [--timesteps 40000]
+    python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -30,6 +31,15 @@ without per-request infos); bytes per stored transition in each observation mode
 batched env over the default world's training sessions: timesteps per second (timesteps / wall
 time, not SB3's ``time/fps``, which is logged before the last update) and the share of the wall
 time spent inside the env (``reset``/``step`` timed around the env's own methods).
+
+``serve``: a PPO policy (``--run``'s, or one trained for ``--timesteps`` on the default
+experiment, MiniLM embeddings) exported to a ranker: the scorer alone in onnxruntime against the
+same torch graph (20 and 1,000 candidates, at 1 position and at every slate position); whole
+``Ranker.rank`` calls against the same ranker scoring with torch and encoding new item texts
+with ``TransformerEncoder`` (20 and 1,000 known candidates; 20 new texts); ``Ranker`` import +
+load in a fresh interpreter (and importing torch, SB3 and transformers, for reference); the
+HTTP service from a local keep-alive client: p50/p99 latency of ``/rank`` with 20 candidates,
+requests/s with one and four clients.
 """
 
 from __future__ import annotations
@@ -347,6 +357,205 @@ def bench_train(timesteps: int) -> dict[str, Any]:
     return results
 
 
+class _TorchSession:
+    """An onnxruntime-like ``run`` over the torch graph the ONNX file was exported from, so a
+    :class:`~agents.ranker.Ranker` can be timed with torch in place of onnxruntime."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        from agents.ranker import SCORER_INPUTS
+
+        with torch.inference_mode():
+            result = self.graph(*(torch.from_numpy(feeds[n]) for n in SCORER_INPUTS))
+        return [t.numpy() for t in result]
+
+
+def _serve_requests(
+    item_ids: list[str], texts: list[str], queries: list[str], n: int, size: int, new: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """``n`` requests of ``size`` candidates (``new`` of them unknown items with a text)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(n):
+        picks = rng.choice(len(item_ids), size=size + 10, replace=False)
+        known = [item_ids[i] for i in picks[new:size]]
+        fresh = [{"item_id": f"new-{r}-{j}", "text": f"{texts[i]} v{r}"}
+                 for j, i in enumerate(picks[:new])]  # fmt: skip
+        out.append({"query": queries[rng.integers(len(queries))],
+                    "user_history": [item_ids[i] for i in picks[size:]],
+                    "candidates": known + fresh})  # fmt: skip
+    return out
+
+
+def _ranker_policy(run: Path | None, timesteps: int, work: Path) -> tuple[Any, Any, Any, Path]:
+    """A trained PPO (the run's, or one trained now on the default experiment), its setup, the
+    run's encoder, and its export under ``work``."""
+    from experiments.export import export_policy, load_run_policy
+    from experiments.train import instantiate, setup
+
+    if run is not None:
+        cfg, s, policy = load_run_policy(run)
+    else:
+        from hydra import compose, initialize_config_dir
+
+        from agents.baselines import SB3Policy
+
+        with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), None):
+            cfg = compose("config")
+        s = setup(cfg)
+        agent = instantiate(cfg.agent, "agent ppo")
+        from envs.vector import BatchedReplayEnv
+
+        venv = BatchedReplayEnv(s.train, s.encoded, s.reward, s.env, num_envs=agent.num_envs,
+                                device="cpu", request_infos=False)  # fmt: skip
+        venv.seed(0)
+        model = agent.build(venv, 0, "cpu")
+        model.learn(timesteps)
+        policy = SB3Policy(model, "ids", agent.name)
+        run = work / "run"
+        run.mkdir()
+    out = export_policy(cfg, policy, s, run, work / "ranker")
+    return policy, s, instantiate(cfg.encoder, "encoder"), out
+
+
+def bench_serve(requests: int, run: Path | None, timesteps: int, http_requests: int) -> dict:
+    """Ranker (onnxruntime) against the torch policy on the same requests, and the HTTP API."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from agents.export import _PolicyGraph, policy_scorer
+    from agents.ranker import Ranker
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    policy, s, encoder, out = _ranker_policy(run, timesteps, work)
+    ranker = Ranker.load(out)
+    twin = Ranker.load(out)  # the same ranker with torch scoring and the torch encoder
+    twin.session = _TorchSession(_PolicyGraph(policy_scorer(policy)).eval())
+    twin.encoder = encoder.encode
+    ids = [str(i) for i in s.data.item_ids]
+    texts, queries = [str(t) for t in s.data.item_texts], [str(q) for q in s.data.query_texts]
+    results: dict[str, Any] = {"torch_threads": torch.get_num_threads(),
+                               "encoder": ranker.manifest["encoder"]["name"]}  # fmt: skip
+    # scoring alone: one request of N candidates at 1 position, then at the slate's positions
+    for size in (20, 1000):
+        req = _serve_requests(ids, texts, queries, 1, size, 0)
+        batch = ranker._prepare(req)
+        for positions in (1, ranker.slate_size):
+            feeds = {**batch.inputs, "positions": np.arange(positions, dtype=np.int64)}
+            repeats = 300 if size == 20 else 60
+            onnx = median_time(lambda f=feeds: ranker.session.run(None, f), repeats)
+            eager = median_time(lambda f=feeds: twin.session.run(None, f), repeats)
+            row = {"onnx_ms": round(onnx * 1e3, 3), "torch_ms": round(eager * 1e3, 3),
+                   "torch_over_onnx": round(eager / onnx, 2)}  # fmt: skip
+            results[f"score_{size}_candidates_{positions}_positions"] = row
+            print(f"score {size} candidates x {positions} positions: {row}")
+    # whole rank() calls: known candidates, and 20 new item texts to encode
+    for size, new in ((20, 0), (1000, 0), (20, 20)):
+        reqs = _serve_requests(ids, texts, queries, requests, size, new, seed=size + new)
+        timing = {}
+        for name, r in (("ranker", ranker), ("torch", twin)):
+            r.rank_batch(reqs[:3])
+            start = time.perf_counter()
+            for q in reqs:
+                r.rank_batch([q])
+            timing[name] = (time.perf_counter() - start) / len(reqs)
+        row = {"ranker_ms": round(timing["ranker"] * 1e3, 3),
+               "torch_ms": round(timing["torch"] * 1e3, 3),
+               "torch_over_ranker": round(timing["torch"] / timing["ranker"], 2)}  # fmt: skip
+        results[f"rank_{size}_candidates_{new}_new"] = row
+        print(f"rank() {size} candidates, {new} new: {row}")
+    # import + load in a fresh interpreter, against importing the training stack
+    probe = ("import time; t = time.perf_counter(); {code}; "
+             "print(time.perf_counter() - t)")  # fmt: skip
+    codes = {
+        "ranker_import_load_s": f"from agents.ranker import Ranker; Ranker.load({str(out)!r})",
+        "torch_sb3_transformers_import_s": "import torch, stable_baselines3, transformers",
+    }
+    root = Path(__file__).resolve().parents[1]
+    for key, code in codes.items():
+        times = [float(subprocess.run([sys.executable, "-c", probe.format(code=code)], cwd=root,
+                                      capture_output=True, text=True, check=True).stdout)
+                 for _ in range(3)]  # fmt: skip
+        results[key] = round(statistics.median(times), 3)
+        print(f"{key}: {results[key]}")
+    results["http"] = _bench_http(out, ids, texts, queries, http_requests, root)
+    return results
+
+
+def _bench_http(
+    out: Path, ids: list[str], texts: list[str], queries: list[str], n: int, root: Path
+) -> dict[str, Any]:
+    """``/rank`` with 20 known candidates from a local keep-alive client: latency, requests/s."""
+    import http.client
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "experiments.serve", f"ranker={out}", f"port={port}",
+         "log_level=warning", f"hydra.run.dir={out.parent / 'serve'}"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    bodies = [json.dumps(r).encode() for r in _serve_requests(ids, texts, queries, n, 20, 0, 7)]
+    headers = {"content-type": "application/json"}
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                probe.request("GET", "/health")
+                probe.getresponse().read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+
+        def client(chunk: list[bytes]) -> list[float]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            latencies = []
+            for body in chunk:
+                start = time.perf_counter()
+                conn.request("POST", "/rank", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                latencies.append(time.perf_counter() - start)
+                assert response.status == 200, response.status
+            return latencies
+
+        client(bodies[:20])  # warm-up
+        start = time.perf_counter()
+        latencies = np.array(client(bodies))
+        sequential = time.perf_counter() - start
+        start = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(client, [bodies[i::4] for i in range(4)]))
+        parallel = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    row = {
+        "requests": n, "candidates": 20,
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 2),
+        "requests_per_s_1_client": round(n / sequential),
+        "requests_per_s_4_clients": round(n / parallel),
+    }  # fmt: skip
+    print(f"http /rank: {row}")
+    return row
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -372,6 +581,13 @@ def main(argv: list[str] | None = None) -> None:
     env.add_argument("--steps", type=int, default=200)
     env.add_argument("--repeats", type=int, default=1)
     env.add_argument("--json", type=Path, default=None, help="also write the results here")
+    sv = sub.add_parser("serve", help="exported Ranker vs the torch policy; the HTTP service")
+    sv.add_argument("--run", type=Path, default=None, help="a PPO/A2C/DQN run directory")
+    sv.add_argument("--timesteps", type=int, default=8192, help="PPO steps when no --run")
+    sv.add_argument("--requests", type=int, default=200)
+    sv.add_argument("--http-requests", type=int, default=1000)
+    sv.add_argument("--repeats", type=int, default=1)
+    sv.add_argument("--json", type=Path, default=None, help="also write the results here")
     tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
     tr.add_argument("--timesteps", type=int, default=40000)
     tr.add_argument("--repeats", type=int, default=1)
@@ -391,6 +607,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.timesteps < 1:
             parser.error("--timesteps must be >= 1")
         results = {**machine, **bench_train(args.timesteps)}
+    elif args.what == "serve":
+        if min(args.requests, args.http_requests, args.timesteps) < 1:
+            parser.error("--requests, --http-requests and --timesteps must be >= 1")
+        results = {**machine, **bench_serve(args.requests, args.run, args.timesteps,
+                                            args.http_requests)}  # fmt: skip
     elif args.what == "env":
         if args.num_envs < 1 or args.steps < 1:
             parser.error("--num-envs and --steps must be >= 1")

@@ -72,17 +72,15 @@ def export_policy(
     )  # fmt: skip
 
 
-def export_run(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    with_encoder: bool | None = None,
-    max_candidates: int = 1000,
-) -> Path:
-    """Rebuild the run at ``run_dir`` from its own config and export its policy.
+def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
+    """The run at ``run_dir`` rebuilt from its own config: ``(config, setup, policy)``.
+
+    SB3 agents load their final checkpoint (nothing unpickled); baselines are refitted on the
+    run's training sessions.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a finished ``experiments.train`` run.
-        ValueError: an agent that cannot be exported, or a bad setting (named).
+        FileNotFoundError: ``run_dir`` is not an ``experiments.train`` run.
+        CheckpointError: a missing or foreign checkpoint (named).
     """
     from experiments.train import RUN_CONFIG, instantiate, setup
 
@@ -95,18 +93,31 @@ def export_run(
     cfg = OmegaConf.load(config_file)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     s = setup(cfg)
-    if isinstance(agent, SB3Agent):
-        checkpoint = run_dir / "checkpoints" / CHECKPOINT
-        venv = BatchedReplayEnv(
-            s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="slot"),
-            num_envs=agent.num_envs, device="cpu", request_infos=False,
-        )  # fmt: skip
-        model = agent.load(checkpoint, venv, cfg.seed, "cpu")  # CheckpointError names the file
-        policy: Any = SB3Policy(model, s.env.obs_mode, agent.name)
-    else:
-        policy = agent.fit(s.train, s.encoded)
-    target = Path(out) if out is not None else run_dir / RANKER_DIR
-    return export_policy(cfg, policy, s, run_dir, target, with_encoder, max_candidates)
+    if not isinstance(agent, SB3Agent):
+        return cfg, s, agent.fit(s.train, s.encoded)
+    venv = BatchedReplayEnv(
+        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="slot"),
+        num_envs=agent.num_envs, device="cpu", request_infos=False,
+    )  # fmt: skip
+    model = agent.load(run_dir / "checkpoints" / CHECKPOINT, venv, cfg.seed, "cpu")
+    return cfg, s, SB3Policy(model, s.env.obs_mode, agent.name)
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    with_encoder: bool | None = None,
+    max_candidates: int = 1000,
+) -> Path:
+    """Export the policy of the run at ``run_dir`` to ``out`` (default ``<run>/ranker``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a finished ``experiments.train`` run.
+        ValueError: an agent that cannot be exported, or a bad setting (named).
+    """
+    cfg, s, policy = load_run_policy(run_dir)
+    target = Path(out) if out is not None else Path(run_dir) / RANKER_DIR
+    return export_policy(cfg, policy, s, Path(run_dir), target, with_encoder, max_candidates)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

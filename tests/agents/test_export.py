@@ -67,7 +67,9 @@ def rankers(world: RunSetup, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     policies = {
         "ppo": trained(world, "ppo", 2048, n_steps=64, batch_size=256, learning_rate=3e-3),
         "a2c": trained(world, "a2c", 512, n_steps=8),
-        "dqn": trained(world, "dqn", 1024, learning_starts=256, buffer_size=4096, batch_size=64),
+        "dqn": trained(
+            world, "dqn", 1024, learning_starts=256, buffer_size=4096, batch_size=64, train_freq=1
+        ),
         "cosine": CosinePolicy().fit(world.train, world.encoded),
         "popularity": PopularityPolicy().fit(world.train, world.encoded),
     }
