@@ -320,40 +320,9 @@ def export_ranker(
             f"encoder {getattr(encoder, 'name', '?')} has fingerprint {fingerprint}; the "
             f"embeddings were made by {encoded.fingerprint}: export with the run's own encoder"
         )
-    features = env.features
-    fi = encoded.item_features.shape[1] if features else 0
-    fu = encoded.user_features.shape[1] if features else 0
-    item_bias = np.zeros(len(item_ids), dtype=np.float32)
-    unknown_bias = 0.0
-    if kind == "sb3":
-        scorer = policy_scorer(policy)
-        if scorer.dim != encoded.dim or scorer.item_feature_dim != fi:
-            raise ValueError(
-                f"policy {policy.name!r} reads {scorer.dim}-d embeddings and "
-                f"{scorer.item_feature_dim} item features; the run's encoder gives {encoded.dim} "
-                f"and {fi}: export with the run's own encoder and env settings"
-            )
-        if scorer.mode == "ids":
-            if scorer.items.shape[0] - 1 != len(item_ids):
-                raise ValueError(
-                    f"policy {policy.name!r} holds {scorer.items.shape[0] - 1} items, the dataset "
-                    f"{len(item_ids)}: export with the run's own dataset"
-                )
-            if scorer.bias is not None:
-                item_bias = scorer.bias.weight.detach().cpu().numpy()[:-1, 0]
-        # a copy: the run's model stays where it is (perhaps on the GPU)
-        graph: nn.Module = _PolicyGraph(copy.deepcopy(scorer).cpu().eval())
-        fu, hidden = scorer.user_feature_dim, scorer.hidden
-        action, name = "greedy", policy.name
-    else:
-        # cosine reads the history's item features (when its features are on), popularity none
-        fi = fi if kind == "cosine" and policy.features else 0
-        fu, hidden = 0, 0
-        if kind == "popularity":
-            item_bias, unknown_bias = policy.ctr.astype(np.float32), float(policy.global_ctr)
-        graph, action, name = _BaselineGraph(kind), "sort", policy.name
-    dims = {"embedding": int(encoded.dim), "item_features": int(fi),
-            "user_features": int(fu), "context_features": int(fi + fu)}  # fmt: skip
+    graph, dims, item_bias, unknown_bias = _scoring(kind, policy, encoded, env, len(item_ids))
+    fi, fu = dims["item_features"], dims["user_features"]
+    action = "greedy" if kind == "sb3" else "sort"
     out = Path(out)
     with atomic_directory(out, marker=MANIFEST) as tmp:
         export_scorer(graph, dims, tmp / "scorer.onnx")
@@ -378,10 +347,10 @@ def export_ranker(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "policy": {"name": name, "kind": kind, "algorithm": _algorithm(policy)},
+            "policy": {"name": policy.name, "kind": kind, "algorithm": _algorithm(policy)},
             "run": run or {},
             "encoder": enc,
-            "dims": {**dims, "hidden": int(hidden)},
+            "dims": dims,
             "items": len(item_ids),
             "queries": len(query_texts),
             "users": len(user_ids) if fu else 0,
@@ -396,8 +365,46 @@ def export_ranker(
         }
         manifest["files"] = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("exported %s (%s) to %s", name, kind, out)
+    log.info("exported %s (%s) to %s", policy.name, kind, out)
     return out
+
+
+def _scoring(
+    kind: str, policy: Any, encoded: EncodedLog, env: ReplayConfig, n_items: int
+) -> tuple[nn.Module, dict[str, int], np.ndarray, float]:
+    """The scoring graph of ``policy``, the manifest's dims, the item biases and the bias of
+    an item the ranker does not know."""
+    fi = encoded.item_features.shape[1] if env.features else 0
+    fu = encoded.user_features.shape[1] if env.features else 0
+    item_bias, unknown_bias, hidden = np.zeros(n_items, dtype=np.float32), 0.0, 0
+    if kind == "sb3":
+        scorer = policy_scorer(policy)
+        if scorer.dim != encoded.dim or scorer.item_feature_dim != fi:
+            raise ValueError(
+                f"policy {policy.name!r} reads {scorer.dim}-d embeddings and "
+                f"{scorer.item_feature_dim} item features; the run's encoder gives {encoded.dim} "
+                f"and {fi}: export with the run's own encoder and env settings"
+            )
+        if scorer.mode == "ids" and scorer.items.shape[0] - 1 != n_items:
+            raise ValueError(
+                f"policy {policy.name!r} holds {scorer.items.shape[0] - 1} items, the dataset "
+                f"{n_items}: export with the run's own dataset"
+            )
+        if scorer.mode == "ids" and scorer.bias is not None:
+            item_bias = scorer.bias.weight.detach().cpu().numpy()[:-1, 0]
+        # a copy: the run's model stays where it is (perhaps on the GPU)
+        graph: nn.Module = _PolicyGraph(copy.deepcopy(scorer).cpu().eval())
+        fu, hidden = scorer.user_feature_dim, scorer.hidden
+    else:
+        # cosine reads the history's item features (when its features are on), popularity none
+        fi = fi if kind == "cosine" and policy.features else 0
+        fu = 0
+        if kind == "popularity":
+            item_bias, unknown_bias = policy.ctr.astype(np.float32), float(policy.global_ctr)
+        graph = _BaselineGraph(kind)
+    dims = {"embedding": int(encoded.dim), "item_features": int(fi), "user_features": int(fu),
+            "context_features": int(fi + fu), "hidden": int(hidden)}  # fmt: skip
+    return graph, dims, item_bias, unknown_bias
 
 
 def _algorithm(policy: Any) -> str | None:

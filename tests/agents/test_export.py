@@ -7,6 +7,7 @@ trained one: its item biases and weights are no longer at their initial values).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -95,6 +96,7 @@ def replay_requests(s: RunSetup, policy: Any, n: int) -> list[dict[str, Any]]:
                 "user_history": [str(data.item_ids[i]) for i in e.history[0] if i >= 0],
                 "candidates": [str(data.item_ids[i]) for i in cand],
                 "k": int(e.slate_len[0]), "torch": [],
+                "user_id": str(data.user_ids[data.request_user[e.req[0]]]),
             }  # fmt: skip
             while True:
                 batch = {k: v[None] for k, v in obs.items()}
@@ -125,19 +127,49 @@ def test_ranker_slates_equal_the_policy_in_the_env(
     """The Ranker's slate is the policy's deterministic slate in SessionReplayEnv, exactly, and
     its scores are the torch scorer's to 1e-5, slot by slot."""
     policy, ranker = rankers[name]
-    requests = replay_requests(world, policy, n)
-    assert len(requests) == n
+    assert_parity(world, policy, ranker, n)
+    if name in ("ppo", "dqn"):  # trained: a policy that differs from its initial ranking
+        assert np.abs(policy_scorer(policy).bias.weight.detach().numpy()).max() > 1e-3
+
+
+def assert_parity(s: RunSetup, policy: Any, ranker: Ranker, n: int | None) -> None:
+    """The ranker's slates equal the env's on ``n`` held-out requests (``None``: all of them);
+    scores to 1e-5."""
+    requests = replay_requests(s, policy, n or s.test.n_requests)
+    assert len(requests) == (n or s.test.n_requests)
     worst = 0.0
     for r in requests:
-        ranked = ranker.rank(r["query"], r["user_history"], r["candidates"], k=r["k"])
+        ranked = ranker.rank(r["query"], r["user_history"], r["candidates"], r["k"], r["user_id"])
         assert [i for i, _ in ranked] == r["slate"], r
         if r["torch"]:  # trained policies: every slot's scores of the free candidates
-            onnx = ranker.scores(r["query"], r["user_history"], r["candidates"])
+            onnx = ranker.scores(r["query"], r["user_history"], r["candidates"], r["user_id"])
             for p, (scores, free) in enumerate(r["torch"]):
                 worst = max(worst, float(np.abs(onnx[p][free] - scores[free]).max()))
     assert worst <= 1e-5
-    if name in ("ppo", "dqn"):  # trained: a policy that differs from its initial ranking
-        assert np.abs(policy_scorer(policy).bias.weight.detach().numpy()).max() > 1e-3
+
+
+def test_parity_with_embedding_observations(world: RunSetup, tmp_path: Path) -> None:
+    """A policy trained on ``embeddings`` observations (no learned item bias) exports too."""
+    s = dataclasses.replace(world, env=dataclasses.replace(ENV, obs_mode="embeddings"))
+    policy = trained(s, "ppo", 1024, n_steps=64, batch_size=256, learning_rate=3e-3)
+    assert_parity(s, policy, export(s, policy, tmp_path / "r"), 200)
+
+
+def test_parity_on_obd_with_user_features(tmp_path: Path) -> None:
+    """OBD: 80 catalog candidates, 3 slots, item and user features (``user_id`` required);
+    the fixture's held-out requests are few, each scored at 3 slots x 80 candidates."""
+    from envs.click_models.fitted import PBMClickModel
+    from envs.logs.obd import OBDSource
+
+    env = ReplayConfig(obs_mode="ids", max_candidates=80, slate_size=3)
+    s = setup_run(OBDSource(path=str(ROOT / "tests" / "fixtures" / "obd")), tmp_path / "obd",
+                  HASHING, PBMClickModel(), env, Split(test_fraction=0.5))  # fmt: skip
+    policy = trained(s, "ppo", 1024, n_steps=64, batch_size=256, learning_rate=3e-3)
+    ranker = export(s, policy, tmp_path / "r")
+    assert ranker.fu > 0 and (tmp_path / "r" / "user_features.npy").is_file()
+    assert_parity(s, policy, ranker, None)
+    with pytest.raises(RankerError, match="user_id=None; this ranker reads the user's features"):
+        ranker.rank(None, [], ["0", "1"])
 
 
 def test_explain_parts_add_up_to_the_ranked_scores(rankers: dict[str, Any]) -> None:
