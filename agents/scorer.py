@@ -247,9 +247,11 @@ class CandidateScorer(nn.Module):
             codes = None if codes is None else codes.unsqueeze(1)
         c = enc.ctx.unsqueeze(-2)
         if self.variant == "mlp":
-            item_h, c = torch.broadcast_tensors(item_h, c)
-            network = self.head(torch.relu(torch.cat([item_h, c, item_h * c], dim=-1)))
-            return network.squeeze(-1), sims, codes, mask
+            # expand_as, not broadcast_tensors: the same autograd graph (and so bit-identical
+            # training) as before the position axis existed
+            both = item_h * c
+            x = torch.cat([item_h.expand_as(both), c.expand_as(both), both], dim=-1)
+            return self.head(torch.relu(x)).squeeze(-1), sims, codes, mask
         return (item_h * c).sum(-1) / self.hidden**0.5, sims, codes, mask
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
