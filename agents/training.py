@@ -312,10 +312,30 @@ def record_eval(logger: Any, metrics: dict[str, float]) -> None:
             logger.record(f"eval/{key}", float(value))
 
 
+# the scalars TensorBoard's HParams table shows beside each run's hyperparameters: the final
+# evaluation on the valid and on the test sessions (record_final)
+HPARAM_METRICS = tuple(f"{split}/{m}" for split in ("valid", "test")
+                       for m in ("true_expected_clicks", "expected_clicks", "ndcg@10"))  # fmt: skip
+
+
+def record_final(logger: Any, test: dict[str, Any], valid: dict[str, Any]) -> None:
+    """The final evaluation under ``test/`` and ``valid/`` (``valid``'s keys are ``valid_*``);
+    ``eval/`` holds the periodic evaluations on the valid sessions only (learning curves)."""
+    for split, metrics, prefix in (("test", test, ""), ("valid", valid, "valid_")):
+        for key, value in metrics.items():
+            name = key.removeprefix(prefix)
+            if not key.startswith(prefix) or name.endswith(("_low", "_high")):
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+                logger.record(f"{split}/{name}", float(value))
+
+
 def log_hparams(logger: Any, hparams: dict[str, Any]) -> None:
-    """The run's hyperparameters through TensorBoard's hparams plugin (logged once)."""
+    """The run's hyperparameters through TensorBoard's hparams plugin (logged once), with
+    :data:`HPARAM_METRICS` as its metrics, so ``tensorboard --logdir <sweep dir>`` shows one
+    table of every run's settings and final valid and test numbers."""
     flat = {
         k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in hparams.items()
     }
-    metric_dict = {"eval/expected_clicks": 0.0, "eval/true_expected_clicks": 0.0}
+    metric_dict = dict.fromkeys(HPARAM_METRICS, 0.0)
     logger.record("hparams", HParam(flat, metric_dict), exclude=("stdout", "log", "json", "csv"))

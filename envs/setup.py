@@ -23,7 +23,7 @@ from encoders.encoded_log import EncodedLog, encode_log
 from encoders.store import EmbeddingStore
 from envs.click_models.base import ClickModel, log_fingerprint
 from envs.logs import SessionLog
-from envs.logs.atomic import atomic_directory, check_replaceable
+from envs.logs.atomic import atomic_directory, check_replaceable, file_lock
 from envs.logs.ground_truth import TRUTH_DIR, GroundTruth
 from envs.logs.source import LogSource
 from envs.replay import ReplayConfig
@@ -34,23 +34,46 @@ SPLIT_BY = ("session", "time")
 
 @dataclass(frozen=True)
 class Split:
-    """How sessions are held out (``split`` in ``conf/config.yaml``).
+    """How sessions are divided into train / valid / test (``split`` in ``conf/config.yaml``).
+
+    The test sessions are drawn first, exactly as a two-way split draws them, so they do not
+    depend on ``valid_fraction``; the valid sessions are then drawn from the rest (by time: the
+    latest of them). Training and reward-model fitting read train; periodic evaluation and
+    hyperparameter searches read valid; the final numbers read test.
 
     Args:
-        test_fraction: share of sessions held out for evaluation, in ``(0, 1)``.
+        test_fraction: share of all sessions held out for the final evaluation, in ``(0, 1)``.
+        valid_fraction: share of all sessions held out for model selection, in ``[0, 1)``
+            (``0``: no valid split; periodic evaluation then reads the test sessions).
         by: ``session`` (a seeded random subset) or ``time`` (the latest sessions).
-        seed: seed of the random subset.
+        seed: seed of the random subsets.
     """
 
     test_fraction: float = 0.2
+    valid_fraction: float = 0.1
     by: str = "session"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"split.test_fraction={self.test_fraction}; allowed: (0, 1)")
+        if not 0 <= self.valid_fraction < 1 - self.test_fraction:
+            raise ValueError(
+                f"split.valid_fraction={self.valid_fraction}; allowed: [0, "
+                f"{1 - self.test_fraction:g}) (1 - split.test_fraction, so training keeps some)"
+            )
         if self.by not in SPLIT_BY:
             raise ValueError(f"split.by={self.by!r}; allowed: {', '.join(SPLIT_BY)}")
+
+    def apply(self, data: SessionLog) -> tuple[SessionLog, SessionLog | None, SessionLog]:
+        """``(train, valid, test)`` of ``data``; ``valid`` is ``None`` when ``valid_fraction``
+        is 0."""
+        train, test = data.split(self.test_fraction, by=self.by, seed=self.seed)
+        if self.valid_fraction == 0:
+            return train, None, test
+        share = self.valid_fraction / (1 - self.test_fraction)
+        train, valid = train.split(share, by=self.by, seed=self.seed + 1)
+        return train, valid, test
 
 
 @dataclass
@@ -58,7 +81,8 @@ class RunSetup:
     """What a run trains and evaluates on.
 
     Attributes:
-        data: the whole dataset; ``train`` and ``test`` its split (codes shared).
+        data: the whole dataset; ``train``, ``valid`` (``None`` without a valid split) and
+            ``test`` its split (codes shared).
         encoded: the text embeddings of ``data``'s items, queries and user profiles.
         reward: the reward model, fitted on ``train`` (or the ground truth, or logged clicks).
         truth: the synthetic world's ground truth, ``None`` for real logs.
@@ -72,11 +96,25 @@ class RunSetup:
     reward: ClickModel
     truth: GroundTruth | None
     env: ReplayConfig
+    valid: SessionLog | None = None
+
+    @property
+    def selection(self) -> SessionLog:
+        """The sessions model selection reads: valid, or test when there is no valid split."""
+        return self.valid if self.valid is not None else self.test
 
 
 def load_or_prepare(source: LogSource, out: str | Path) -> SessionLog:
-    """The dataset at ``out``, written first unless it is there with the same parameters."""
+    """The dataset at ``out``, written first unless it is there with the same parameters.
+
+    Jobs that start together wait for the first one to write it (:func:`file_lock`).
+    """
     out = Path(out)
+    with file_lock(out.parent / f".{out.name}.lock", f"dataset {out}"):
+        return _load_or_prepare(source, out)
+
+
+def _load_or_prepare(source: LogSource, out: Path) -> SessionLog:
     if (out / "meta.json").is_file():
         meta = json.loads((out / "meta.json").read_text())
         if meta.get("params") == json.loads(json.dumps(dataclasses.asdict(source))):
@@ -118,14 +156,25 @@ def fit_reward_model(
         }
     )
     cached = Path(cache_dir) / "reward_models" / f"{model.name}-{key}" if cache_dir else None
-    if cached is not None and (cached / "model.json").is_file():
+    if cached is None:
+        log.info("fitting reward model %s on %d training sessions", model.name, train.n_sessions)
+        model.fit(train, encoded=encoded, pooling=env.user_pooling)
+        return model
+    # jobs that start together: the first fits, the others wait and load its fit
+    with file_lock(cached.parent / f".{cached.name}.lock", f"reward model {cached.name}"):
+        return _fit_cached(model, train, encoded, env, cached)
+
+
+def _fit_cached(
+    model: ClickModel, train: SessionLog, encoded: EncodedLog, env: ReplayConfig, cached: Path
+) -> ClickModel:
+    if (cached / "model.json").is_file():
         log.info("reusing fitted reward model %s", cached)
         return ClickModel.load(cached)
     log.info("fitting reward model %s on %d training sessions", model.name, train.n_sessions)
     model.fit(train, encoded=encoded, pooling=env.user_pooling)
-    if cached is not None:
-        with atomic_directory(cached, marker="model.json") as tmp:
-            model.save(tmp)
+    with atomic_directory(cached, marker="model.json") as tmp:
+        model.save(tmp)
     return model
 
 
@@ -157,13 +206,18 @@ def setup_run(
             function that builds it once the dataset is written (the ground truth loads from
             the dataset directory).
         env: the replay options (their user-state pooling is the reward model's too).
-        split: how sessions are held out.
+        split: how sessions are divided into train / valid / test.
         cache_dir: where fitted reward models are cached (``None``: no cache).
     """
     data = load_or_prepare(source, out)
-    train, test = data.split(split.test_fraction, by=split.by, seed=split.seed)
-    encoded = encode_log(data, encoder, store)
+    train, valid, test = split.apply(data)
+    if store is None:
+        encoded = encode_log(data, encoder, store)
+    else:  # jobs that start together: the first encodes, the others read its vectors
+        lock = Path(store.root) / f".{encoder.fingerprint}.lock"
+        with file_lock(lock, f"embeddings of {encoder.name}"):
+            encoded = encode_log(data, encoder, store)
     model = reward if isinstance(reward, ClickModel) else reward()
     model = fit_reward_model(model, data, train, encoded, env, cache_dir)
     truth = GroundTruth.load(out) if (Path(out) / TRUTH_DIR).is_dir() else None
-    return RunSetup(data, train, test, encoded, model, truth, env)
+    return RunSetup(data, train, test, encoded, model, truth, env, valid)

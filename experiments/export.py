@@ -82,7 +82,7 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
         FileNotFoundError: ``run_dir`` is not an ``experiments.train`` run.
         CheckpointError: a missing or foreign checkpoint (named).
     """
-    from experiments.train import RUN_CONFIG, instantiate, setup
+    from experiments.train import RUN_CONFIG, instantiate, load_run_config, setup
 
     run_dir = Path(run_dir)
     config_file = run_dir / RUN_CONFIG
@@ -90,7 +90,7 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
         raise FileNotFoundError(
             f"{config_file}: missing; run= takes a run directory written by experiments.train"
         )
-    cfg = OmegaConf.load(config_file)
+    cfg = load_run_config(config_file)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     s = setup(cfg)
     if not isinstance(agent, SB3Agent):

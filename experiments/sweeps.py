@@ -81,7 +81,14 @@ def failed_jobs(sweep_dir: str | Path) -> list[tuple[str, str]]:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, list the jobs that failed (with their one-line reason)."""
+    """At the end of a multirun, list the jobs that failed (with their one-line reason).
+
+    It also creates the sweep directory when the multirun starts, before any job: a sweeper
+    such as Optuna opens its study there (``sqlite:///<sweep dir>/optuna.db``) first.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = failed_jobs(config.hydra.sweep.dir)

@@ -23,6 +23,7 @@ policy as a servable ranker (:mod:`experiments.export`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
@@ -47,15 +49,20 @@ from agents.training import (
     SB3Agent,
     log_hparams,
     make_logger,
-    record_eval,
+    record_final,
 )
 from envs.click_models.simple import TruthClickModel
 from envs.logs import SessionLog
+from envs.logs.atomic import atomic_file
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
 from experiments.sweeps import run_job
 
 log = logging.getLogger(__name__)
+# ${short_digest:...} names a searched trial's directory after its overrides (conf/hparams_search)
+OmegaConf.register_new_resolver(
+    "short_digest", lambda text: hashlib.sha256(str(text).encode()).hexdigest()[:12], replace=True
+)
 
 
 def instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -141,7 +148,18 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 RUN_CONFIG = "run_config.yaml"  # the run's own resolved config (Hydra rewrites .hydra/ on resume)
-RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device", "export")
+RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device", "export",
+             "torch_threads", "objective")  # fmt: skip
+
+
+def load_run_config(path: Path) -> DictConfig:
+    """A run's ``run_config.yaml``, with what older rankgym versions left out filled in as
+    they ran it (``split.valid_fraction: 0``: runs before the valid split trained on all
+    non-test sessions)."""
+    saved = OmegaConf.load(path)
+    if OmegaConf.select(saved, "split") is not None and "valid_fraction" not in saved.split:
+        OmegaConf.update(saved, "split.valid_fraction", 0.0, force_add=True)
+    return saved
 
 
 def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -158,7 +176,7 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
             f"{saved_path}: missing; resume=true continues a run directory that "
             "experiments.train wrote (pass its hydra.run.dir)"
         )
-    saved = OmegaConf.load(saved_path)
+    saved = load_run_config(saved_path)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     changed = []
     for override in HydraConfig.get().overrides.task:
@@ -181,16 +199,131 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return saved
 
 
+def previous_job(cfg: DictConfig, run_dir: Path) -> str | None:
+    """What a sweep job's directory already holds from an earlier launch of the same sweep:
+    ``"finished"`` (a complete ``metrics.json``), ``"killed"`` (a checkpoint to resume from) or
+    ``None``. A directory holding a run of another config is refused, naming the difference."""
+    saved_path = run_dir / RUN_CONFIG
+    if not saved_path.is_file():
+        return None
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    saved.pop("resume", None), current.pop("resume", None)  # type: ignore[union-attr]
+    if saved != current:
+        differ = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))  # type: ignore[union-attr]
+        raise ValueError(
+            f"{run_dir}: holds a run of another config (differs in {', '.join(differ)}); "
+            "rerun a sweep with its own overrides, or give it a new hydra.sweep.dir"
+        )
+    try:
+        json.loads((run_dir / "metrics.json").read_text())
+        return "finished"
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    state = run_dir / "checkpoints" / CHECKPOINT / "state.json"
+    return "killed" if state.is_file() else None
+
+
+def configure_threads(cfg: DictConfig) -> int:
+    """Torch's intra-op threads for this job: ``torch_threads``, or (``null``) the machine's
+    cores shared among the jobs a parallel launcher runs at once, so they do not oversubscribe
+    the CPU (joblib: ``n_jobs``; submitit: the job's ``cpus_per_task``)."""
+    import os
+
+    import torch
+
+    threads = cfg.get("torch_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ValueError(f"torch_threads={threads!r}; allowed: an int >= 1 or null (auto)")
+    if threads is None:
+        launcher = HydraConfig.get().launcher
+        target = str(launcher.get("_target_", ""))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if "joblib" in target.lower():
+            jobs = int(launcher.get("n_jobs") or -1)
+            jobs = cores if jobs < 1 else jobs
+            threads = max(1, (cores or 1) // jobs)
+        elif "submitit" in target.lower() and launcher.get("cpus_per_task"):
+            threads = int(launcher.cpus_per_task)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def objective_key(cfg: DictConfig, metrics: dict[str, Any]) -> str:
+    """The metrics key a search maximises (``objective``; ``auto``: valid-split true expected
+    clicks where the world has a truth, else expected clicks under the reward model)."""
+    key = cfg.get("objective", "auto")
+    if key == "auto":
+        prefix = "valid_" if "valid_expected_clicks" in metrics else ""
+        key = f"{prefix}true_expected_clicks"
+        if metrics.get(key) is None:
+            key = f"{prefix}expected_clicks"
+    if key not in metrics:
+        allowed = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ValueError(f"objective={key!r}; allowed: auto or a metric: {', '.join(allowed)}")
+    return key
+
+
+def write_per_request(path: Path, result: EvaluationResult, test: SessionLog) -> None:
+    """The final evaluation's values per held-out request (``per_request.parquet``): what
+    ``experiments.compare`` pairs across policies, session by session."""
+    import pandas as pd
+
+    req = result.per_request["request"]
+    table = pd.DataFrame({
+        "request": test.request_ids[req].astype(str),
+        "session": np.asarray(test.session_ids)[np.asarray(test.request_session)[req]].astype(str),
+        **{k: v for k, v in result.per_request.items() if k in FINAL_KEYS},
+    })  # fmt: skip
+    with atomic_file(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+FINAL_KEYS = ("expected_clicks", "true_expected_clicks", "ctr@1", "mrr")
+
+
+def splits_info(s: RunSetup) -> dict[str, Any]:
+    """Which sessions each number of ``metrics.json`` comes from."""
+    has_valid = s.valid is not None
+    return {
+        "metrics": "test",
+        "valid_*": "valid" if has_valid else None,
+        "periodic": "valid" if has_valid else "test",
+        "sessions": {
+            "train": s.train.n_sessions,
+            "valid": s.valid.n_sessions if has_valid else 0,
+            "test": s.test.n_sessions,
+        },
+    }
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """One training (or baseline evaluation) run; returns what ``metrics.json`` holds."""
+    """One training (or baseline evaluation) run; returns what ``metrics.json`` holds.
+
+    In a sweep, a job whose directory already holds this run finished is skipped (its
+    ``metrics.json`` is returned), and one that was killed resumes from its checkpoint: rerunning
+    a sweep finishes it.
+    """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_settings(cfg)
     resume_step = None
+    if HydraConfig.get().mode == RunMode.MULTIRUN and not cfg.resume:
+        previous = previous_job(cfg, run_dir)
+        if previous == "finished":
+            log.info("%s: finished by an earlier launch of this sweep; skipped", run_dir)
+            return json.loads((run_dir / "metrics.json").read_text())
+        if previous == "killed":
+            log.info("%s: killed in an earlier launch of this sweep; resuming", run_dir)
+            cfg = cfg.copy()
+            cfg.resume = True
     if cfg.resume:  # a checkpoint, then the run's own config, or one line and exit 2
         resume_step = read_state(run_dir / "checkpoints" / CHECKPOINT)["num_timesteps"]
         cfg = restore_run_config(cfg, run_dir)
     else:
         OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), run_dir / RUN_CONFIG)
+    threads = configure_threads(cfg)
     set_random_seed(cfg.seed)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     if cfg.get("export") and not isinstance(agent, SB3Agent | CosinePolicy | PopularityPolicy):
@@ -198,15 +331,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "ppo, a2c, dqn, cosine, popularity")  # fmt: skip
     s = setup(cfg)
 
-    def evaluate_policy(policy: Any, sessions: int | None, final: bool = False) -> dict[str, Any]:
-        result = evaluate(
-            policy, s.test, s.encoded, s.reward, s.env, truth=s.truth, num_envs=cfg.eval.num_envs,
-            bootstrap=cfg.eval.bootstrap, seed=cfg.seed, max_sessions=sessions,
+    def evaluate_on(policy: Any, sessions: SessionLog, limit: int | None) -> EvaluationResult:
+        return evaluate(
+            policy, sessions, s.encoded, s.reward, s.env, truth=s.truth,
+            num_envs=cfg.eval.num_envs, bootstrap=cfg.eval.bootstrap, seed=cfg.seed,
+            max_sessions=limit,
         )  # fmt: skip
-        if not final:
-            return result.to_dict()
-        ope = off_policy(s.test, result, s.reward, cfg.eval.bootstrap, cfg.seed)
-        return {**result.to_dict(), **ope}
+
+    def periodic(policy: Any) -> dict[str, Any]:  # the valid sessions (model selection)
+        return evaluate_on(policy, s.selection, cfg.eval.sessions).to_dict()
 
     hparams = {
         "agent": agent.name, "seed": cfg.seed, "encoder": cfg.encoder.name,
@@ -220,29 +353,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.record(key.replace("fidelity_", "fidelity/"), value)
     start = time.perf_counter()
     if isinstance(agent, SB3Agent):
-        policy, timesteps = train(cfg, agent, s, run_dir, logger, evaluate_policy, hparams)
+        policy, timesteps = train(cfg, agent, s, run_dir, logger, periodic, hparams)
     else:
         policy, timesteps = agent.fit(s.train, s.encoded), 0
         log_hparams(logger, hparams)
     train_seconds = time.perf_counter() - start
-    final = evaluate_policy(policy, cfg.eval.final_sessions, final=True)
-    record_eval(logger, final)
+    result = evaluate_on(policy, s.test, cfg.eval.final_sessions)
+    final = {**result.to_dict(), **off_policy(s.test, result, s.reward, cfg.eval.bootstrap,
+                                             cfg.seed)}  # fmt: skip
+    valid = {}
+    if s.valid is not None:
+        on_valid = evaluate_on(policy, s.valid, cfg.eval.final_sessions).to_dict()
+        valid = {f"valid_{k}": v for k, v in on_valid.items() if k != "policy"}
+    write_per_request(run_dir / "per_request.parquet", result, s.test)
+    record_final(logger, final, valid)
     logger.record(STEP_KEY, timesteps)
     logger.dump(timesteps)
     logger.close()
     metrics = {
         **final,
+        **valid,
         "policy": agent.name,
         "seed": cfg.seed,
         "total_timesteps": timesteps,
         "train_seconds": round(train_seconds, 2),
+        "torch_threads": threads,
         "encoder": cfg.encoder.name,
         "reward_model": s.reward.name,
+        "splits": splits_info(s),
         **fidelity,
     }
+    metrics["objective"] = objective_key(cfg, metrics)
     # no intervals without bootstrap resamples: null, not JSON's invalid NaN
     metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    with atomic_file(run_dir / "metrics.json") as tmp:  # complete or absent: sweeps rely on it
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", run_dir / "metrics.json")
     if cfg.get("export"):
         from experiments.export import RANKER_DIR, export_policy
@@ -276,7 +421,7 @@ def train(
     done = model.num_timesteps
 
     def periodic(m: Any) -> dict[str, Any]:
-        return evaluate_policy(SB3Policy(m, s.env.obs_mode, agent.name), cfg.eval.sessions)
+        return evaluate_policy(SB3Policy(m, s.env.obs_mode, agent.name))
 
     callbacks = [
         ProgressCallback(cfg.total_timesteps, initial=done),
@@ -295,12 +440,14 @@ def train(
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the held-out expected clicks (for sweepers to optimise)."""
+    """Hydra entry point; returns the run's objective (for sweepers such as Optuna to maximise:
+    by default the valid sessions' true expected clicks, never a test-split number)."""
     metrics = run_job(lambda: run(cfg))
     if metrics is None:  # a failed sweep job, recorded in its error.txt
         return None
-    print(json.dumps({k: v for k, v in metrics.items() if not k.endswith(("_low", "_high"))}))
-    return float(metrics["expected_clicks"])
+    shown = {k: v for k, v in metrics.items() if not k.endswith(("_low", "_high"))}
+    print(json.dumps({k: v for k, v in shown.items() if not isinstance(v, dict)}))
+    return float(metrics[metrics["objective"]])
 
 
 if __name__ == "__main__":

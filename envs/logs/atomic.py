@@ -124,3 +124,29 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the block.
+
+    Jobs of a sweep that start together take the same lock before preparing a shared artifact
+    (a dataset, its embeddings, a fitted reward model): the first prepares it, the others wait
+    and then find it ready, so nothing is prepared twice. ``flock`` locks are released by the
+    kernel when their process dies, so a killed job never leaves a stale lock.
+    """
+    import fcntl
+    import logging
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).info("waiting for another job preparing %s", what or target)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
