@@ -7,6 +7,7 @@ Usage::
     python -m experiments.bench env [--num-envs 1024] [--steps 200]
     python -m experiments.bench train [--timesteps 40000]
     python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
+    python -m experiments.bench sweep [--jobs 4] [--timesteps 30000]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -40,6 +41,11 @@ with ``TransformerEncoder`` (20 and 1,000 known candidates; 20 new texts); ``Ran
 load in a fresh interpreter (and importing torch, SB3 and transformers, for reference); the
 HTTP service from a local keep-alive client: p50/p99 latency of ``/rank`` with 20 candidates,
 requests/s with one and four clients.
+
+``sweep``: the wall time of one sweep of ``--jobs`` PPO runs (hashing encoder, the dataset and
+embeddings prepared first) with the basic launcher (one job at a time, torch on every core),
+the joblib launcher with each job's torch threads set to the cores shared among the parallel
+jobs (``torch_threads=null``), and joblib with 2 threads per job (oversubscribed on 2 cores).
 """
 
 from __future__ import annotations
@@ -556,6 +562,43 @@ def _bench_http(
     return row
 
 
+def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
+    """Wall time of one sweep of ``jobs`` PPO runs under each launcher setting, same jobs."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    settings = {
+        "basic (one job at a time, all cores)": [],
+        "joblib, torch_threads=null (cores shared)": ["hydra/launcher=joblib"],
+        "joblib, torch_threads=2 (oversubscribed)": ["hydra/launcher=joblib", "torch_threads=2"],
+    }
+    common = [f"paths.root_dir={work}", f"out={work}/data", "encoder=hashing", "agent=ppo",
+              f"total_timesteps={timesteps}", f"eval.freq={timesteps}", "eval.sessions=100",
+              "eval.final_sessions=300", "eval.fidelity=false",
+              "seed=" + ",".join(str(i) for i in range(jobs))]  # fmt: skip
+    # the dataset and its embeddings first, so every setting times the jobs alone
+    warm = [*common[:3], "agent=cosine", f"hydra.run.dir={work}/warm"]
+    subprocess.run([sys.executable, "-m", "experiments.train", *warm], cwd=root, check=True,
+                   capture_output=True)  # fmt: skip
+    results: dict[str, Any] = {"jobs": jobs, "timesteps": timesteps, "cpus": os.cpu_count()}
+    for n, (name, extra) in enumerate(settings.items()):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "experiments.train", "-m", *common, *extra,
+                        f"hydra.sweep.dir={work}/sweep{n}"], cwd=root, check=True,
+                       capture_output=True)  # fmt: skip
+        wall = time.perf_counter() - start
+        threads = {json.loads(f.read_text())["torch_threads"]
+                   for f in (work / f"sweep{n}").glob("*/metrics.json")}  # fmt: skip
+        results[name] = {"seconds": round(wall, 1), "torch_threads_per_job": sorted(threads)}
+        print(f"{name}: {results[name]}")
+    base = results["basic (one job at a time, all cores)"]["seconds"]
+    for name in settings:
+        results[name]["speedup_vs_basic"] = round(base / results[name]["seconds"], 2)
+    return results
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -588,6 +631,11 @@ def main(argv: list[str] | None = None) -> None:
     sv.add_argument("--http-requests", type=int, default=1000)
     sv.add_argument("--repeats", type=int, default=1)
     sv.add_argument("--json", type=Path, default=None, help="also write the results here")
+    sw = sub.add_parser("sweep", help="one PPO sweep: basic vs joblib launcher, thread sharing")
+    sw.add_argument("--jobs", type=int, default=4)
+    sw.add_argument("--timesteps", type=int, default=30000)
+    sw.add_argument("--repeats", type=int, default=1)
+    sw.add_argument("--json", type=Path, default=None, help="also write the results here")
     tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
     tr.add_argument("--timesteps", type=int, default=40000)
     tr.add_argument("--repeats", type=int, default=1)
@@ -612,6 +660,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--requests, --http-requests and --timesteps must be >= 1")
         results = {**machine, **bench_serve(args.requests, args.run, args.timesteps,
                                             args.http_requests)}  # fmt: skip
+    elif args.what == "sweep":
+        if args.jobs < 1 or args.timesteps < 1:
+            parser.error("--jobs and --timesteps must be >= 1")
+        results = {**machine, **bench_sweep(args.jobs, args.timesteps)}
     elif args.what == "env":
         if args.num_envs < 1 or args.steps < 1:
             parser.error("--num-envs and --steps must be >= 1")
