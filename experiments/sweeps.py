@@ -1,4 +1,5 @@
-"""How every entry point ends a failed run: one line for a user error, and a sweep that goes on.
+"""Sweep jobs: how a failed run ends (one line for a user error; the sweep goes on), what an
+earlier launch of the same sweep left in a job's directory, and each job's share of the cores.
 
 Inside a multirun a job must neither ``sys.exit`` nor raise: either ends the sweep (an exit at
 once; an exception when Hydra collects the results, before its end-of-sweep callbacks). So
@@ -10,7 +11,10 @@ exits with status 1. Outside a multirun a user error is one line on stderr and e
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from envs.logs import LogValidationError
@@ -71,6 +75,85 @@ def run_job(job: Callable[[], Any]) -> Any:
         log.error("job %s failed: %s", config.job.num, line, exc_info=True)
         Path(config.runtime.output_dir, ERROR_FILE).write_text(line + "\n")
         return None
+
+
+def previous_job(cfg: DictConfig, run_dir: Path) -> str | None:
+    """What a sweep job's directory already holds from an earlier launch of the same sweep:
+    ``"finished"`` (a complete ``metrics.json``), ``"killed"`` (a checkpoint to resume from) or
+    ``None``. A directory holding a run of another config is refused, naming the difference."""
+    saved_path = run_dir / "run_config.yaml"  # experiments.train.RUN_CONFIG
+    if not saved_path.is_file():
+        return None
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    saved.pop("resume", None), current.pop("resume", None)  # type: ignore[union-attr]
+    if saved != current:
+        differ = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))  # type: ignore[union-attr]
+        raise ValueError(
+            f"{run_dir}: holds a run of another config (differs in {', '.join(differ)}); "
+            "rerun a sweep with its own overrides, or give it a new hydra.sweep.dir"
+        )
+    try:
+        json.loads((run_dir / "metrics.json").read_text())
+        return "finished"
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    state = run_dir / "checkpoints" / "last" / "state.json"  # agents.checkpoint.CHECKPOINT
+    return "killed" if state.is_file() else None
+
+
+def configure_threads(cfg: DictConfig) -> int:
+    """Torch's intra-op threads for this job: ``torch_threads``, or (``null``) the machine's
+    cores shared among the jobs a parallel launcher runs at once, so they do not oversubscribe
+    the CPU (joblib: ``n_jobs``; submitit: the job's ``cpus_per_task``)."""
+    import torch
+
+    threads = cfg.get("torch_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ValueError(f"torch_threads={threads!r}; allowed: an int >= 1 or null (auto)")
+    if threads is None:
+        launcher = HydraConfig.get().launcher
+        target = str(launcher.get("_target_", ""))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if "joblib" in target.lower():
+            jobs = int(launcher.get("n_jobs") or -1)
+            jobs = cores if jobs < 1 else jobs
+            threads = max(1, (cores or 1) // jobs)
+        elif "submitit" in target.lower() and launcher.get("cpus_per_task"):
+            threads = int(launcher.cpus_per_task)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+OBJECTIVE = re.compile(r"(valid_)?(true_expected_clicks|expected_clicks|ctr@1|ndcg@\d+|mrr|"
+                       r"logged_clicks|ope_\w+)")  # fmt: skip
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """Refuse an ``objective`` no run can report, before the run (not after its training)."""
+    key = cfg.get("objective", "auto")
+    if key != "auto" and not (isinstance(key, str) and OBJECTIVE.fullmatch(key)):
+        raise ValueError(
+            f"objective={key!r}; allowed: auto, or a metric of metrics.json such as "
+            "valid_true_expected_clicks, valid_expected_clicks, valid_ndcg@10, valid_mrr"
+        )
+
+
+def objective_key(cfg: DictConfig, metrics: dict[str, Any]) -> str:
+    """The metrics key a search maximises (``objective``; ``auto``: valid-split true expected
+    clicks where the world has a truth, else expected clicks under the reward model)."""
+    key = cfg.get("objective", "auto")
+    if key == "auto":
+        prefix = "valid_" if "valid_expected_clicks" in metrics else ""
+        key = f"{prefix}true_expected_clicks"
+        if metrics.get(key) is None:
+            key = f"{prefix}expected_clicks"
+    if key not in metrics:
+        allowed = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ValueError(f"objective={key!r}; allowed: auto or a metric: {', '.join(allowed)}")
+    return key
 
 
 def failed_jobs(sweep_dir: str | Path) -> list[tuple[str, str]]:

@@ -56,7 +56,13 @@ from envs.logs import SessionLog
 from envs.logs.atomic import atomic_file
 from envs.setup import RunSetup, Split, setup_run
 from envs.vector import BatchedReplayEnv
-from experiments.sweeps import run_job
+from experiments.sweeps import (
+    check_objective,
+    configure_threads,
+    objective_key,
+    previous_job,
+    run_job,
+)
 
 log = logging.getLogger(__name__)
 # ${short_digest:...} names a searched trial's directory after its overrides (conf/hparams_search)
@@ -199,73 +205,6 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return saved
 
 
-def previous_job(cfg: DictConfig, run_dir: Path) -> str | None:
-    """What a sweep job's directory already holds from an earlier launch of the same sweep:
-    ``"finished"`` (a complete ``metrics.json``), ``"killed"`` (a checkpoint to resume from) or
-    ``None``. A directory holding a run of another config is refused, naming the difference."""
-    saved_path = run_dir / RUN_CONFIG
-    if not saved_path.is_file():
-        return None
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    current = OmegaConf.to_container(cfg, resolve=True)
-    saved.pop("resume", None), current.pop("resume", None)  # type: ignore[union-attr]
-    if saved != current:
-        differ = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))  # type: ignore[union-attr]
-        raise ValueError(
-            f"{run_dir}: holds a run of another config (differs in {', '.join(differ)}); "
-            "rerun a sweep with its own overrides, or give it a new hydra.sweep.dir"
-        )
-    try:
-        json.loads((run_dir / "metrics.json").read_text())
-        return "finished"
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    state = run_dir / "checkpoints" / CHECKPOINT / "state.json"
-    return "killed" if state.is_file() else None
-
-
-def configure_threads(cfg: DictConfig) -> int:
-    """Torch's intra-op threads for this job: ``torch_threads``, or (``null``) the machine's
-    cores shared among the jobs a parallel launcher runs at once, so they do not oversubscribe
-    the CPU (joblib: ``n_jobs``; submitit: the job's ``cpus_per_task``)."""
-    import os
-
-    import torch
-
-    threads = cfg.get("torch_threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):  # fmt: skip
-        raise ValueError(f"torch_threads={threads!r}; allowed: an int >= 1 or null (auto)")
-    if threads is None:
-        launcher = HydraConfig.get().launcher
-        target = str(launcher.get("_target_", ""))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if "joblib" in target.lower():
-            jobs = int(launcher.get("n_jobs") or -1)
-            jobs = cores if jobs < 1 else jobs
-            threads = max(1, (cores or 1) // jobs)
-        elif "submitit" in target.lower() and launcher.get("cpus_per_task"):
-            threads = int(launcher.cpus_per_task)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
-def objective_key(cfg: DictConfig, metrics: dict[str, Any]) -> str:
-    """The metrics key a search maximises (``objective``; ``auto``: valid-split true expected
-    clicks where the world has a truth, else expected clicks under the reward model)."""
-    key = cfg.get("objective", "auto")
-    if key == "auto":
-        prefix = "valid_" if "valid_expected_clicks" in metrics else ""
-        key = f"{prefix}true_expected_clicks"
-        if metrics.get(key) is None:
-            key = f"{prefix}expected_clicks"
-    if key not in metrics:
-        allowed = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
-        raise ValueError(f"objective={key!r}; allowed: auto or a metric: {', '.join(allowed)}")
-    return key
-
-
 def write_per_request(path: Path, result: EvaluationResult, test: SessionLog) -> None:
     """The final evaluation's values per held-out request (``per_request.parquet``): what
     ``experiments.compare`` pairs across policies, session by session."""
@@ -308,6 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_settings(cfg)
+    check_objective(cfg)
     resume_step = None
     if HydraConfig.get().mode == RunMode.MULTIRUN and not cfg.resume:
         previous = previous_job(cfg, run_dir)

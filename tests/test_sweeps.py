@@ -229,3 +229,18 @@ def test_optuna_search_maximises_the_valid_objective_and_resumes(tmp_path: Path)
     done = compare(tmp_path / "sweep", "group_by=[agent.hyperparams.learning_rate]")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "sweep" / "optuna_ppo_history.png").is_file()
+
+
+def test_objective_is_checked_before_the_run() -> None:
+    from omegaconf import OmegaConf
+
+    from experiments.sweeps import check_objective, objective_key
+
+    check_objective(OmegaConf.create({"objective": "valid_ndcg@10"}))
+    with pytest.raises(ValueError, match="objective='valid_true_expected_click'; allowed: auto"):
+        check_objective(OmegaConf.create({"objective": "valid_true_expected_click"}))
+    auto = OmegaConf.create({"objective": "auto"})
+    truth = {"valid_expected_clicks": 1.0, "valid_true_expected_clicks": 0.9}
+    assert objective_key(auto, truth) == "valid_true_expected_clicks"
+    no_truth = {"valid_expected_clicks": 1.0, "valid_true_expected_clicks": None}
+    assert objective_key(auto, no_truth) == "valid_expected_clicks"
