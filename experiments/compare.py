@@ -452,12 +452,16 @@ def report(root: Path, metrics: tuple[str, ...], options: dict[str, Any]) -> str
               markdown(table, metrics), ""]  # fmt: skip
     groups = {group_of(r) for r in runs}
     if reference in groups and len(groups) > 1:
-        paired = paired_table(runs, reference, metric, options.get("bootstrap", 2000),
-                              options.get("seed", 0))  # fmt: skip
-        table = table.merge(paired, on="policy", how="left")
-        lines += [f"Paired differences from `{reference}` on the same held-out requests "
-                  "(* significant at 5% after Holm's correction):", "",
-                  paired_markdown(paired, reference, metric), ""]  # fmt: skip
+        try:
+            paired = paired_table(runs, reference, metric, options.get("bootstrap", 2000),
+                                  options.get("seed", 0))  # fmt: skip
+        except (FileNotFoundError, ValueError) as err:  # e.g. runs from before per_request
+            lines += [f"No paired differences: {err}", ""]
+        else:
+            table = table.merge(paired, on="policy", how="left")
+            lines += [f"Paired differences from `{reference}` on the same held-out requests "
+                      "(* significant at 5% after Holm's correction):", "",
+                      paired_markdown(paired, reference, metric), ""]  # fmt: skip
     elif len(groups) > 1:
         lines += [f"No paired differences: reference={reference!r} is not a group "
                   f"({', '.join(sorted(groups))}).", ""]  # fmt: skip

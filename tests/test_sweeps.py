@@ -149,6 +149,20 @@ def test_report_pairs_sessions_as_a_hand_computation_does(baseline_sweep: Path) 
     assert bad.returncode == 2 and "'colour=red': expected key=value with key one of" in bad.stderr
 
 
+def test_report_without_per_request_files_says_why(baseline_sweep: Path, tmp_path: Path) -> None:
+    """Runs from before ``per_request.parquet``: the report is written, without the pairs."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(baseline_sweep, old, ignore=shutil.ignore_patterns("per_request.parquet"))
+    done = compare(old)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "No paired differences: " in done.stdout and "per_request.parquet: missing" in (
+        done.stdout
+    )
+    assert (old / "report.md").is_file() and (old / "final.png").is_file()
+
+
 def test_report_groups_by_any_config_key(baseline_sweep: Path) -> None:
     done = compare(baseline_sweep, "group_by=[agent,seed]", "reference=cosine/0")
     assert done.returncode == 0, done.stderr[-3000:]
