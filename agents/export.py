@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -45,21 +44,17 @@ import torch
 from torch import nn
 
 from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
+from agents.ranker import FORMAT, FORMAT_VERSION, MANIFEST, SCORER_INPUTS, file_sha256
 from agents.scorer import MASKED, CandidateScorer
 from encoders.encoded_log import EncodedLog
 from encoders.hashing import HashingEncoder
-from encoders.transformer import TransformerEncoder
+from encoders.transformer import TransformerEncoder, pool_tokens
 from envs.logs.atomic import atomic_directory
 from envs.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT = "rankgym-ranker"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 OPSET = 18
-SCORER_INPUTS = ("query", "user", "context_features", "candidates", "candidate_features",
-                 "bias", "mask", "positions")  # fmt: skip
 EXPORTABLE = ("ppo", "a2c", "dqn", "cosine", "popularity")
 
 
@@ -143,15 +138,7 @@ class _EncoderGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "mean":
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        else:
-            pooled = hidden[:, 0]
-        pooled = pooled.float()
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled
+        return pool_tokens(hidden, attention_mask, self.pooling, self.normalize)
 
 
 def _onnx_export(
@@ -243,14 +230,6 @@ def policy_scorer(policy: SB3Policy) -> CandidateScorer:
     if not isinstance(scorer, CandidateScorer):
         raise ValueError(f"policy {policy.name!r}: no CandidateScorer in its SB3 policy")
     return scorer
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -363,7 +342,7 @@ def export_ranker(
             "opset": OPSET,
             "versions": _versions(),
         }
-        manifest["files"] = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        manifest["files"] = {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("exported %s (%s) to %s", policy.name, kind, out)
     return out

@@ -36,7 +36,7 @@ import onnxruntime as ort
 
 from encoders.pooling import pooling_weights
 
-FORMAT = "rankgym-ranker"  # as agents.export writes it (not imported: that module needs torch)
+FORMAT = "rankgym-ranker"  # what agents.export writes (it imports these from here)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCORER_INPUTS = ("query", "user", "context_features", "candidates", "candidate_features",
@@ -121,7 +121,7 @@ class Ranker:
             file = root / name
             if not file.is_file():
                 raise RankerError(f"{file}: missing (listed in {MANIFEST})")
-            if _sha256(file) != expected:
+            if file_sha256(file) != expected:
                 raise RankerError(f"{file}: changed since export (sha256 differs from {MANIFEST})")
         dims = manifest["dims"]
         d, fi, fu = dims["embedding"], dims["item_features"], dims["user_features"]
@@ -164,9 +164,7 @@ class Ranker:
         Raises:
             RankerError: an input that cannot be ranked faithfully, naming it.
         """
-        request = {"query": query, "user_history": user_history, "candidates": candidates,
-                   "k": k, "user_id": user_id}  # fmt: skip
-        return self.rank_batch([request])[0]
+        return self.rank_batch([_request(query, user_history, candidates, k, user_id)])[0]
 
     def rank_batch(self, requests: Sequence[Mapping[str, Any]]) -> list[list[tuple[str, float]]]:
         """:meth:`rank` for many requests (dicts with :data:`REQUEST_KEYS`) in one scorer call."""
@@ -192,9 +190,7 @@ class Ranker:
         placed it), ``score`` and ``parts`` (:data:`PARTS`: similarity to the query and to the
         user state, the learned item bias, the network's remainder), which sum to ``score``.
         """
-        request = {"query": query, "user_history": user_history, "candidates": candidates,
-                   "k": k, "user_id": user_id}  # fmt: skip
-        return self.explain_batch([request])[0]
+        return self.explain_batch([_request(query, user_history, candidates, k, user_id)])[0]
 
     def explain_batch(self, requests: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
         """:meth:`explain` for many requests in one scorer call."""
@@ -225,9 +221,7 @@ class Ranker:
         A greedy policy's scores compare candidates for one position; across positions they
         need not be on one scale.
         """
-        request = {"query": query, "user_history": user_history, "candidates": candidates,
-                   "user_id": user_id}  # fmt: skip
-        batch = self._prepare([request])
+        batch = self._prepare([_request(query, user_history, candidates, None, user_id)])
         batch.n_rank[:] = len(candidates)
         return self._score(batch)[0][0]
 
@@ -447,6 +441,18 @@ class Ranker:
         return out
 
 
+def _request(
+    query: str | None,
+    user_history: Sequence[Item],
+    candidates: Sequence[Item],
+    k: int | None,
+    user_id: str | None,
+) -> dict[str, Any]:
+    """One request in :meth:`Ranker.rank_batch`'s form."""
+    return {"query": query, "user_history": user_history, "candidates": candidates, "k": k,
+            "user_id": user_id}  # fmt: skip
+
+
 # ---------------------------------------------------------------------- loading helpers
 def _read_manifest(root: Path) -> dict[str, Any]:
     file = root / MANIFEST
@@ -483,7 +489,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """The sha256 of a file (the manifest lists one per file)."""
     h = hashlib.sha256()
     with open(file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -15,14 +15,13 @@ next run encodes just the texts still missing. Vectors are memory-mapped on read
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from encoders.base import TextEncoder
-from envs.logs.atomic import atomic_file, process_alive, remove_stale_temporaries
+from envs.logs.atomic import atomic_file, file_lock, process_alive, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -205,19 +204,9 @@ def _clean(folder: Path) -> None:
             vecs.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on the store folder (released by the OS if the process dies)."""
-    with open(folder / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is encoding into this store; waiting for it", folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(folder / ".lock", f"the embedding store {folder}")
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -177,15 +177,24 @@ class TransformerEncoder:
         hidden = self.model(
             input_ids=input_ids, attention_mask=None if full else attention.long()
         ).last_hidden_state
-        if self.pooling == "mean":
-            weights = attention.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        else:
-            pooled = hidden[:, 0]
-        pooled = pooled.float()
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.cpu().numpy()
+        return pool_tokens(hidden, attention, self.pooling, self.normalize).cpu().numpy()
+
+
+def pool_tokens(
+    hidden: torch.Tensor, attention: torch.Tensor, pooling: str, normalize: bool
+) -> torch.Tensor:
+    """``float32[B, d]`` text embeddings from token states ``[B, T, d]`` and their mask
+    (``mean`` over unmasked tokens, or the ``cls`` token), L2-normalised when ``normalize``;
+    what :class:`TransformerEncoder` and its ONNX export (``agents.export``) both compute."""
+    if pooling == "mean":
+        weights = attention.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    else:
+        pooled = hidden[:, 0]
+    pooled = pooled.float()
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    return pooled
 
 
 def _check_model_dir(path: Path) -> None:

@@ -211,12 +211,8 @@ def setup_run(
     """
     data = load_or_prepare(source, out)
     train, valid, test = split.apply(data)
-    if store is None:
-        encoded = encode_log(data, encoder, store)
-    else:  # jobs that start together: the first encodes, the others read its vectors
-        lock = Path(store.root) / f".{encoder.fingerprint}.lock"
-        with file_lock(lock, f"embeddings of {encoder.name}"):
-            encoded = encode_log(data, encoder, store)
+    # the store encodes each text once, however many jobs start together (its own lock)
+    encoded = encode_log(data, encoder, store)
     model = reward if isinstance(reward, ClickModel) else reward()
     model = fit_reward_model(model, data, train, encoded, env, cache_dir)
     truth = GroundTruth.load(out) if (Path(out) / TRUTH_DIR).is_dir() else None
