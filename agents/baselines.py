@@ -241,8 +241,9 @@ class OraclePolicy(ScoringPolicy):
 class SB3Policy:
     """A trained stable-baselines3 model (PPO, DQN, ...) as an evaluation policy.
 
-    ``act`` is ``model.predict(obs, deterministic=True)[0]``; actions on masked candidates are
-    replaced by the env's fallback and counted in ``invalid_actions``.
+    ``act`` is ``model.predict(obs, deterministic=True)[0]`` (for a whole-slate policy, the
+    first unmasked candidate of its ranking); actions on masked candidates are replaced by the
+    env's fallback and counted in ``invalid_actions``.
     """
 
     def __init__(self, model: Any, obs_mode: str, name: str) -> None:
@@ -251,7 +252,10 @@ class SB3Policy:
     def act(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """The model's deterministic action for every sub-env."""
         actions, _ = self.model.predict(obs, deterministic=True)
-        return np.asarray(actions, dtype=np.int64).reshape(-1)
+        actions = np.asarray(actions)
+        if actions.ndim == 2:  # a slate policy's ranking (as scores): its best unplaced item
+            return masked_argmax(actions, obs["mask"])
+        return actions.astype(np.int64).reshape(-1)
 
     def __repr__(self) -> str:
         return f"SB3Policy(name={self.name!r}, obs_mode={self.obs_mode!r})"

@@ -301,7 +301,10 @@ def export_ranker(
         )
     graph, dims, item_bias, unknown_bias = _scoring(kind, policy, encoded, env, len(item_ids))
     fi, fu = dims["item_features"], dims["user_features"]
-    action = "greedy" if kind == "sb3" else "sort"
+    # a position-free scorer (a whole-slate policy's) ranks by one sort: the greedy slot-by-slot
+    # fill would give the same slate at P times the cost
+    positional = kind == "sb3" and policy_scorer(policy).position.num_embeddings > 1
+    action = "greedy" if positional else "sort"
     out = Path(out)
     with atomic_directory(out, marker=MANIFEST) as tmp:
         export_scorer(graph, dims, tmp / "scorer.onnx")

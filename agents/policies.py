@@ -3,6 +3,9 @@
 * PPO / A2C: :class:`RankingActorCriticPolicy`, a categorical distribution over candidates
   whose logits are the scores (masked candidates get probability 0); the critic reads the
   scorer's pooled state.
+* PPO / A2C on whole slates: :class:`RankingSlatePolicy`, a Plackett-Luce distribution over
+  rankings of the candidates (env ``action_mode=scores``): one step ranks a request, so a slate
+  costs one forward pass and one learning sample instead of one per position.
 * DQN: :class:`RankingDQNPolicy`, one Q-value per candidate from the scorer, masked both when
   acting and in the target's max (a masked Q is very negative and never the max). Use it with
   :class:`MaskedDQN`, whose epsilon-greedy exploration picks among valid candidates, per env.
@@ -19,12 +22,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.scorer import CandidateScorer
+from agents.scorer import MASKED, CandidateScorer
 
 
 def masked_random_actions(mask: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -80,12 +84,20 @@ class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
         enc = self.scorer.encode(obs)
         return self.scorer.score(enc), self.value_head(self.scorer.pooled(enc))
 
+    def _distribution(self, obs: PyTorchObs) -> tuple[Any, torch.Tensor]:
+        """The action distribution of ``obs`` and the state values."""
+        logits, values = self._heads(obs)
+        return self.action_dist.proba_distribution(action_logits=logits), values
+
+    def _entropy(self, dist: Any, actions: torch.Tensor) -> torch.Tensor:
+        """The entropy PPO's loss rewards (of the categorical over candidates)."""
+        return dist.entropy()
+
     def forward(
         self, obs: PyTorchObs, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions, values and log-probabilities (PPO's rollout step)."""
-        logits, values = self._heads(obs)
-        dist = self.action_dist.proba_distribution(action_logits=logits)
+        dist, values = self._distribution(obs)
         actions = dist.get_actions(deterministic=deterministic)
         return actions, values, dist.log_prob(actions)
 
@@ -93,14 +105,13 @@ class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
         self, obs: PyTorchObs, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Values, log-probabilities and entropy of stored actions (PPO's loss)."""
-        logits, values = self._heads(obs)
-        dist = self.action_dist.proba_distribution(action_logits=logits)
-        return values, dist.log_prob(actions), dist.entropy()
+        dist, values = self._distribution(obs)
+        return values, dist.log_prob(actions), self._entropy(dist, actions)
 
     def get_distribution(self, obs: PyTorchObs) -> Any:
-        """The masked categorical distribution over candidates."""
-        logits, _ = self._heads(obs)
-        return self.action_dist.proba_distribution(action_logits=logits)
+        """The action distribution: a masked categorical over candidates (a Plackett-Luce
+        over rankings for :class:`RankingSlatePolicy`)."""
+        return self._distribution(obs)[0]
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         """State values (the critic)."""
@@ -108,6 +119,137 @@ class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
         return self.get_distribution(observation).get_actions(deterministic=deterministic)
+
+
+class PlackettLuce(Distribution):
+    """Plackett-Luce rankings of the unmasked candidates, with exact log-probabilities.
+
+    A ranking is drawn position by position: the next item is chosen among those not yet
+    placed with probability ``softmax(scores)``. Drawing is the Gumbel trick (sort
+    ``scores + Gumbel noise``); the log-probability of a ranking sums, over its first
+    ``slate_size`` positions, ``score - logsumexp(scores of the items not yet placed)``: only
+    the placed positions, so the rest of the ranking does not add variance.
+
+    An action is the ranking written as scores in ``[-1, 1]`` (what the env's ``Box(K)``
+    action takes and SB3 clips to): ``1 - 2 rank / K`` for unmasked candidates, ``-1`` for
+    masked ones. Sorting the action descending gives the ranking back exactly.
+
+    Args:
+        slate_size: positions the env fills per request (the ranking's scored prefix).
+    """
+
+    def __init__(self, slate_size: int) -> None:
+        super().__init__()
+        self.slate_size = slate_size
+        self.scores = torch.empty(0)
+        self.mask = torch.empty(0, dtype=torch.bool)
+
+    def proba_distribution_net(self, *args: Any, **kwargs: Any) -> nn.Module:
+        """No layers of its own: the scores come from the :class:`CandidateScorer`."""
+        return nn.Identity()
+
+    def proba_distribution(self, scores: torch.Tensor, mask: torch.Tensor) -> PlackettLuce:
+        """Set the ``[B, K]`` scores and the ``[B, K]`` bool mask (True: may be placed)."""
+        self.scores, self.mask = scores, mask
+        return self
+
+    def _encode(self, order: torch.Tensor) -> torch.Tensor:
+        """Rankings (candidate indices, best first) as ``[B, K]`` actions."""
+        k = order.shape[1]
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(k, device=order.device).expand_as(order))
+        return torch.where(self.mask, 1.0 - 2.0 * rank.to(self.scores.dtype) / k, -1.0)
+
+    def _ranked_scores(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores in the order ``actions`` rank the candidates (masked last, very negative),
+        and which of those positions are placed (the first ``slate_size`` unmasked ones)."""
+        order = torch.argsort(actions, dim=1, descending=True, stable=True)
+        ranked = self.scores.masked_fill(~self.mask, MASKED).gather(1, order)
+        width = self.mask.sum(1, keepdim=True).clamp(max=self.slate_size)
+        placed = torch.arange(ranked.shape[1], device=ranked.device) < width
+        return ranked, placed
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B]`` exact log-probability of the placed prefix of each ranking."""
+        ranked, placed = self._ranked_scores(actions)
+        rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)  # logsumexp over j >= k
+        return ((ranked - rest) * placed).sum(1)
+
+    def entropy_along(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B]`` sum over the placed positions of the entropy of that position's choice
+        (among the items not yet placed), along each ranking: PL has no closed-form entropy."""
+        ranked, placed = self._ranked_scores(actions)
+        rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)
+        k = ranked.shape[1]
+        later = torch.ones(k, k, dtype=torch.bool, device=ranked.device).triu()  # j >= i
+        logp = (ranked.unsqueeze(1) - rest.unsqueeze(2)).masked_fill(~later, float("-inf"))
+        p = logp.exp()
+        h = -(p * logp.masked_fill(~later, 0.0)).sum(-1)  # [B, K]: entropy at position i
+        return (h * placed).sum(1)
+
+    def entropy(self) -> torch.Tensor:
+        """:meth:`entropy_along` the most likely ranking."""
+        return self.entropy_along(self.mode())
+
+    def sample(self) -> torch.Tensor:
+        """Rankings drawn by the Gumbel trick."""
+        u = torch.rand_like(self.scores).clamp_(1e-12, 1.0 - 1e-7)
+        noisy = (self.scores - torch.log(-torch.log(u))).masked_fill(~self.mask, float("-inf"))
+        return self._encode(torch.argsort(noisy, dim=1, descending=True, stable=True))
+
+    def mode(self) -> torch.Tensor:
+        """The most likely ranking: candidates by decreasing score."""
+        keyed = self.scores.masked_fill(~self.mask, float("-inf"))
+        return self._encode(torch.argsort(keyed, dim=1, descending=True, stable=True))
+
+    def actions_from_params(
+        self, scores: torch.Tensor, mask: torch.Tensor, deterministic: bool = False
+    ) -> torch.Tensor:
+        """Rankings for ``scores`` and ``mask``."""
+        return self.proba_distribution(scores, mask).get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(
+        self, scores: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled rankings and their log-probabilities."""
+        actions = self.actions_from_params(scores, mask)
+        return actions, self.log_prob(actions)
+
+
+class RankingSlatePolicy(RankingActorCriticPolicy):
+    """Whole-slate actor-critic for PPO/A2C: a :class:`PlackettLuce` ranking per request.
+
+    The env runs with ``action_mode=scores``: one step ranks a whole request and earns the
+    slate's expected clicks. The scorer is position-free (``max_positions=1``), so its scores
+    rank the slate by sorting, and an evaluation or export that scores slot by slot places the
+    same items (the argmax of the remaining candidates, every slot).
+
+    Args:
+        slate_size: positions per request (the env's ``slate_size``).
+    """
+
+    def __init__(self, *args: Any, slate_size: int = 10, **kwargs: Any) -> None:
+        self.slate_size = slate_size
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        self.scorer_kwargs["max_positions"] = 1
+        super()._build(lr_schedule)
+        self.action_dist = PlackettLuce(self.slate_size)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["slate_size"] = self.slate_size
+        return data
+
+    def _distribution(self, obs: PyTorchObs) -> tuple[PlackettLuce, torch.Tensor]:
+        """The Plackett-Luce distribution over rankings of the candidates, and the values."""
+        logits, values = self._heads(obs)
+        return PlackettLuce(self.slate_size).proba_distribution(logits, obs["mask"] > 0.5), values
+
+    def _entropy(self, dist: Any, actions: torch.Tensor) -> torch.Tensor:
+        """The per-position entropies summed along the stored rankings."""
+        return dist.entropy_along(actions)
 
 
 class RankingQNetwork(BasePolicy):

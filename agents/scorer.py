@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -108,6 +108,8 @@ class CandidateScorer(nn.Module):
             )
         self.similarity = nn.Linear(2, 1)  # weights of the two cosine features
         self.hidden = hidden
+        self._unit_cache: torch.Tensor | None = None  # _unit_items()
+        self.register_load_state_dict_post_hook(_forget_unit_items)
 
     def _add_table(
         self,
@@ -138,13 +140,26 @@ class CandidateScorer(nn.Module):
             pad = self.items.shape[0] - 1
             codes = obs["candidates"].long()
             codes = torch.where(codes >= 0, codes, pad)
-            items, item_feats = self.items[codes], self.item_features[codes]
+            unit = self._unit_items()[codes]
+            item_h = self._project_items(codes)
+            items = item_feats = None
+            if item_h is None:
+                items, item_feats = self.items[codes], self.item_features[codes]
             history = obs["user"].long()
             history = torch.where(history >= 0, history, pad)
-            weights = obs["user_weights"].unsqueeze(-1)
-            # the env's pooling weights (padding weighs 0): the state the env itself pools
-            user = (self.items[history] * weights).sum(1)
-            user_feats = [(self.item_features[history] * weights).sum(1)]
+            # the env's pooling weights (padding weighs 0): the state the env itself pools,
+            # summed by embedding_bag without materialising the [B, H, d] history
+            weights = obs["user_weights"].to(self.items.dtype)
+            user = nn.functional.embedding_bag(
+                history, self.items, per_sample_weights=weights, mode="sum"
+            )
+            user_feats = [
+                nn.functional.embedding_bag(
+                    history, self.item_features, per_sample_weights=weights, mode="sum"
+                )
+                if self.item_feature_dim
+                else user[:, :0]
+            ]
             if self.user_feature_dim:
                 user_feats.append(self.user_features[obs["user_id"].long().reshape(-1)])
             query = self.queries[obs["query"].long().reshape(-1)]
@@ -156,20 +171,45 @@ class CandidateScorer(nn.Module):
             codes, user, query = None, obs["user"], obs["query"]
             # [pooled history features, the user's own features], pooled by the env
             user_feats = [obs["user_features"]] if "user_features" in obs else []
+            item_h = unit = None
         context = torch.cat([query, user, *user_feats], dim=1)
-        return self.encode_vectors(query, user, context, items, item_feats, mask, position, codes)
+        return self.encode_vectors(
+            query, user, context, items, item_feats, mask, position, codes,
+            item_h=item_h, unit_items=unit,
+        )  # fmt: skip
+
+    def _unit_items(self) -> torch.Tensor:
+        """The item table scaled to unit rows (zero rows stay zero), computed once: the
+        tables are frozen (a loaded state dict or a move to another device recomputes it)."""
+        cached = self._unit_cache
+        if cached is None or cached.device != self.items.device:
+            cached = nn.functional.normalize(self.items, dim=-1)
+            self._unit_cache = cached
+        return cached
+
+    def _project_items(self, codes: torch.Tensor) -> torch.Tensor | None:
+        """``W_i [item, features]`` of ``codes`` from the projected item table, when the batch
+        holds more candidate rows than the table (a training minibatch): one projection of
+        ``I`` rows instead of ``B * K`` (the same values, up to float rounding). ``None`` for
+        small batches, which project their own rows."""
+        if codes.numel() <= self.items.shape[0]:
+            return None
+        table = self.item_proj(torch.cat([self.items, self.item_features], dim=-1))
+        return table[codes]
 
     def encode_vectors(
         self,
         query: torch.Tensor,
         user: torch.Tensor,
         context: torch.Tensor,
-        items: torch.Tensor,
-        item_feats: torch.Tensor,
+        items: torch.Tensor | None,
+        item_feats: torch.Tensor | None,
         mask: torch.Tensor,
         position: torch.Tensor,
         codes: torch.Tensor | None = None,
         positions_axis: bool = False,
+        item_h: torch.Tensor | None = None,
+        unit_items: torch.Tensor | None = None,
     ) -> Encoded:
         """:meth:`encode` from vectors rather than an observation (what an exported ranker has).
 
@@ -177,7 +217,10 @@ class CandidateScorer(nn.Module):
         state, pooled history features, the user's own features), ``items`` ``[B, N, d]`` and
         ``item_feats`` ``[B, N, fi]``; ``position`` is ``[B]``, or with ``positions_axis``
         ``[P]``, to score every request at ``P`` positions at once (``ctx`` is then
-        ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``).
+        ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the candidates'
+        projections when already computed (:meth:`encode` takes them from the item table),
+        ``unit_items`` the candidates scaled to unit norm (from the unit item table); with both
+        given, ``items`` and ``item_feats`` are not read (``None``).
         """
         position = position.clamp(0, self.position.num_embeddings - 1)
         ctx = self.ctx_proj(context)
@@ -187,15 +230,14 @@ class CandidateScorer(nn.Module):
             ctx = ctx + self.position(position)
         # cosine of the candidate with the query and with the user state: the signal a
         # similarity ranker uses, given to the network directly rather than rediscovered
-        unit = torch.nn.functional.normalize(items, dim=-1)
-        sims = torch.stack(
-            [
-                (unit * torch.nn.functional.normalize(query, dim=-1).unsqueeze(1)).sum(-1),
-                (unit * torch.nn.functional.normalize(user, dim=-1).unsqueeze(1)).sum(-1),
-            ],
+        unit = nn.functional.normalize(items, dim=-1) if unit_items is None else unit_items
+        probes = torch.stack(
+            [nn.functional.normalize(query, dim=-1), nn.functional.normalize(user, dim=-1)],
             dim=-1,
         )
-        item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
+        sims = torch.bmm(unit, probes)  # [B, N, 2]
+        if item_h is None:
+            item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
         return Encoded(ctx, item_h, mask, codes, sims)
 
     def score(self, enc: Encoded, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,11 +289,17 @@ class CandidateScorer(nn.Module):
             codes = None if codes is None else codes.unsqueeze(1)
         c = enc.ctx.unsqueeze(-2)
         if self.variant == "mlp":
-            # expand_as, not broadcast_tensors: the same autograd graph (and so bit-identical
-            # training) as before the position axis existed
-            both = item_h * c
-            x = torch.cat([item_h.expand_as(both), c.expand_as(both), both], dim=-1)
-            return self.head(torch.relu(x)).squeeze(-1), sims, codes, mask
+            # head[0] applied to relu([item_h, ctx, item_h * ctx]) as the sum of its three
+            # blocks: the context's block once per request, not once per candidate, and no
+            # [B, K, 3h] concatenation (the same function as the concatenated layer)
+            first, h = self.head[0], self.hidden
+            w_item, w_ctx, w_both = first.weight.split(h, dim=1)
+            x = (
+                nn.functional.linear(torch.relu(item_h), w_item)
+                + nn.functional.linear(torch.relu(c), w_ctx, first.bias)
+                + nn.functional.linear(torch.relu(item_h * c), w_both)
+            )
+            return self.head[2](torch.relu(x)).squeeze(-1), sims, codes, mask
         return (item_h * c).sum(-1) / self.hidden**0.5, sims, codes, mask
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -263,6 +311,11 @@ class CandidateScorer(nn.Module):
         m = enc.mask.unsqueeze(-1).float()
         mean_item = (enc.item_h * m).sum(1) / m.sum(1).clamp(min=1.0)
         return torch.cat([enc.ctx, mean_item], dim=1)
+
+
+def _forget_unit_items(module: nn.Module, incompatible_keys: Any) -> None:
+    """After a state dict is loaded, the tables may have changed: recompute the unit table."""
+    module._unit_cache = None
 
 
 def _width(space: spaces.Dict, key: str) -> int:

@@ -29,7 +29,12 @@ from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.policies import MaskedDQN, RankingActorCriticPolicy, RankingDQNPolicy
+from agents.policies import (
+    MaskedDQN,
+    RankingActorCriticPolicy,
+    RankingDQNPolicy,
+    RankingSlatePolicy,
+)
 
 STEP_KEY = "time/total_timesteps"  # every progress.csv row carries its step
 # algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
@@ -38,6 +43,8 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
     "a2c": (A2C, RankingActorCriticPolicy),
     "dqn": (MaskedDQN, RankingDQNPolicy),
 }
+
+SLATE_ALGORITHMS = ("ppo", "a2c")  # agent.slate=true: a Plackett-Luce policy over rankings
 
 
 # SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
@@ -79,6 +86,8 @@ class SB3Agent:
         num_envs: sessions the batched training env steps at once, >= 1.
         hyperparams: keyword arguments of the SB3 algorithm (``learning_rate``, ``n_steps``...).
         scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
+        slate: ``True``: one step ranks a whole request (PPO/A2C with a Plackett-Luce policy,
+            env ``action_mode=scores``); ``False``: one step places one candidate (``slot``).
     """
 
     def __init__(
@@ -88,14 +97,22 @@ class SB3Agent:
         num_envs: int = 64,
         hyperparams: dict[str, Any] | None = None,
         scorer: dict[str, Any] | None = None,
+        slate: bool = False,
     ) -> None:
         _algorithm(algorithm)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
+        _check_slate(algorithm, slate)
         self.name, self.algorithm, self.num_envs = name, algorithm, num_envs
         self.hyperparams = dict(hyperparams or {})
         _check_hyperparams(self.hyperparams)
         self.scorer = dict(scorer or {})
+        self.slate = slate
+
+    @property
+    def action_mode(self) -> str:
+        """The env ``action_mode`` this agent trains in: ``scores`` (slate) or ``slot``."""
+        return "scores" if self.slate else "slot"
 
     @property
     def log_interval(self) -> int:
@@ -104,14 +121,26 @@ class SB3Agent:
 
     def build(self, venv: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
         """A fresh agent on ``venv`` (see :func:`build_agent`)."""
-        return build_agent(self.algorithm, venv, seed, device, self.hyperparams, self.scorer)
+        return build_agent(
+            self.algorithm, venv, seed, device, self.hyperparams, self.scorer, self.slate
+        )
 
     def load(
         self, path: str | Path, venv: VecEnv, seed: int = 0, device: str = "auto"
     ) -> BaseAlgorithm:
         """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
         return load_agent(
-            self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed=seed
+            self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate
+        )
+
+
+def _check_slate(algorithm: str, slate: bool) -> None:
+    if not isinstance(slate, bool):
+        raise ValueError(f"agent.slate={slate!r}; allowed: true, false")
+    if slate and algorithm not in SLATE_ALGORITHMS:
+        raise ValueError(
+            f"agent.slate=true with agent.algorithm={algorithm}; allowed: "
+            f"{', '.join(SLATE_ALGORITHMS)} (DQN needs one discrete action per step)"
         )
 
 
@@ -122,6 +151,7 @@ def build_agent(
     device: str = "auto",
     hyperparams: dict[str, Any] | None = None,
     scorer: dict[str, Any] | None = None,
+    slate: bool = False,
 ) -> BaseAlgorithm:
     """A PPO, A2C or DQN agent with the masked candidate-scoring policy.
 
@@ -132,10 +162,22 @@ def build_agent(
         device: ``auto`` (cuda when present), ``cpu`` or ``cuda``.
         hyperparams: keyword arguments of the SB3 algorithm (``learning_rate``, ``n_steps``...).
         scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
+        slate: a whole-slate :class:`RankingSlatePolicy` (PPO/A2C; ``venv`` must have
+            ``action_mode=scores``).
     """
     klass, policy = _algorithm(algorithm)
+    _check_slate(algorithm, slate)
     tables = venv.get_attr("embedding_tables")[0]
-    policy_kwargs = {"scorer": dict(scorer or {}), "tables": tables}
+    policy_kwargs: dict[str, Any] = {"scorer": dict(scorer or {}), "tables": tables}
+    mode = venv.get_attr("config")[0].action_mode
+    if mode != ("scores" if slate else "slot"):
+        raise ValueError(
+            f"a {'slate' if slate else 'slot'} agent needs env.action_mode="
+            f"{'scores' if slate else 'slot'}, the env has {mode}"
+        )
+    if slate:
+        policy = RankingSlatePolicy
+        policy_kwargs["slate_size"] = venv.get_attr("config")[0].slate_size
     try:
         model = klass(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,
@@ -159,13 +201,14 @@ def load_agent(
     hyperparams: dict[str, Any] | None = None,
     scorer: dict[str, Any] | None = None,
     seed: int = 0,
+    slate: bool = False,
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
     Nothing is unpickled (see :mod:`agents.checkpoint`); ``hyperparams`` and ``scorer`` must be
     those of the run that wrote the checkpoint.
     """
-    model = build_agent(algorithm, venv, seed, device, hyperparams, scorer)
+    model = build_agent(algorithm, venv, seed, device, hyperparams, scorer, slate)
     return load_checkpoint(model, path, algorithm)
 
 

@@ -5,7 +5,7 @@ Usage::
     python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
     python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
     python -m experiments.bench env [--num-envs 1024] [--steps 200]
-    python -m experiments.bench train [--timesteps 40000]
+    python -m experiments.bench train [--slates 20000] [--agents ppo_v1 dqn_v1 ppo dqn] [--profile]
     python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
     python -m experiments.bench sweep [--jobs 4] [--timesteps 30000]
 
@@ -28,10 +28,13 @@ slate 10; random actions): single-env steps/s; ``DummyVecEnv`` over B single env
 batched env, per step; batched slot-steps/s in ``ids`` and ``embeddings`` modes (with and
 without per-request infos); bytes per stored transition in each observation mode.
 
-``train``: SB3 PPO and DQN (``conf/agent/*.yaml`` settings, ``ids`` observations) training on the
-batched env over the default world's training sessions: timesteps per second (timesteps / wall
-time, not SB3's ``time/fps``, which is logged before the last update) and the share of the wall
-time spent inside the env (``reset``/``step`` timed around the env's own methods).
+``train``: SB3 agents (``conf/agent/<name>.yaml`` settings, ``ids`` observations; by default
+``ppo_v1``, ``dqn_v1``, ``ppo``, ``dqn``) training on the batched env over the default world's
+training sessions (hashing encoder), one after the other in one process: slates per second
+(requests fully ranked and learned from, so slot-by-slot and whole-slate agents compare fairly),
+timesteps per second (timesteps / wall time, not SB3's ``time/fps``), the share of the wall time
+inside the env (``reset``/``step`` timed around the env's own methods), each agent's ratio to
+the ``*_v1`` agent of its algorithm, and with ``--profile`` the top functions by own time.
 
 ``serve``: a PPO policy (``--run``'s, or one trained for ``--timesteps`` on the default
 experiment, MiniLM embeddings) exported to a ranker: the scorer alone in onnxruntime against the
@@ -312,8 +315,18 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
     return results
 
 
-def bench_train(timesteps: int) -> dict[str, Any]:
-    """Training throughput of PPO and DQN, and the share of time spent in the env."""
+def bench_train(
+    timesteps: int, slates: int | None, agents: list[str], profile: bool
+) -> dict[str, Any]:
+    """Training throughput of SB3 agents side by side, and where their time goes.
+
+    Each agent trains for ``slates`` requests when given (a slot agent takes about
+    ``slate_size`` steps per request, a slate agent one), else for ``timesteps`` env steps.
+    """
+    import cProfile
+    import io
+    import pstats
+
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -325,14 +338,16 @@ def bench_train(timesteps: int) -> dict[str, Any]:
     log, encoded, truth = synthetic_world(0, 1.0, "hashing")
     train, _ = log.split(0.2, seed=0)
     conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
-    results: dict[str, Any] = {"timesteps": timesteps, "torch_threads": torch_threads()}
-    for name in ("ppo", "dqn"):
+    results: dict[str, Any] = {"timesteps": timesteps, "slates": slates,
+                               "torch_threads": torch_threads()}  # fmt: skip
+    for name in agents:
         agent = instantiate(OmegaConf.load(conf / f"{name}.yaml"))
+        env = ReplayConfig(obs_mode="ids", action_mode=agent.action_mode)
         venv = BatchedReplayEnv(
-            train, encoded, TruthClickModel(truth=truth), ReplayConfig(obs_mode="ids"),
+            train, encoded, TruthClickModel(truth=truth), env,
             num_envs=agent.num_envs, device="cpu", request_infos=False,
         )  # fmt: skip
-        in_env = [0.0]
+        in_env, ranked = [0.0], [0]
         for method in ("reset", "step_async", "step_wait"):
             original = getattr(venv, method)
 
@@ -346,21 +361,57 @@ def bench_train(timesteps: int) -> dict[str, Any]:
                     _clock[0] += time.perf_counter() - start
 
             setattr(venv, method, timed)
+        wait = venv.step_wait
+
+        def counted(_wait: Any = wait, _venv: Any = venv, _ranked: list = ranked) -> Any:
+            out = _wait()
+            _ranked[0] += int((_venv.engine.pos == 0).sum())  # rows that just started a request
+            return out
+
+        venv.step_wait = counted
         venv.seed(0)
         model = agent.build(venv, 0, "cpu")
+        steps = timesteps
+        if slates is not None:
+            steps = slates * (1 if agent.slate else env.slate_size)
+        profiler = cProfile.Profile() if profile else None
         start = time.perf_counter()
-        model.learn(timesteps)
+        if profiler is not None:
+            profiler.enable()
+        model.learn(steps)
+        if profiler is not None:
+            profiler.disable()
         wall = time.perf_counter() - start
         results[name] = {
             "num_envs": agent.num_envs,
             "timesteps": model.num_timesteps,
+            "slates": ranked[0],
             "seconds": round(wall, 2),
+            "slates_per_s": round(ranked[0] / wall),
             "timesteps_per_s": round(model.num_timesteps / wall),
             "env_seconds": round(in_env[0], 3),
             "env_share": round(in_env[0] / wall, 4),
         }
+        base = f"{agent.algorithm}_v1"
+        if base in results and name != base:
+            ratio = results[name]["slates_per_s"] / results[base]["slates_per_s"]
+            results[name][f"slates_per_s_vs_{base}"] = round(ratio, 1)
+        if profiler is not None:
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+            results[name]["profile"] = _profile_rows(text.getvalue(), wall)
         print(f"{name}: {results[name]}")
     return results
+
+
+def _profile_rows(text: str, wall: float) -> list[str]:
+    """``share of wall time  function`` lines from a pstats listing (own time)."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[1].replace(".", "", 1).isdigit():
+            rows.append(f"{float(parts[1]) / wall:6.1%}  {parts[5]}")
+    return rows
 
 
 class _TorchSession:
@@ -637,7 +688,10 @@ def main(argv: list[str] | None = None) -> None:
     sw.add_argument("--repeats", type=int, default=1)
     sw.add_argument("--json", type=Path, default=None, help="also write the results here")
     tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
-    tr.add_argument("--timesteps", type=int, default=40000)
+    tr.add_argument("--timesteps", type=int, default=40000, help="env steps per agent")
+    tr.add_argument("--slates", type=int, default=None, help="requests per agent (not steps)")
+    tr.add_argument("--agents", nargs="+", default=["ppo_v1", "dqn_v1", "ppo", "dqn"])
+    tr.add_argument("--profile", action="store_true", help="cProfile each agent's training")
     tr.add_argument("--repeats", type=int, default=1)
     tr.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -652,9 +706,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--scales must be > 0, got {args.scales}")
         results = {**machine, **bench_data(args.scales, args.repeats)}
     elif args.what == "train":
-        if args.timesteps < 1:
-            parser.error("--timesteps must be >= 1")
-        results = {**machine, **bench_train(args.timesteps)}
+        if args.timesteps < 1 or (args.slates is not None and args.slates < 1):
+            parser.error("--timesteps and --slates must be >= 1")
+        results = {**machine, **bench_train(args.timesteps, args.slates, args.agents,
+                                            args.profile)}  # fmt: skip
     elif args.what == "serve":
         if min(args.requests, args.http_requests, args.timesteps) < 1:
             parser.error("--requests, --http-requests and --timesteps must be >= 1")

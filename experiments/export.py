@@ -96,7 +96,7 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
     if not isinstance(agent, SB3Agent):
         return cfg, s, agent.fit(s.train, s.encoded)
     venv = BatchedReplayEnv(
-        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="slot"),
+        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode=agent.action_mode),
         num_envs=agent.num_envs, device="cpu", request_infos=False,
     )  # fmt: skip
     model = agent.load(run_dir / "checkpoints" / CHECKPOINT, venv, cfg.seed, "cpu")

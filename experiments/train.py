@@ -41,6 +41,7 @@ from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
 from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
 from agents.evaluation import EvaluationResult, evaluate
 from agents.ope import logged_clicks, off_policy_estimates
+from agents.supervised import SupervisedAgent
 from agents.training import (
     STEP_KEY,
     CheckpointCallback,
@@ -294,6 +295,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     if isinstance(agent, SB3Agent):
         policy, timesteps = train(cfg, agent, s, run_dir, logger, periodic, hparams)
+    elif isinstance(agent, SupervisedAgent):  # the ceiling: regression on the reward model
+        venv = BatchedReplayEnv(
+            s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="scores"),
+            num_envs=agent.num_envs, device=cfg.device, request_infos=False,
+        )  # fmt: skip
+        policy, timesteps = agent.train(venv, cfg.total_timesteps, cfg.seed, str(venv.device))
+        log_hparams(logger, hparams)
     else:
         policy, timesteps = agent.fit(s.train, s.encoded), 0
         log_hparams(logger, hparams)
@@ -347,7 +355,7 @@ def train(
 ) -> tuple[SB3Policy, int]:
     """Train ``agent`` on the training sessions (resuming from a checkpoint when asked)."""
     venv = BatchedReplayEnv(
-        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="slot"),
+        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode=agent.action_mode),
         num_envs=agent.num_envs, device=cfg.device, request_infos=False,
     )  # fmt: skip
     venv.seed(cfg.seed)

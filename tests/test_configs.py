@@ -86,9 +86,11 @@ def test_env_config_instantiates() -> None:
         instantiate(make("env.obs_mode=pixels").env)
 
 
-@pytest.mark.parametrize(
-    "agent", ["ppo", "a2c", "dqn", "random", "logged", "popularity", "cosine", "oracle"]
-)
+AGENTS = ["ppo", "a2c", "dqn", "ppo_v1", "dqn_v1", "supervised", "random", "logged",
+          "popularity", "cosine", "oracle"]  # fmt: skip
+
+
+@pytest.mark.parametrize("agent", AGENTS)
 def test_every_agent_config_instantiates(agent: str) -> None:
     from agents.baselines import ScoringPolicy
     from agents.training import SB3Agent
@@ -97,10 +99,14 @@ def test_every_agent_config_instantiates(agent: str) -> None:
     assert "_target_" in cfg.agent
     built = instantiate(cfg.agent)
     assert built.name == agent
-    if agent in ("ppo", "a2c", "dqn"):
-        assert isinstance(built, SB3Agent) and built.algorithm == agent
+    if agent in ("ppo", "a2c", "dqn", "ppo_v1", "dqn_v1"):
+        assert isinstance(built, SB3Agent) and built.algorithm == agent.removesuffix("_v1")
         assert built.num_envs >= 1 and {"variant", "hidden"} <= set(built.scorer)
         assert "learning_rate" in built.hyperparams and isinstance(built.hyperparams, dict)
+        # the default PPO ranks whole slates; the v1 agents place one candidate per step
+        assert built.action_mode == ("scores" if agent == "ppo" else "slot")
+    elif agent == "supervised":
+        assert built.action_mode == "scores" and built.scorer["max_positions"] == 1
     else:
         assert isinstance(built, ScoringPolicy)
     if agent == "random":

@@ -41,7 +41,8 @@ def test_train_with_export_writes_a_ranker_of_the_run(ppo_run: Path) -> None:
     manifest = ranker.manifest
     metrics = json.loads((ppo_run / "metrics.json").read_text())
     assert manifest["policy"] == {"name": "ppo", "kind": "sb3", "algorithm": "ppo"}
-    assert manifest["action"] == "greedy" and manifest["encoder"]["kind"] == "onnx"
+    # the default PPO ranks whole slates with a position-free scorer: the ranker sorts once
+    assert manifest["action"] == "sort" and manifest["encoder"]["kind"] == "onnx"
     assert manifest["run"]["metrics"]["expected_clicks"] == metrics["expected_clicks"]
     assert manifest["run"]["path"] == str(ppo_run.resolve())
     ids = json.loads((ppo_run / "ranker" / "items.json").read_text())

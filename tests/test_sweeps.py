@@ -214,7 +214,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_killed_ones(tmp_path:
     second = json.loads((killed / "metrics.json").read_text())
     assert second["total_timesteps"] == first["total_timesteps"]
     # a sweep directory reused with other overrides is refused per job, never overwritten
-    other = sweep(tmp_path, *args, "agent.hyperparams.n_epochs=2")
+    other = sweep(tmp_path, *args, "agent.hyperparams.n_epochs=3")
     assert other.returncode == 1 and "holds a run of another config (differs in agent)" in (
         other.stderr
     )

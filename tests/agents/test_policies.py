@@ -154,3 +154,23 @@ def test_unknown_agent_and_hyperparameter_are_named(world) -> None:
         build_agent("sac", venv(world), seed=0)
     with pytest.raises(ValueError, match="agent.hyperparams for ppo: .*n_stepz"):
         build_agent("ppo", venv(world), seed=0, hyperparams={"n_stepz": 3})
+
+
+def test_scorer_table_paths_equal_row_paths_and_follow_loaded_tables(world) -> None:
+    """Large batches project the item table once (and read a cached unit table); the scores are
+    those of small batches, which project their own rows; a loaded state dict resets the cache."""
+    env = venv(world)
+    obs = obs_as_tensor(env.reset(), "cpu")
+    a = CandidateScorer(env.observation_space, env.embedding_tables)
+    n_items = a.items.shape[0]
+    repeat = n_items // (8 * 12) + 1  # B * K > the table's rows: the table path
+    big = {k: v.repeat(repeat, *([1] * (v.dim() - 1))) for k, v in obs.items()}
+    assert big["candidates"].numel() > n_items >= obs["candidates"].numel()
+    with torch.no_grad():
+        small_scores, big_scores = a(obs), a(big)
+    torch.testing.assert_close(big_scores[:8], small_scores, rtol=1e-5, atol=1e-5)
+    b = CandidateScorer(env.observation_space, None, a.table_shapes)  # zero tables
+    with torch.no_grad():
+        b(big)  # caches the unit table of the zero tables
+        b.load_state_dict(a.state_dict())
+        torch.testing.assert_close(b(big), big_scores)

@@ -1,0 +1,169 @@
+"""Whole-slate PPO: the Plackett-Luce distribution, the slate policy and the supervised ceiling."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.utils import obs_as_tensor
+
+from agents.baselines import SB3Policy
+from agents.evaluation import evaluate
+from agents.policies import PlackettLuce
+from agents.supervised import SupervisedAgent
+from agents.training import SB3Agent, build_agent, load_agent, save_checkpoint
+from encoders.encoded_log import encode_log
+from encoders.hashing import HashingEncoder
+from envs.click_models.simple import TruthClickModel
+from envs.replay import ReplayConfig
+from envs.vector import BatchedReplayEnv
+
+SMALL_PPO = {"n_steps": 16, "batch_size": 64, "n_epochs": 2, "learning_rate": 1e-3, "gamma": 0.0}
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    log, truth = small_world
+    return log, encode_log(log, HashingEncoder(dim=32), progress=False), truth
+
+
+def venv(world, n: int = 8, mode: str = "scores", log=None) -> BatchedReplayEnv:
+    base, encoded, truth = world
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=5, action_mode=mode)
+    env = BatchedReplayEnv(log or base, encoded, TruthClickModel(truth=truth), cfg, num_envs=n)
+    env.seed(0)
+    return env
+
+
+def test_log_prob_is_exact_and_sums_to_one_over_placed_prefixes() -> None:
+    scores = torch.tensor([[1.0, 0.2, -0.5, 2.0, 0.7]])
+    mask = torch.tensor([[True, True, True, False, True]])
+    dist = PlackettLuce(slate_size=2).proba_distribution(scores, mask)
+    valid = [0, 1, 2, 4]
+    e = scores[0].exp()
+    total = 0.0
+    for a, b in itertools.permutations(valid, 2):
+        rest = [c for c in valid if c not in (a, b)]
+        action = dist._encode(torch.tensor([[a, b, *rest, 3]]))
+        z = e[valid].sum()
+        expected = math.log(e[a] / z) + math.log(e[b] / (z - e[a]))
+        assert dist.log_prob(action).item() == pytest.approx(expected, abs=1e-5)
+        total += math.exp(expected)
+        # the unplaced tail's order does not change the probability of the slate
+        swapped = dist._encode(torch.tensor([[a, b, *rest[::-1], 3]]))
+        assert dist.log_prob(swapped).item() == pytest.approx(expected, abs=1e-5)
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_samples_follow_softmax_never_rank_masked_first_and_decode_exactly() -> None:
+    torch.manual_seed(0)
+    scores = torch.tensor([[1.0, 0.2, -0.5, 2.0]]).repeat(20000, 1)
+    mask = torch.tensor([[True, True, True, False]]).repeat(20000, 1)
+    dist = PlackettLuce(slate_size=3).proba_distribution(scores, mask)
+    actions = dist.sample()
+    assert actions.min() >= -1 and actions.max() <= 1  # inside the env's Box(-1, 1)
+    assert (actions[:, 3] == -1).all()  # masked: ranked last
+    top = np.bincount(actions.argmax(1).numpy(), minlength=4) / 20000
+    soft = torch.softmax(scores[0, :3], 0).numpy()
+    np.testing.assert_allclose(top[:3], soft, atol=0.015)
+    # the env ranks by the action: the same order the distribution decoded
+    order = torch.argsort(actions, dim=1, descending=True, stable=True)
+    np.testing.assert_array_equal(dist._encode(order).numpy(), actions.numpy())
+    mode = dist.mode()[0]
+    assert torch.argsort(mode, descending=True).tolist() == [0, 1, 2, 3]
+
+
+def test_entropy_along_a_ranking_is_the_sum_of_each_choice_entropy() -> None:
+    scores = torch.tensor([[0.5, -1.0, 2.0]])
+    dist = PlackettLuce(slate_size=2).proba_distribution(scores, torch.ones(1, 3, dtype=bool))
+    action = dist._encode(torch.tensor([[2, 0, 1]]))
+    p1 = torch.softmax(scores[0], 0)
+    p2 = torch.softmax(scores[0, :2], 0)
+    expected = -(p1 * p1.log()).sum() - (p2 * p2.log()).sum()
+    assert dist.entropy_along(action).item() == pytest.approx(expected.item(), abs=1e-5)
+    uniform = PlackettLuce(3).proba_distribution(torch.zeros(1, 3), torch.ones(1, 3, dtype=bool))
+    assert uniform.entropy().item() == pytest.approx(math.log(3) + math.log(2), abs=1e-5)
+
+
+def test_slate_ppo_ranks_whole_requests_and_learns(world) -> None:
+    log, encoded, truth = world
+    train, test = log.split(0.3, seed=0)
+    env = venv(world, n=16, log=train)
+    model = build_agent("ppo", env, seed=0, device="cpu", hyperparams=SMALL_PPO, slate=True)
+    obs = env.reset()
+    actions, _ = model.predict(obs, deterministic=False)
+    assert actions.shape == (16, 12)
+    ranked = np.argsort(-actions, axis=1, kind="stable")[:, :5]
+    assert (obs["mask"][np.arange(16)[:, None], ranked] > 0).all()  # places valid items only
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=5)
+
+    def true_clicks() -> float:
+        r = evaluate(SB3Policy(model, "ids", "ppo"), test, encoded, TruthClickModel(truth=truth),
+                     cfg, truth=truth, bootstrap=0)  # fmt: skip
+        assert r.invalid_actions == 0
+        return r.metrics["true_expected_clicks"]
+
+    before = true_clicks()
+    model.learn(6000)  # 6,000 whole slates
+    after = true_clicks()
+    assert after > before + 0.05, (before, after)
+
+
+def test_slate_policy_evaluates_as_the_sort_of_its_scores(world) -> None:
+    env = venv(world)
+    model = build_agent("ppo", env, seed=1, device="cpu", hyperparams=SMALL_PPO, slate=True)
+    slot_env = venv(world, mode="slot")
+    obs = slot_env.reset()
+    policy = SB3Policy(model, "ids", "ppo")
+    with torch.no_grad():
+        scores = model.policy.scorer(obs_as_tensor(obs, "cpu")).numpy()
+    expected = np.argsort(-np.where(obs["mask"] > 0, scores, -np.inf), axis=1, kind="stable")
+    for slot in range(5):  # greedy, slot by slot, in the slot env = the sorted scores
+        act = policy.act(obs, slot_env)
+        np.testing.assert_array_equal(act, expected[:, slot])
+        obs = slot_env.step(act)[0]
+
+
+def test_slate_checkpoint_round_trip_and_refusals(world, tmp_path: Path) -> None:
+    env = venv(world)
+    model = build_agent("ppo", env, seed=0, device="cpu", hyperparams=SMALL_PPO, slate=True)
+    model.learn(256)
+    path = save_checkpoint(model, tmp_path, "ppo")
+    loaded = load_agent("ppo", path, venv(world), "cpu", SMALL_PPO, slate=True)
+    obs = env.reset()
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
+                                  model.predict(obs, deterministic=True)[0])  # fmt: skip
+    with pytest.raises(ValueError, match="slate agent needs env.action_mode=scores"):
+        build_agent("ppo", venv(world, mode="slot"), seed=0, slate=True)
+    with pytest.raises(ValueError, match="agent.slate=true with agent.algorithm=dqn; allowed"):
+        SB3Agent("dqn", "dqn", slate=True)
+    with pytest.raises(ValueError, match="agent.slate='yes'; allowed: true, false"):
+        SB3Agent("ppo", "ppo", slate="yes")
+    assert SB3Agent("ppo", "ppo", slate=True).action_mode == "scores"
+
+
+def test_supervised_ceiling_fits_the_truth(world) -> None:
+    log, encoded, truth = world
+    train, test = log.split(0.3, seed=0)
+    agent = SupervisedAgent(num_envs=64, learning_rate=3e-3)
+    policy, seen = agent.train(venv(world, n=64, log=train), 20000, seed=0)
+    assert seen == 20032
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=5)
+    model = TruthClickModel(truth=truth)
+    from agents.baselines import CosinePolicy, RandomPolicy
+
+    values = {
+        p.name: evaluate(p, test, encoded, model, cfg, truth=truth, bootstrap=0).metrics[
+            "true_expected_clicks"
+        ]
+        for p in (policy, RandomPolicy(), CosinePolicy().fit(train, encoded))
+    }
+    assert values["supervised"] > values["cosine"] > values["random"], values
+    with pytest.raises(ValueError, match="action_mode=scores"):
+        agent.train(venv(world, mode="slot"), 10, seed=0)
+    with pytest.raises(ValueError, match="agent.num_envs=0"):
+        SupervisedAgent(num_envs=0)
