@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.baselines import ScoringPolicy, masked_argmax
+from agents.baselines import ScoringPolicy
 from agents.scorer import CandidateScorer
 from envs.vector import BatchedReplayEnv
 
@@ -32,10 +32,6 @@ class SupervisedPolicy(ScoringPolicy):
         tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in obs.items()}
         with torch.no_grad():
             return self.scorer(tensors).double().cpu().numpy()
-
-    def act(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
-        """``int64[B]``: the best unmasked candidate."""
-        return masked_argmax(self.scores(obs, env), obs["mask"])
 
 
 class SupervisedAgent:

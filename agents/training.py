@@ -112,7 +112,7 @@ class SB3Agent:
     @property
     def action_mode(self) -> str:
         """The env ``action_mode`` this agent trains in: ``scores`` (slate) or ``slot``."""
-        return "scores" if self.slate else "slot"
+        return action_mode(self.slate)
 
     @property
     def log_interval(self) -> int:
@@ -132,6 +132,11 @@ class SB3Agent:
         return load_agent(
             self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate
         )
+
+
+def action_mode(slate: bool) -> str:
+    """The env ``action_mode`` of a slate (``scores``) or a slot (``slot``) agent."""
+    return "scores" if slate else "slot"
 
 
 def _check_slate(algorithm: str, slate: bool) -> None:
@@ -169,15 +174,15 @@ def build_agent(
     _check_slate(algorithm, slate)
     tables = venv.get_attr("embedding_tables")[0]
     policy_kwargs: dict[str, Any] = {"scorer": dict(scorer or {}), "tables": tables}
-    mode = venv.get_attr("config")[0].action_mode
-    if mode != ("scores" if slate else "slot"):
+    env = venv.get_attr("config")[0]
+    if env.action_mode != action_mode(slate):
         raise ValueError(
             f"a {'slate' if slate else 'slot'} agent needs env.action_mode="
-            f"{'scores' if slate else 'slot'}, the env has {mode}"
+            f"{action_mode(slate)}, the env has {env.action_mode}"
         )
     if slate:
         policy = RankingSlatePolicy
-        policy_kwargs["slate_size"] = venv.get_attr("config")[0].slate_size
+        policy_kwargs["slate_size"] = env.slate_size
     try:
         model = klass(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,

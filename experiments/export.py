@@ -15,7 +15,6 @@ with ``python -m experiments.serve ranker=<dir>``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -30,7 +29,6 @@ from agents.export import export_ranker
 from agents.training import SB3Agent
 from encoders.base import digest
 from envs.setup import RunSetup
-from envs.vector import BatchedReplayEnv
 from experiments.sweeps import run_job
 
 log = logging.getLogger(__name__)
@@ -82,7 +80,13 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
         FileNotFoundError: ``run_dir`` is not an ``experiments.train`` run.
         CheckpointError: a missing or foreign checkpoint (named).
     """
-    from experiments.train import RUN_CONFIG, instantiate, load_run_config, setup
+    from experiments.train import (
+        RUN_CONFIG,
+        instantiate,
+        load_run_config,
+        setup,
+        training_env,
+    )
 
     run_dir = Path(run_dir)
     config_file = run_dir / RUN_CONFIG
@@ -95,10 +99,7 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
     s = setup(cfg)
     if not isinstance(agent, SB3Agent):
         return cfg, s, agent.fit(s.train, s.encoded)
-    venv = BatchedReplayEnv(
-        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode=agent.action_mode),
-        num_envs=agent.num_envs, device="cpu", request_infos=False,
-    )  # fmt: skip
+    venv = training_env(s, agent, "cpu")
     model = agent.load(run_dir / "checkpoints" / CHECKPOINT, venv, cfg.seed, "cpu")
     return cfg, s, SB3Policy(model, s.env.obs_mode, agent.name)
 

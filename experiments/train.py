@@ -296,10 +296,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(agent, SB3Agent):
         policy, timesteps = train(cfg, agent, s, run_dir, logger, periodic, hparams)
     elif isinstance(agent, SupervisedAgent):  # the ceiling: regression on the reward model
-        venv = BatchedReplayEnv(
-            s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode="scores"),
-            num_envs=agent.num_envs, device=cfg.device, request_infos=False,
-        )  # fmt: skip
+        venv = training_env(s, agent, cfg.device)
         policy, timesteps = agent.train(venv, cfg.total_timesteps, cfg.seed, str(venv.device))
         log_hparams(logger, hparams)
     else:
@@ -344,6 +341,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def training_env(s: RunSetup, agent: SB3Agent | SupervisedAgent, device: str) -> BatchedReplayEnv:
+    """The batched env over the training sessions, in the agent's action mode and with its
+    ``num_envs`` (no per-request infos: training does not read them)."""
+    env = dataclasses.replace(s.env, action_mode=agent.action_mode)
+    return BatchedReplayEnv(s.train, s.encoded, s.reward, env, num_envs=agent.num_envs,
+                            device=device, request_infos=False)  # fmt: skip
+
+
 def train(
     cfg: DictConfig,
     agent: SB3Agent,
@@ -354,10 +359,7 @@ def train(
     hparams: dict[str, Any],
 ) -> tuple[SB3Policy, int]:
     """Train ``agent`` on the training sessions (resuming from a checkpoint when asked)."""
-    venv = BatchedReplayEnv(
-        s.train, s.encoded, s.reward, dataclasses.replace(s.env, action_mode=agent.action_mode),
-        num_envs=agent.num_envs, device=cfg.device, request_infos=False,
-    )  # fmt: skip
+    venv = training_env(s, agent, cfg.device)
     venv.seed(cfg.seed)
     checkpoints = run_dir / "checkpoints"
     if cfg.resume:  # refuses a missing, foreign or tampered checkpoint with one line
