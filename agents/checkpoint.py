@@ -104,8 +104,13 @@ def load_checkpoint(model: BaseAlgorithm, path: str | Path, algorithm: str) -> B
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
     except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{file}: not loadable as plain weights ({first})") from None
+        # a state dict of another architecture: its first line says so, the next which keys
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = " ".join(lines[:2])[:300] if lines else type(err).__name__
+        raise CheckpointError(
+            f"{file}: not loadable as plain weights ({why}); resume with the run's own agent "
+            "settings"
+        ) from None
     for key in _COUNTERS:
         if hasattr(model, key):
             setattr(model, key, int(state[key]))

@@ -5,14 +5,16 @@
 * ``scorer.onnx``: the policy's scoring graph. Inputs, for ``B`` requests of ``N`` candidates
   scored at ``P`` positions (all three axes dynamic): ``query`` ``[B, d]``, ``user`` ``[B, d]``
   (the pooled history), ``context_features`` ``[B, F_c]`` (the history's pooled item features,
-  then the user's own), ``candidates`` ``[B, N, d]``, ``candidate_features`` ``[B, N, F_i]``,
-  ``bias`` ``[B, N]`` (the item table's learned bias), ``mask`` ``bool[B, N]`` and
-  ``positions`` ``int64[P]``. Outputs: ``scores`` ``[B, P, N]`` (masked candidates score
-  :data:`~agents.scorer.MASKED`) and ``parts`` ``[B, P, N, 4]``, the additive parts of each
-  score (:data:`agents.ranker.PARTS`).
+  the user's own, then the user's learned vector), ``candidates`` ``[B, N, d]``,
+  ``candidate_features`` ``[B, N, F_i]``, ``bias`` ``[B, N]`` (the item table's learned bias),
+  ``mask`` ``bool[B, N]`` and ``positions`` ``int64[P]``. Outputs: ``scores`` ``[B, P, N]``
+  (masked candidates score :data:`~agents.scorer.MASKED`) and ``parts`` ``[B, P, N, 4]``, the
+  additive parts of each score (:data:`agents.ranker.PARTS`).
 * the tables: ``items.json`` (item ids; an item's code is its index), ``items.npy``,
   ``item_bias.npy``, ``item_features.npy``, ``queries.json`` + ``queries.npy`` (the known
-  queries' vectors), ``users.json`` + ``user_features.npy`` when the policy reads user features;
+  queries' vectors), ``users.json`` + ``user_features.npy`` when the policy reads user features,
+  ``users.json`` + ``user_vectors.npy`` when it learned a vector per user (the ranker gives
+  users it does not know the zero vector);
 * the text encoder: ``encoder.onnx`` + ``tokenizer.json`` for transformer encoders (queries and
   new items are encoded at serving time without torch), or ``hashing.json`` (the hashing
   encoder is numpy: its parameters are enough);
@@ -300,7 +302,8 @@ def export_ranker(
             f"embeddings were made by {encoded.fingerprint}: export with the run's own encoder"
         )
     graph, dims, item_bias, unknown_bias = _scoring(kind, policy, encoded, env, len(item_ids))
-    fi, fu = dims["item_features"], dims["user_features"]
+    fi, fu, fv = dims["item_features"], dims["user_features"], dims["user_vectors"]
+    user_vectors = _user_vectors(policy, len(user_ids)) if fv else None
     # a position-free scorer (a whole-slate policy's) ranks by one sort: the greedy slot-by-slot
     # fill would give the same slate at P times the cost
     positional = kind == "sb3" and policy_scorer(policy).position.num_embeddings > 1
@@ -314,9 +317,12 @@ def export_ranker(
         _save_npy(tmp, "item_features.npy", encoded.item_features[:, :fi])
         (tmp / "queries.json").write_text(json.dumps([str(q) for q in query_texts]))
         _save_npy(tmp, "queries.npy", encoded.queries)
-        if fu:
+        if fu or fv:
             (tmp / "users.json").write_text(json.dumps([str(u) for u in user_ids]))
+        if fu:
             _save_npy(tmp, "user_features.npy", encoded.user_features)
+        if fv:
+            _save_npy(tmp, "user_vectors.npy", user_vectors)
         enc = {"name": getattr(encoder, "name", None), "fingerprint": encoded.fingerprint,
                "kind": "none"}  # fmt: skip
         if with_encoder and isinstance(encoder, TransformerEncoder):
@@ -335,7 +341,7 @@ def export_ranker(
             "dims": dims,
             "items": len(item_ids),
             "queries": len(query_texts),
-            "users": len(user_ids) if fu else 0,
+            "users": len(user_ids) if fu or fv else 0,
             "trained_candidates": env.max_candidates,
             "slate_size": env.slate_size,
             "max_candidates": max_candidates,
@@ -359,6 +365,7 @@ def _scoring(
     fi = encoded.item_features.shape[1] if env.features else 0
     fu = encoded.user_features.shape[1] if env.features else 0
     item_bias, unknown_bias, hidden = np.zeros(n_items, dtype=np.float32), 0.0, 0
+    fv = 0  # the width of a learned vector per user (a trained scorer's user_embedding)
     if kind == "sb3":
         scorer = policy_scorer(policy)
         if scorer.dim != encoded.dim or scorer.item_feature_dim != fi:
@@ -376,7 +383,7 @@ def _scoring(
             item_bias = scorer.bias.weight.detach().cpu().numpy()[:-1, 0]
         # a copy: the run's model stays where it is (perhaps on the GPU)
         graph: nn.Module = _PolicyGraph(copy.deepcopy(scorer).cpu().eval())
-        fu, hidden = scorer.user_feature_dim, scorer.hidden
+        fu, fv, hidden = scorer.user_feature_dim, scorer.user_embedding_dim, scorer.hidden
     else:
         # cosine reads the history's item features (when its features are on), popularity none
         fi = fi if kind == "cosine" and policy.features else 0
@@ -385,8 +392,22 @@ def _scoring(
             item_bias, unknown_bias = policy.ctr.astype(np.float32), float(policy.global_ctr)
         graph = _BaselineGraph(kind)
     dims = {"embedding": int(encoded.dim), "item_features": int(fi), "user_features": int(fu),
-            "context_features": int(fi + fu), "hidden": int(hidden)}  # fmt: skip
+            "user_vectors": int(fv), "context_features": int(fi + fu + fv),
+            "hidden": int(hidden)}  # fmt: skip
     return graph, dims, item_bias, unknown_bias
+
+
+def _user_vectors(policy: SB3Policy, n_users: int) -> np.ndarray:
+    """The learned vector of each of the dataset's ``n_users`` users (code order)."""
+    table = policy_scorer(policy).user_vectors
+    assert table is not None  # dims["user_vectors"] > 0
+    vectors = table.weight.detach().cpu().numpy()[:-1]  # the last row: the cold-start user
+    if len(vectors) != n_users:
+        raise ValueError(
+            f"policy {policy.name!r} holds vectors of {len(vectors)} users, the dataset "
+            f"{n_users}: export with the run's own dataset"
+        )
+    return vectors
 
 
 def _algorithm(policy: Any) -> str | None:

@@ -5,7 +5,9 @@
   scorer's pooled state.
 * PPO / A2C on whole slates: :class:`RankingSlatePolicy`, a Plackett-Luce distribution over
   rankings of the candidates (env ``action_mode=scores``): one step ranks a request, so a slate
-  costs one forward pass and one learning sample instead of one per position.
+  costs one forward pass and one learning sample instead of one per position. With
+  ``credit="position"`` each position's choice is credited with the clicks from that position
+  on (:class:`PositionRolloutBuffer`) instead of all choices with the slate's clicks.
 * DQN: :class:`RankingDQNPolicy`, one Q-value per candidate from the scorer, masked both when
   acting and in the target's max (a masked Q is very negative and never the max). Use it with
   :class:`MaskedDQN`, whose epsilon-greedy exploration picks among valid candidates, per env.
@@ -16,12 +18,14 @@ device and are saved in the state dict, not in the pickled constructor arguments
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import DictRolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
@@ -136,11 +140,14 @@ class PlackettLuce(Distribution):
 
     Args:
         slate_size: positions the env fills per request (the ranking's scored prefix).
+        per_position: :meth:`log_prob` returns each position's choice log-probability
+            (``[B, slate_size]``, 0 past the placed prefix) instead of their sum (``[B]``).
     """
 
-    def __init__(self, slate_size: int) -> None:
+    def __init__(self, slate_size: int, per_position: bool = False) -> None:
         super().__init__()
         self.slate_size = slate_size
+        self.per_position = per_position
         self.scores = torch.empty(0)
         self.mask = torch.empty(0, dtype=torch.bool)
 
@@ -170,10 +177,14 @@ class PlackettLuce(Distribution):
         return ranked, placed
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        """``[B]`` exact log-probability of the placed prefix of each ranking."""
+        """``[B]`` exact log-probability of the placed prefix of each ranking (with
+        ``per_position``, ``[B, slate_size]``: each placed position's choice)."""
         ranked, placed = self._ranked_scores(actions)
         rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)  # logsumexp over j >= k
-        return ((ranked - rest) * placed).sum(1)
+        per_position = (ranked - rest) * placed
+        if self.per_position:
+            return per_position[:, : self.slate_size]
+        return per_position.sum(1)
 
     def entropy_along(self, actions: torch.Tensor) -> torch.Tensor:
         """``[B]`` sum over the placed positions of the entropy of that position's choice
@@ -224,32 +235,154 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
     rank the slate by sorting, and an evaluation or export that scores slot by slot places the
     same items (the argmax of the remaining candidates, every slot).
 
+    ``credit="position"`` (with :class:`PositionRolloutBuffer`): the log-probabilities and
+    the critic's values are per position (``[B, slate_size]``: the value of the clicks from
+    each position on), so PPO's clipped ratio and advantage are taken per position.
+
     Args:
         slate_size: positions per request (the env's ``slate_size``).
+        credit: ``slate`` (one advantage per slate) or ``position``.
     """
 
-    def __init__(self, *args: Any, slate_size: int = 10, **kwargs: Any) -> None:
-        self.slate_size = slate_size
+    def __init__(
+        self, *args: Any, slate_size: int = 10, credit: str = "slate", **kwargs: Any
+    ) -> None:
+        if credit not in CREDITS:
+            raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
+        self.slate_size, self.credit = slate_size, credit
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
         self.scorer_kwargs["max_positions"] = 1
         super()._build(lr_schedule)
-        self.action_dist = PlackettLuce(self.slate_size)
+        if self.credit == "position":  # one value per position: the clicks from there on
+            h = self.scorer.hidden
+            self.value_head[-1] = nn.Linear(h, self.slate_size)
+            self.optimizer = self.optimizer_class(
+                self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+            )
+        self.action_dist = PlackettLuce(self.slate_size, self.credit == "position")
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data["slate_size"] = self.slate_size
+        data.update(slate_size=self.slate_size, credit=self.credit)
         return data
 
     def _distribution(self, obs: PyTorchObs) -> tuple[PlackettLuce, torch.Tensor]:
         """The Plackett-Luce distribution over rankings of the candidates, and the values."""
         logits, values = self._heads(obs)
-        return PlackettLuce(self.slate_size).proba_distribution(logits, obs["mask"] > 0.5), values
+        dist = PlackettLuce(self.slate_size, self.credit == "position")
+        return dist.proba_distribution(logits, obs["mask"] > 0.5), values
 
     def _entropy(self, dist: Any, actions: torch.Tensor) -> torch.Tensor:
         """The per-position entropies summed along the stored rankings."""
         return dist.entropy_along(actions)
+
+
+CREDITS = ("slate", "position")
+
+
+class PositionRolloutBuffer(DictRolloutBuffer):
+    """PPO/A2C's rollout buffer with one reward, value, log-probability and advantage per
+    slate position, for :class:`RankingSlatePolicy` with ``credit="position"``.
+
+    The choice at position ``p`` cannot change the clicks above it, so its advantage is the
+    discounted clicks from ``p`` on, ``G_p = sum_{q >= p} position_discount ** (q - p) r_q``,
+    less the critic's value of them. ``position_discount=1`` is the exact policy gradient of
+    the slate's clicks with less variance than one advantage per slate; ``0`` credits each
+    choice with its own clicks only (myopic: exact when the best slate is the sort by
+    attractiveness, as under a position-based model). Requests are bandits here (PPO's
+    ``gamma`` must be 0).
+
+    Args:
+        slot_rewards: returns the last env step's ``[n_envs, slate_size]`` rewards per
+            position (:meth:`envs.vector.BatchedReplayEnv.slot_rewards`).
+        slate_size: positions per request.
+        position_discount: in ``[0, 1]``.
+        (the rest): :class:`~stable_baselines3.common.buffers.DictRolloutBuffer`'s.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        device: torch.device | str = "auto",
+        gae_lambda: float = 1.0,
+        gamma: float = 0.0,
+        n_envs: int = 1,
+        slot_rewards: Callable[[], np.ndarray] | None = None,
+        slate_size: int = 10,
+        position_discount: float = 1.0,
+    ) -> None:
+        if gamma != 0:
+            raise ValueError(
+                f"agent.hyperparams.gamma={gamma}: agent.credit=position treats each request "
+                "as a bandit; allowed: 0"
+            )
+        if slot_rewards is None:
+            raise ValueError("agent.credit=position needs the env's rewards per position")
+        self.slot_rewards, self.slate_size = slot_rewards, slate_size
+        self.position_discount = float(position_discount)
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda,
+                         gamma, n_envs)  # fmt: skip
+
+    def reset(self) -> None:
+        super().reset()
+        shape = (self.buffer_size, self.n_envs, self.slate_size)
+        for name in ("rewards", "returns", "values", "log_probs", "advantages"):
+            setattr(self, name, np.zeros(shape, dtype=np.float32))
+
+    def add(  # type: ignore[override]
+        self,
+        obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: torch.Tensor,
+        log_prob: torch.Tensor,
+    ) -> None:
+        """Store one step; the per-position rewards come from the env (their sum is
+        ``reward``)."""
+        rewards = np.asarray(self.slot_rewards(), dtype=np.float32)
+        if rewards.shape != (self.n_envs, self.slate_size):
+            raise ValueError(
+                f"the env's rewards per position have shape {rewards.shape}; expected "
+                f"({self.n_envs}, {self.slate_size}): train in env action_mode=scores"
+            )
+        for key in self.observations:
+            self.observations[key][self.pos] = np.asarray(obs[key])
+        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs, self.action_dim)
+        self.rewards[self.pos] = rewards
+        self.episode_starts[self.pos] = np.asarray(episode_start)
+        self.values[self.pos] = value.detach().cpu().numpy().reshape(self.n_envs, -1)
+        self.log_probs[self.pos] = log_prob.detach().cpu().numpy().reshape(self.n_envs, -1)
+        self.pos += 1
+        self.full = self.pos == self.buffer_size
+
+    def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: np.ndarray) -> None:
+        """``returns[p] = G_p`` (the discounted clicks from ``p`` on, within the request) and
+        ``advantages[p] = G_p - values[p]``; the next request is not bootstrapped (``gamma``
+        is 0)."""
+        returns = np.zeros_like(self.rewards)
+        later = np.zeros(self.rewards.shape[:2], dtype=np.float32)
+        for p in reversed(range(self.slate_size)):
+            later = self.rewards[..., p] + self.position_discount * later
+            returns[..., p] = later
+        self.returns = returns
+        self.advantages = returns - self.values
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: Any = None
+    ) -> Any:
+        """Minibatch with per-position ``old_log_prob`` and ``advantages`` (``[b, S]``, what
+        PPO's ratio is taken against) and values and returns flattened as PPO flattens the
+        critic's output."""
+        samples = super()._get_samples(batch_inds, env)
+        return samples._replace(
+            old_log_prob=self.to_torch(self.log_probs[batch_inds]),
+            advantages=self.to_torch(self.advantages[batch_inds]),
+        )
 
 
 class RankingQNetwork(BasePolicy):

@@ -68,7 +68,8 @@ class Ranker:
         directory: the ranker directory (as loaded).
         manifest: its ``manifest.json``.
         session: the scorer's onnxruntime session.
-        tables: ``items``, ``item_bias``, ``item_features``, ``queries`` (+ ``user_features``).
+        tables: ``items``, ``item_bias``, ``item_features``, ``queries`` (+ ``user_features``,
+            ``user_vectors``).
         ids: ``items``, ``queries`` (+ ``users``) in code order.
         encoder: ``texts -> float32[n, d]`` or ``None`` (known items and queries only).
         max_candidates: the most candidates a request may carry.
@@ -91,6 +92,7 @@ class Ranker:
         self.user_code = {u: i for i, u in enumerate(ids.get("users", []))}
         dims = manifest["dims"]
         self.dim, self.fi, self.fu = dims["embedding"], dims["item_features"], dims["user_features"]
+        self.fv = dims.get("user_vectors", 0)  # rankers from before learned user vectors: 0
         pooling = manifest["user_pooling"]
         self.history_len = int(pooling["history_len"])
         self._pooling = (pooling["method"], float(pooling["decay"]), int(pooling["last_k"]))
@@ -130,12 +132,15 @@ class Ranker:
             "items.npy": (n_items, d), "item_bias.npy": (n_items,),
             "item_features.npy": (n_items, fi), "queries.npy": (n_queries, d),
         }  # fmt: skip
+        fv = dims.get("user_vectors", 0)
         if fu:
             shapes["user_features.npy"] = (manifest["users"], fu)
+        if fv:
+            shapes["user_vectors.npy"] = (manifest["users"], fv)
         tables = {name[:-4]: _read_npy(root, name, shape) for name, shape in shapes.items()}
         ids = {"items": _read_ids(root, "items.json", n_items),
                "queries": _read_ids(root, "queries.json", n_queries)}  # fmt: skip
-        if fu:
+        if fu or fv:
             ids["users"] = _read_ids(root, "users.json", manifest["users"])
         options = ort.SessionOptions()
         if threads is not None:
@@ -263,10 +268,10 @@ class Ranker:
         b = len(parsed)
         n = max(len(r["candidates"]) for r in parsed)
         h = self.history_len
-        d, fi, fu = self.dim, self.fi, self.fu
+        d, fi, fu, fv = self.dim, self.fi, self.fu, self.fv
         inputs = {
             "query": np.zeros((b, d), np.float32), "user": np.zeros((b, d), np.float32),
-            "context_features": np.zeros((b, fi + fu), np.float32),
+            "context_features": np.zeros((b, fi + fu + fv), np.float32),
             "candidates": np.zeros((b, n, d), np.float32),
             "candidate_features": np.zeros((b, n, fi), np.float32),
             "bias": np.zeros((b, n), np.float32), "mask": np.zeros((b, n), bool),
@@ -290,7 +295,12 @@ class Ranker:
             inputs["bias"][r, : len(cands)] = bias
             inputs["mask"][r, : len(cands)] = True
             if fu:
-                inputs["context_features"][r, fi:] = self.tables["user_features"][req["user_code"]]
+                user_feats = self.tables["user_features"][req["user_code"]]
+                inputs["context_features"][r, fi : fi + fu] = user_feats
+            if fv and req["user_code"] is not None:  # an unknown user keeps the zero vector
+                inputs["context_features"][r, fi + fu :] = self.tables["user_vectors"][
+                    req["user_code"]
+                ]
             ids.append([c[0] for c in cands])
             n_rank[r] = len(cands) if req["k"] is None else min(req["k"], len(cands))
         weights = pooling_weights(history_codes, *self._pooling)
@@ -363,15 +373,13 @@ class Ranker:
         k = request.get("k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise RankerError(f"{where}: k={k!r}; allowed: an int >= 1 or null (all)")
-        user_code = None
-        if self.fu:
-            user_id = request.get("user_id")
-            user_code = self.user_code.get(str(user_id)) if user_id is not None else None
-            if user_code is None:
-                raise RankerError(
-                    f"{where}: user_id={user_id!r}; this ranker reads the user's features, so "
-                    "user_id must be one of the users it was exported with (users.json)"
-                )
+        user_id = request.get("user_id")
+        user_code = self.user_code.get(str(user_id)) if user_id is not None else None
+        if self.fu and user_code is None:
+            raise RankerError(
+                f"{where}: user_id={user_id!r}; this ranker reads the user's features, so "
+                "user_id must be one of the users it was exported with (users.json)"
+            )
         return {"query": query, "query_code": query_code, "candidates": candidates,
                 "history": history, "k": k, "user_code": user_code}  # fmt: skip
 
@@ -480,6 +488,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
               "queries.json", "queries.npy"}  # fmt: skip
     if manifest["dims"].get("user_features"):
         needed |= {"users.json", "user_features.npy"}
+    if manifest["dims"].get("user_vectors"):
+        needed |= {"users.json", "user_vectors.npy"}
     needed |= {"onnx": {"encoder.onnx", "tokenizer.json"}, "hashing": {"hashing.json"}}.get(
         manifest["encoder"].get("kind"), set()
     )

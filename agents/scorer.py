@@ -52,6 +52,10 @@ class CandidateScorer(nn.Module):
         hidden: width of the projections.
         item_bias: learn a bias per item (``ids`` mode).
         max_positions: positions the position embedding covers.
+        user_embedding: width of a learned vector per user (0: none), appended to the context:
+            what a user prefers beyond what their history's texts say (brands, price, taste).
+            Users the env never showed keep the zero vector (the cold-start user). Needs the
+            observation's ``user_id``.
     """
 
     def __init__(
@@ -63,12 +67,22 @@ class CandidateScorer(nn.Module):
         hidden: int = 64,
         item_bias: bool = True,
         max_positions: int = 64,
+        user_embedding: int = 0,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"agent.scorer.variant={variant!r}; allowed: {', '.join(VARIANTS)}")
         if hidden < 1:
             raise ValueError(f"agent.scorer.hidden={hidden}; allowed: >= 1")
+        if type(user_embedding) is not int or user_embedding < 0:
+            raise ValueError(
+                f"agent.scorer.user_embedding={user_embedding!r}; allowed: an int >= 0"
+            )
+        if user_embedding and "user_id" not in observation_space.spaces:
+            raise ValueError(
+                "agent.scorer.user_embedding needs the observation's user_id, which this env "
+                "does not give (an env from an older rankgym?)"
+            )
         self.mode = obs_mode_of(observation_space)
         self.variant = variant
         self.k = int(observation_space["mask"].shape[0])
@@ -99,8 +113,15 @@ class CandidateScorer(nn.Module):
             fu = _width(observation_space, "user_features") - fi  # after the pooled history's
             self.bias = None
         self.dim, self.item_feature_dim, self.user_feature_dim = dim, fi, fu
+        self.user_embedding_dim = user_embedding
+        self.user_vectors: nn.Embedding | None = None
+        if user_embedding:
+            # the last row is the cold-start user (codes < 0): never trained, always zero
+            n_users = int(observation_space["user_id"].high.max()) + 1
+            self.user_vectors = nn.Embedding(n_users + 1, user_embedding)
+            nn.init.zeros_(self.user_vectors.weight)
         self.item_proj = nn.Linear(dim + fi, hidden)
-        self.ctx_proj = nn.Linear(2 * dim + fi + fu, hidden)
+        self.ctx_proj = nn.Linear(2 * dim + fi + fu + user_embedding, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         if variant == "mlp":
             self.head = nn.Sequential(
@@ -163,6 +184,7 @@ class CandidateScorer(nn.Module):
             if self.user_feature_dim:
                 user_feats.append(self.user_features[obs["user_id"].long().reshape(-1)])
             query = self.queries[obs["query"].long().reshape(-1)]
+            user_feats += self._user_vectors(obs)
         else:
             b = len(mask)
             items = obs["candidates"].reshape(b, self.k, self.dim)
@@ -171,12 +193,22 @@ class CandidateScorer(nn.Module):
             codes, user, query = None, obs["user"], obs["query"]
             # [pooled history features, the user's own features], pooled by the env
             user_feats = [obs["user_features"]] if "user_features" in obs else []
+            user_feats += self._user_vectors(obs)
             item_h = unit = None
         context = torch.cat([query, user, *user_feats], dim=1)
         return self.encode_vectors(
             query, user, context, items, item_feats, mask, position, codes,
             item_h=item_h, unit_items=unit,
         )  # fmt: skip
+
+    def _user_vectors(self, obs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """``[the users' learned vectors]`` (``[]`` without them); unknown users (code < 0)
+        get the zero row."""
+        if self.user_vectors is None:
+            return []
+        codes = obs["user_id"].long().reshape(-1)
+        cold = self.user_vectors.num_embeddings - 1
+        return [self.user_vectors(torch.where(codes >= 0, codes, cold))]
 
     def _unit_items(self) -> torch.Tensor:
         """The item table scaled to unit rows (zero rows stay zero), computed once: the
@@ -214,10 +246,11 @@ class CandidateScorer(nn.Module):
         """:meth:`encode` from vectors rather than an observation (what an exported ranker has).
 
         ``query``/``user`` are ``[B, d]``, ``context`` ``[B, 2d + features]`` (query, user
-        state, pooled history features, the user's own features), ``items`` ``[B, N, d]`` and
-        ``item_feats`` ``[B, N, fi]``; ``position`` is ``[B]``, or with ``positions_axis``
-        ``[P]``, to score every request at ``P`` positions at once (``ctx`` is then
-        ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the candidates'
+        state, pooled history features, the user's own features, the user's learned vector),
+        ``items`` ``[B, N, d]`` and ``item_feats`` ``[B, N, fi]``; ``position`` is ``[B]``, or
+        with ``positions_axis`` ``[P]``, to score every request at ``P`` positions at once
+        (``ctx`` is then ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the
+        candidates'
         projections when already computed (:meth:`encode` takes them from the item table),
         ``unit_items`` the candidates scaled to unit norm (from the unit item table); with both
         given, ``items`` and ``item_feats`` are not read (``None``).

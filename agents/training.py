@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.policies import (
+    CREDITS,
     MaskedDQN,
+    PositionRolloutBuffer,
     RankingActorCriticPolicy,
     RankingDQNPolicy,
     RankingSlatePolicy,
@@ -88,6 +90,11 @@ class SB3Agent:
         scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
         slate: ``True``: one step ranks a whole request (PPO/A2C with a Plackett-Luce policy,
             env ``action_mode=scores``); ``False``: one step places one candidate (``slot``).
+        credit: a slate agent's credit assignment: ``slate`` (one advantage per slate) or
+            ``position`` (each position's choice credited with the clicks from there on,
+            :class:`~agents.policies.PositionRolloutBuffer`).
+        position_discount: with ``credit=position``, the weight of the clicks ``q - p``
+            positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
     """
 
     def __init__(
@@ -98,16 +105,19 @@ class SB3Agent:
         hyperparams: dict[str, Any] | None = None,
         scorer: dict[str, Any] | None = None,
         slate: bool = False,
+        credit: str = "slate",
+        position_discount: float = 1.0,
     ) -> None:
         _algorithm(algorithm)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
-        _check_slate(algorithm, slate)
+        _check_slate(algorithm, slate, credit, position_discount)
         self.name, self.algorithm, self.num_envs = name, algorithm, num_envs
         self.hyperparams = dict(hyperparams or {})
         _check_hyperparams(self.hyperparams)
         self.scorer = dict(scorer or {})
         self.slate = slate
+        self.credit, self.position_discount = credit, float(position_discount)
 
     @property
     def action_mode(self) -> str:
@@ -122,16 +132,18 @@ class SB3Agent:
     def build(self, venv: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
         """A fresh agent on ``venv`` (see :func:`build_agent`)."""
         return build_agent(
-            self.algorithm, venv, seed, device, self.hyperparams, self.scorer, self.slate
-        )
+            self.algorithm, venv, seed, device, self.hyperparams, self.scorer, self.slate,
+            self.credit, self.position_discount,
+        )  # fmt: skip
 
     def load(
         self, path: str | Path, venv: VecEnv, seed: int = 0, device: str = "auto"
     ) -> BaseAlgorithm:
         """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
         return load_agent(
-            self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate
-        )
+            self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate,
+            self.credit, self.position_discount,
+        )  # fmt: skip
 
 
 def action_mode(slate: bool) -> str:
@@ -139,9 +151,26 @@ def action_mode(slate: bool) -> str:
     return "scores" if slate else "slot"
 
 
-def _check_slate(algorithm: str, slate: bool) -> None:
+def _check_slate(
+    algorithm: str, slate: bool, credit: str = "slate", position_discount: float = 1.0
+) -> None:
     if not isinstance(slate, bool):
         raise ValueError(f"agent.slate={slate!r}; allowed: true, false")
+    if credit not in CREDITS:
+        raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
+    if credit == "position" and not slate:
+        raise ValueError(
+            "agent.credit=position needs agent.slate=true (a slot agent already gets one "
+            "reward per position)"
+        )
+    if (
+        isinstance(position_discount, bool)
+        or not isinstance(position_discount, int | float)
+        or not 0 <= position_discount <= 1
+    ):
+        raise ValueError(
+            f"agent.position_discount={position_discount!r}; allowed: a number in [0, 1]"
+        )
     if slate and algorithm not in SLATE_ALGORITHMS:
         raise ValueError(
             f"agent.slate=true with agent.algorithm={algorithm}; allowed: "
@@ -157,6 +186,8 @@ def build_agent(
     hyperparams: dict[str, Any] | None = None,
     scorer: dict[str, Any] | None = None,
     slate: bool = False,
+    credit: str = "slate",
+    position_discount: float = 1.0,
 ) -> BaseAlgorithm:
     """A PPO, A2C or DQN agent with the masked candidate-scoring policy.
 
@@ -169,9 +200,10 @@ def build_agent(
         scorer: ``CandidateScorer`` arguments (``variant``, ``hidden``, ``item_bias``).
         slate: a whole-slate :class:`RankingSlatePolicy` (PPO/A2C; ``venv`` must have
             ``action_mode=scores``).
+        credit, position_discount: a slate agent's credit assignment (see :class:`SB3Agent`).
     """
     klass, policy = _algorithm(algorithm)
-    _check_slate(algorithm, slate)
+    _check_slate(algorithm, slate, credit, position_discount)
     tables = venv.get_attr("embedding_tables")[0]
     policy_kwargs: dict[str, Any] = {"scorer": dict(scorer or {}), "tables": tables}
     env = venv.get_attr("config")[0]
@@ -180,13 +212,20 @@ def build_agent(
             f"a {'slate' if slate else 'slot'} agent needs env.action_mode="
             f"{action_mode(slate)}, the env has {env.action_mode}"
         )
+    extra: dict[str, Any] = {}
     if slate:
         policy = RankingSlatePolicy
-        policy_kwargs["slate_size"] = env.slate_size
+        policy_kwargs.update(slate_size=env.slate_size, credit=credit)
+    if credit == "position":
+        extra["rollout_buffer_class"] = PositionRolloutBuffer
+        extra["rollout_buffer_kwargs"] = {
+            "slot_rewards": getattr(venv, "slot_rewards", None), "slate_size": env.slate_size,
+            "position_discount": float(position_discount),
+        }  # fmt: skip
     try:
         model = klass(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,
-            **(hyperparams or {}),
+            **extra, **(hyperparams or {}),
         )  # fmt: skip
     except (TypeError, ValueError, AssertionError) as err:  # a bad hyperparameter: name it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -207,13 +246,17 @@ def load_agent(
     scorer: dict[str, Any] | None = None,
     seed: int = 0,
     slate: bool = False,
+    credit: str = "slate",
+    position_discount: float = 1.0,
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
     Nothing is unpickled (see :mod:`agents.checkpoint`); ``hyperparams`` and ``scorer`` must be
     those of the run that wrote the checkpoint.
     """
-    model = build_agent(algorithm, venv, seed, device, hyperparams, scorer, slate)
+    model = build_agent(
+        algorithm, venv, seed, device, hyperparams, scorer, slate, credit, position_discount
+    )
     return load_checkpoint(model, path, algorithm)
 
 

@@ -74,8 +74,8 @@ class ReplayConfig:
             (``EncodedLog.item_features`` / ``user_features``; no effect without feature
             columns): ``embeddings`` observations get ``candidate_features`` and
             ``user_features`` (the history's item features pooled as the text state is, then
-            the user's own), ``ids`` observations the tables in ``embedding_tables`` (and a
-            ``user_id`` code when there are user features).
+            the user's own), ``ids`` observations the tables in ``embedding_tables``. Both
+            modes carry the user's code, ``user_id``.
     """
 
     max_candidates: int = 20
@@ -208,6 +208,9 @@ class ReplayData:
 
     def _observation_space(self) -> spaces.Dict:
         cfg, log, k = self.config, self.log, self.config.max_candidates
+        ints = lambda n, high: spaces.Box(-1, max(high - 1, 0), (n,), np.int32)  # noqa: E731
+        # the user's code: what a policy's learned per-user vector (or feature row) is read by
+        user_id = ints(1, log.n_users)
         common = {
             "mask": spaces.Box(0, 1, (k,), np.float32),
             "position": spaces.Box(0, cfg.slate_size, (1,), np.float32),
@@ -234,18 +237,15 @@ class ReplayData:
                 if n:
                     top = float(np.ceil(max(np.abs(t).max(initial=0) for t in tables) + 1e-6))
                     feats[key] = spaces.Box(-top, top, (n,), np.float32)
-            return spaces.Dict(
-                {"query": vec(d), "user": vec(d), "candidates": vec(k * d), **feats, **common}
-            )
-        ints = lambda n, high: spaces.Box(-1, max(high - 1, 0), (n,), np.int32)  # noqa: E731
-        user_id = {"user_id": ints(1, log.n_users)} if self.user_features.shape[1] else {}
+            texts = {"query": vec(d), "user": vec(d), "candidates": vec(k * d)}
+            return spaces.Dict({**texts, **feats, "user_id": user_id, **common})
         return spaces.Dict(
             {
                 "query": ints(1, len(log.query_texts)),
                 "user": ints(cfg.history_len, log.n_items),
                 "user_weights": spaces.Box(0, 1, (cfg.history_len,), np.float32),
                 "candidates": ints(k, log.n_items),
-                **user_id,
+                "user_id": user_id,
                 **common,
             }
         )
@@ -345,6 +345,9 @@ class ReplayEngine:
         self.slate = np.zeros((b, width), dtype=np.int64)  # candidate index per position
         self.clicks = np.zeros((b, width), dtype=np.int64)
         self.probs = np.zeros((b, width))
+        # the last step's reward per position (scores mode: a whole slate per step), what a
+        # learner that credits each position with its own clicks reads (agents.policies)
+        self.slot_rewards = np.zeros((b, width))
         self.history = np.full((b, h), -1, dtype=np.int64)
         self.weights = np.zeros((b, h), dtype=np.float32)
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
@@ -425,10 +428,11 @@ class ReplayEngine:
             keyed = np.where(self.valid(), scores, -np.inf)
             index = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
             order = np.lexsort((index, -keyed))  # best first, ties: lower index
-            reward = np.zeros(self.num_envs)
+            self.slot_rewards[:] = 0.0
             for s in range(self.config.slate_size):
                 active = np.flatnonzero(self.pos < self.slate_len)
-                reward[active] += self._place(active, order[active, s])
+                self.slot_rewards[active, s] = self._place(active, order[active, s])
+            reward = self.slot_rewards.sum(axis=1)
         else:
             reward = self._place(self.rows, np.asarray(actions, dtype=np.int64).reshape(-1))
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
@@ -532,9 +536,8 @@ class ReplayEngine:
                 "candidates": cand.astype(np.int32),
                 "mask": mask,
                 "position": position,
+                "user_id": users.astype(np.int32)[:, None],
             }
-            if data.user_features.shape[1]:
-                obs["user_id"] = users.astype(np.int32)[:, None]
             return obs
         fresh = copy or rows is not None
         obs = {
@@ -543,6 +546,7 @@ class ReplayEngine:
             "candidates": self._gather(cand).copy() if fresh else self._next_ring_buffer(),
             "mask": mask,
             "position": position,
+            "user_id": users.astype(np.int32)[:, None],
         }
         if data.item_features.shape[1]:
             feats = data.item_features[np.maximum(cand, 0)] * (cand >= 0)[..., None]

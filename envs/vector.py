@@ -159,6 +159,12 @@ class BatchedReplayEnv(VecEnv):
             raise ValueError(f"episodes {bad[:5]} out of range 0..{self.data.n_episodes - 1}")
         self._queue = [int(e) for e in reversed(list(episodes))]
 
+    def slot_rewards(self) -> np.ndarray:
+        """``float64[B, slate_size]`` the last step's reward of each position (``action_mode
+        = scores``: each step ranks a whole slate; unfilled positions 0). The step's reward
+        is their sum."""
+        return self.engine.slot_rewards.copy()
+
     def current_attractiveness(self) -> np.ndarray:
         """``float64[B, K]`` the reward model's attractiveness of each sub-env's candidates
         (what an oracle ranks by)."""

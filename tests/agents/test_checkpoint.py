@@ -84,6 +84,11 @@ def test_foreign_or_mismatched_checkpoints_are_refused(env_factory, tmp_path: Pa
         load_checkpoint(fresh(env_factory), path, "dqn")
     with pytest.raises(CheckpointError, match=r"state\.json: no checkpoint to resume from"):
         load_checkpoint(fresh(env_factory), tmp_path / "elsewhere", "dqn")
+    # the same algorithm with another scorer: the error names the keys that do not fit
+    wide = build_agent("dqn", env_factory(), 0, "cpu", SMALL_DQN, {"user_embedding": 4})
+    wide_path = save_checkpoint(wide, tmp_path / "wide", "dqn")
+    with pytest.raises(CheckpointError, match=r"Unexpected key.*user_vectors.*agent settings"):
+        load_checkpoint(fresh(env_factory), wide_path, "dqn")
     (path / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not a rankgym checkpoint state"):
         load_checkpoint(fresh(env_factory, "ppo"), path, "ppo")

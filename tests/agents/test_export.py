@@ -47,13 +47,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> RunSetup:
 
 
 def trained(
-    s: RunSetup, algorithm: str, steps: int, slate: bool = False, **hyperparams: Any
+    s: RunSetup,
+    algorithm: str,
+    steps: int,
+    slate: bool = False,
+    scorer: dict[str, Any] | None = None,
+    **hyperparams: Any,
 ) -> SB3Policy:
     env = dataclasses.replace(s.env, action_mode="scores" if slate else "slot")
     venv = BatchedReplayEnv(s.train, s.encoded, s.reward, env, num_envs=16, device="cpu",
                             request_infos=False)  # fmt: skip
     venv.seed(0)
-    model = build_agent(algorithm, venv, 0, "cpu", hyperparams=hyperparams, slate=slate)
+    model = build_agent(algorithm, venv, 0, "cpu", hyperparams, scorer, slate)
     model.learn(steps)
     return SB3Policy(model, "ids", algorithm)
 
@@ -72,6 +77,9 @@ def rankers(world: RunSetup, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "ppo": trained(world, "ppo", 2048, n_steps=64, batch_size=256, learning_rate=3e-3),
         "a2c": trained(world, "a2c", 512, n_steps=8),
         "ppo_slate": trained(world, "ppo", 1024, slate=True, n_steps=32, batch_size=256),
+        "ppo_slate_users": trained(
+            world, "ppo", 1024, True, {"user_embedding": 8}, n_steps=32, batch_size=256
+        ),
         "dqn": trained(
             world, "dqn", 1024, learning_starts=256, buffer_size=4096, batch_size=64, train_freq=1
         ),
@@ -123,7 +131,7 @@ def replay_requests(s: RunSetup, policy: Any, n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("name", "n"), [("ppo", 1000), ("cosine", 1000), ("a2c", 200),
                                          ("dqn", 200), ("popularity", 200),
-                                         ("ppo_slate", 500)])  # fmt: skip
+                                         ("ppo_slate", 500), ("ppo_slate_users", 500)])  # fmt: skip
 def test_ranker_slates_equal_the_policy_in_the_env(
     world: RunSetup, rankers: dict[str, Any], name: str, n: int
 ) -> None:
@@ -131,7 +139,7 @@ def test_ranker_slates_equal_the_policy_in_the_env(
     its scores are the torch scorer's to 1e-5, slot by slot."""
     policy, ranker = rankers[name]
     assert_parity(world, policy, ranker, n)
-    if name in ("ppo", "dqn", "ppo_slate"):  # trained: not its initial ranking
+    if name in ("ppo", "dqn", "ppo_slate", "ppo_slate_users"):  # trained: not its initial ranking
         assert np.abs(policy_scorer(policy).bias.weight.detach().numpy()).max() > 1e-3
     # a whole-slate policy's scorer is position-free: the ranker sorts once
     assert ranker.greedy == (name in ("ppo", "a2c", "dqn"))
@@ -152,6 +160,39 @@ def assert_parity(s: RunSetup, policy: Any, ranker: Ranker, n: int | None) -> No
                 row = onnx[min(p, len(onnx) - 1)]
                 worst = max(worst, float(np.abs(row[free] - scores[free]).max()))
     assert worst <= 1e-5
+
+
+def test_learned_user_vectors_travel_and_unknown_users_get_the_zero_vector(
+    world: RunSetup, rankers: dict[str, Any]
+) -> None:
+    """A scorer with ``user_embedding`` exports its users' vectors (``user_vectors.npy``, in
+    ``users.json`` order); a user the ranker does not know, or no user, ranks with the zero
+    vector, as code -1 does in the env."""
+    policy, ranker = rankers["ppo_slate_users"]
+    vectors = policy_scorer(policy).user_vectors.weight.detach().numpy()
+    assert ranker.manifest["dims"]["user_vectors"] == 8
+    assert "user_vectors.npy" in ranker.manifest["files"]
+    np.testing.assert_array_equal(ranker.tables["user_vectors"], vectors[:-1])
+    assert ranker.user_code == {str(u): i for i, u in enumerate(world.data.user_ids)}
+    r = replay_requests(world, policy, 1)[0]
+    args = (r["query"], r["user_history"], r["candidates"])
+    known = ranker.scores(*args, r["user_id"])
+    unknown = ranker.scores(*args, "a user never seen")
+    np.testing.assert_array_equal(unknown, ranker.scores(*args, None))
+    assert np.abs(vectors[world.data.user_ids.tolist().index(r["user_id"])]).max() > 1e-4
+    assert not np.allclose(known, unknown)
+    # the cold-start scores are the torch scorer's with the user's vector at zero
+    scorer = policy_scorer(policy)
+    saved = scorer.user_vectors.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            scorer.user_vectors.weight.zero_()
+        cold = replay_requests(world, policy, 1)[0]["torch"][0]
+    finally:
+        with torch.no_grad():
+            scorer.user_vectors.weight.copy_(saved)
+    scores, free = cold
+    np.testing.assert_allclose(unknown[0][free], scores[free], atol=1e-5)
 
 
 def test_parity_with_embedding_observations(world: RunSetup, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.baselines import SB3Policy
@@ -111,14 +112,18 @@ def test_dqn_exploration_and_greedy_actions_are_valid(world) -> None:
     assert (masked_random_actions(np.eye(4)) == np.arange(4)).all()
 
 
-@pytest.mark.parametrize("name", ["ppo", "a2c", "dqn"])
+@pytest.mark.parametrize("name", ["ppo", "a2c", "dqn", "dqn+users"])
 def test_save_load_round_trip_predicts_the_same(world, name: str, tmp_path: Path) -> None:
     env = venv(world)
+    name, _, users = name.partition("+")
     hyper = SMALL_DQN if name == "dqn" else SMALL_PPO if name == "ppo" else {"n_steps": 8}
-    model = build_agent(name, env, seed=0, device="cpu", hyperparams=hyper)
+    scorer = {"user_embedding": 4} if users else None
+    model = build_agent(name, env, seed=0, device="cpu", hyperparams=hyper, scorer=scorer)
     model.learn(300)
+    if users:  # learned, and it comes back with the rest of the state dict
+        assert model.q_net.scorer.user_vectors.weight.abs().max() > 0
     path = save_checkpoint(model, tmp_path, name)
-    loaded = load_agent(name, path, venv(world), "cpu", hyper)
+    loaded = load_agent(name, path, venv(world), "cpu", hyper, scorer)
     assert loaded.num_timesteps == model.num_timesteps >= 300
     obs = env.reset()
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
@@ -174,3 +179,40 @@ def test_scorer_table_paths_equal_row_paths_and_follow_loaded_tables(world) -> N
         b(big)  # caches the unit table of the zero tables
         b.load_state_dict(a.state_dict())
         torch.testing.assert_close(b(big), big_scores)
+
+
+@pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
+def test_user_vectors_score_by_user_and_unknown_users_get_the_zero_vector(
+    world, obs_mode: str
+) -> None:
+    """``user_embedding``: a learned vector per user joins the context. It starts at zero (the
+    scores then ignore the user's code), learns per user, and code -1 reads the zero row."""
+    env = venv(world, obs_mode)
+    obs = obs_as_tensor(env.reset(), "cpu")
+    scorer = CandidateScorer(env.observation_space, env.embedding_tables, user_embedding=4)
+    assert scorer.user_vectors.num_embeddings == world[0].n_users + 1
+    other = dict(obs, user_id=(obs["user_id"] + 1) % world[0].n_users)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(other), scorer(obs))  # zero vectors: no effect
+    # one gradient step moves the vectors of the batch's users only
+    users = set(obs["user_id"].long().reshape(-1).tolist())
+    scorer(obs)[obs["mask"] > 0.5].sum().backward()
+    moved = set(torch.nonzero(scorer.user_vectors.weight.grad.abs().sum(1)).reshape(-1).tolist())
+    assert moved == users
+    with torch.no_grad():
+        scorer.user_vectors.weight.normal_()
+        scorer.user_vectors.weight[-1] = 0.0  # as training leaves it: no code reads it
+        assert not torch.allclose(scorer(other), scorer(obs))
+        cold = scorer(dict(obs, user_id=torch.full_like(obs["user_id"], -1)))
+        scorer.user_vectors.weight[obs["user_id"].long().reshape(-1)] = 0.0
+        torch.testing.assert_close(cold, scorer(obs))
+
+
+def test_user_embedding_values_are_checked(world) -> None:
+    env = venv(world)
+    for bad in (-1, True, 2.5, "8"):
+        with pytest.raises(ValueError, match=r"agent.scorer.user_embedding=.*allowed: an int >= 0"):
+            CandidateScorer(env.observation_space, env.embedding_tables, user_embedding=bad)
+    space = spaces.Dict({k: v for k, v in env.observation_space.spaces.items() if k != "user_id"})
+    with pytest.raises(ValueError, match="needs the observation's user_id"):
+        CandidateScorer(space, env.embedding_tables, user_embedding=4)

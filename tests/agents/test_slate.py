@@ -13,7 +13,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.baselines import SB3Policy
 from agents.evaluation import evaluate
-from agents.policies import PlackettLuce
+from agents.policies import PlackettLuce, PositionRolloutBuffer
 from agents.supervised import SupervisedAgent
 from agents.training import SB3Agent, build_agent, load_agent, save_checkpoint
 from encoders.encoded_log import encode_log
@@ -89,11 +89,13 @@ def test_entropy_along_a_ranking_is_the_sum_of_each_choice_entropy() -> None:
     assert uniform.entropy().item() == pytest.approx(math.log(3) + math.log(2), abs=1e-5)
 
 
-def test_slate_ppo_ranks_whole_requests_and_learns(world) -> None:
+@pytest.mark.parametrize(("credit", "discount"), [("slate", 1.0), ("position", 1.0),
+                                                  ("position", 0.0)])  # fmt: skip
+def test_slate_ppo_ranks_whole_requests_and_learns(world, credit: str, discount: float) -> None:
     log, encoded, truth = world
     train, test = log.split(0.3, seed=0)
     env = venv(world, n=16, log=train)
-    model = build_agent("ppo", env, seed=0, device="cpu", hyperparams=SMALL_PPO, slate=True)
+    model = build_agent("ppo", env, 0, "cpu", SMALL_PPO, None, True, credit, discount)
     obs = env.reset()
     actions, _ = model.predict(obs, deterministic=False)
     assert actions.shape == (16, 12)
@@ -111,6 +113,49 @@ def test_slate_ppo_ranks_whole_requests_and_learns(world) -> None:
     model.learn(6000)  # 6,000 whole slates
     after = true_clicks()
     assert after > before + 0.05, (before, after)
+
+
+def test_position_credit_is_the_clicks_from_each_position_on(world) -> None:
+    """``credit=position``: the buffer stores the env's reward of every position (summing to
+    the step's reward), and each position's advantage is the discounted clicks from there on
+    less the critic's value of them; PPO's ratio is taken per position."""
+    env = venv(world, n=4)
+    hyper = {**SMALL_PPO, "n_steps": 3, "batch_size": 6}
+    model = build_agent("ppo", env, 0, "cpu", hyper, None, True, "position", 0.5)
+    buffer = model.rollout_buffer
+    assert isinstance(buffer, PositionRolloutBuffer)
+    env.reset()
+    scores = np.random.default_rng(0).normal(size=(4, 12))
+    _, reward, _, _ = env.step(scores)
+    np.testing.assert_allclose(env.slot_rewards().sum(1), reward, rtol=1e-6)
+    assert (env.slot_rewards()[:, 0] > 0).all()
+    model.learn(12)  # one rollout of 3 steps x 4 envs, one update
+    # after the update the buffer's learning arrays are flattened env-major (SB3's layout);
+    # rewards keep their [step, env, position] layout
+    r, v = buffer.rewards.swapaxes(0, 1).reshape(-1, 5), buffer.values.reshape(-1, 5)
+    g = np.zeros_like(r)
+    for p in reversed(range(5)):
+        g[:, p] = r[:, p] + (0.5 * g[:, p + 1] if p < 4 else 0.0)
+    np.testing.assert_allclose(buffer.returns.reshape(-1, 5), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(buffer.advantages.reshape(-1, 5), g - v, rtol=1e-5, atol=1e-6)
+    batch = next(buffer.get(6))
+    assert batch.old_log_prob.shape == batch.advantages.shape == (6, 5)
+    assert batch.returns.shape == batch.old_values.shape == (30,)
+    values, log_prob, _ = model.policy.evaluate_actions(batch.observations, batch.actions)
+    assert values.shape == (6, 5) and log_prob.shape == (6, 5)
+    # the per-position log-probabilities sum to the slate's
+    whole = model.policy.get_distribution(batch.observations)
+    whole.per_position = False
+    torch.testing.assert_close(log_prob.sum(1), whole.log_prob(batch.actions))
+    for bad, match in (
+        ({"credit": "item"}, "agent.credit='item'; allowed: slate, position"),
+        ({"credit": "position", "slate": False}, "agent.credit=position needs agent.slate=true"),
+        ({"credit": "position", "position_discount": 1.5}, r"position_discount=1.5; allowed"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SB3Agent("ppo", "ppo", **{"slate": True, **bad})
+    with pytest.raises(ValueError, match="gamma=0.9: agent.credit=position"):
+        build_agent("ppo", env, 0, "cpu", {**hyper, "gamma": 0.9}, None, True, "position")
 
 
 def test_slate_policy_evaluates_as_the_sort_of_its_scores(world) -> None:
