@@ -6,8 +6,9 @@
 * PPO / A2C on whole slates: :class:`RankingSlatePolicy`, a Plackett-Luce distribution over
   rankings of the candidates (env ``action_mode=scores``): one step ranks a request, so a slate
   costs one forward pass and one learning sample instead of one per position. With
-  ``credit="position"`` each position's choice is credited with the clicks from that position
-  on (:class:`PositionRolloutBuffer`) instead of all choices with the slate's clicks.
+  ``credit="position"`` each position's choice is credited with its own clicks (and the
+  discounted clicks below it, :class:`PositionRolloutBuffer`) instead of every choice with the
+  slate's clicks.
 * DQN: :class:`RankingDQNPolicy`, one Q-value per candidate from the scorer, masked both when
   acting and in the target's max (a masked Q is very negative and never the max). Use it with
   :class:`MaskedDQN`, whose epsilon-greedy exploration picks among valid candidates, per env.
@@ -72,6 +73,8 @@ class _ScorerArguments:
 class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
     """Actor-critic over candidates for PPO/A2C (``policy_kwargs``: ``scorer``, ``tables``)."""
 
+    value_width = 1  # values per state: one, or one per slate position (credit per position)
+
     def _build(self, lr_schedule: Any) -> None:
         self.scorer = CandidateScorer(
             self.observation_space, self._tables, self.table_shapes, **self.scorer_kwargs
@@ -79,7 +82,9 @@ class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
         self._tables = None  # now in the scorer's buffers
         self.table_shapes = self.scorer.table_shapes
         h = self.scorer.hidden
-        self.value_head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 1))
+        self.value_head = nn.Sequential(
+            nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, self.value_width)
+        )
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
@@ -250,17 +255,13 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
         if credit not in CREDITS:
             raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
         self.slate_size, self.credit = slate_size, credit
+        # credit per position: one value per position (of the clicks from there on)
+        self.value_width = slate_size if credit == "position" else 1
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
         self.scorer_kwargs["max_positions"] = 1
         super()._build(lr_schedule)
-        if self.credit == "position":  # one value per position: the clicks from there on
-            h = self.scorer.hidden
-            self.value_head[-1] = nn.Linear(h, self.slate_size)
-            self.optimizer = self.optimizer_class(
-                self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
-            )
         self.action_dist = PlackettLuce(self.slate_size, self.credit == "position")
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
