@@ -172,20 +172,23 @@ class PlackettLuce(Distribution):
         rank.scatter_(1, order, torch.arange(k, device=order.device).expand_as(order))
         return torch.where(self.mask, 1.0 - 2.0 * rank.to(self.scores.dtype) / k, -1.0)
 
-    def _ranked_scores(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ranked_scores(
+        self, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores in the order ``actions`` rank the candidates (masked last, very negative),
-        and which of those positions are placed (the first ``slate_size`` unmasked ones)."""
+        the logsumexp of the scores from each position on (of the items still free there),
+        and which positions are placed (the first ``slate_size`` unmasked ones)."""
         order = torch.argsort(actions, dim=1, descending=True, stable=True)
         ranked = self.scores.masked_fill(~self.mask, MASKED).gather(1, order)
+        rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)  # logsumexp over j >= k
         width = self.mask.sum(1, keepdim=True).clamp(max=self.slate_size)
         placed = torch.arange(ranked.shape[1], device=ranked.device) < width
-        return ranked, placed
+        return ranked, rest, placed
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """``[B]`` exact log-probability of the placed prefix of each ranking (with
         ``per_position``, ``[B, slate_size]``: each placed position's choice)."""
-        ranked, placed = self._ranked_scores(actions)
-        rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)  # logsumexp over j >= k
+        ranked, rest, placed = self._ranked_scores(actions)
         per_position = (ranked - rest) * placed
         if self.per_position:
             return per_position[:, : self.slate_size]
@@ -194,8 +197,7 @@ class PlackettLuce(Distribution):
     def entropy_along(self, actions: torch.Tensor) -> torch.Tensor:
         """``[B]`` sum over the placed positions of the entropy of that position's choice
         (among the items not yet placed), along each ranking: PL has no closed-form entropy."""
-        ranked, placed = self._ranked_scores(actions)
-        rest = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)
+        ranked, rest, placed = self._ranked_scores(actions)
         k = ranked.shape[1]
         later = torch.ones(k, k, dtype=torch.bool, device=ranked.device).triu()  # j >= i
         logp = (ranked.unsqueeze(1) - rest.unsqueeze(2)).masked_fill(~later, float("-inf"))
@@ -255,14 +257,15 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
         if credit not in CREDITS:
             raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
         self.slate_size, self.credit = slate_size, credit
+        self.per_position = credit == "position"
         # credit per position: one value per position (of the clicks from there on)
-        self.value_width = slate_size if credit == "position" else 1
+        self.value_width = slate_size if self.per_position else 1
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
         self.scorer_kwargs["max_positions"] = 1
         super()._build(lr_schedule)
-        self.action_dist = PlackettLuce(self.slate_size, self.credit == "position")
+        self.action_dist = PlackettLuce(self.slate_size, self.per_position)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -272,7 +275,7 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
     def _distribution(self, obs: PyTorchObs) -> tuple[PlackettLuce, torch.Tensor]:
         """The Plackett-Luce distribution over rankings of the candidates, and the values."""
         logits, values = self._heads(obs)
-        dist = PlackettLuce(self.slate_size, self.credit == "position")
+        dist = PlackettLuce(self.slate_size, self.per_position)
         return dist.proba_distribution(logits, obs["mask"] > 0.5), values
 
     def _entropy(self, dist: Any, actions: torch.Tensor) -> torch.Tensor:
