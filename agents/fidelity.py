@@ -99,29 +99,44 @@ class MixturePolicy(ScoringPolicy):
         return total
 
 
-class TruthOraclePolicy(ScoringPolicy):
-    """Ranks by the ground truth's attractiveness, whatever reward model the env runs.
+class ModelGreedyPolicy(ScoringPolicy):
+    """Ranks by a click model's attractiveness, whatever reward model the env runs.
 
-    The best policy of the synthetic world (the top of the zoo); not deployable.
+    With the ground truth it is the truth's oracle (the top of the zoo; not deployable). With a
+    fitted reward model it is the policy an ideal optimiser would learn in the simulator built
+    on it: its value under the truth says what training in that simulator can be worth
+    (:func:`greedy_values`).
+
+    Args:
+        model: the click model whose attractiveness ranks the candidates.
+        name: the reported name (default ``greedy(<model name>)``).
+    """
+
+    def __init__(self, model: ClickModel, name: str | None = None) -> None:
+        super().__init__(name or f"greedy({model.name})")
+        self.model = model
+        self._context: LogContext | None = None
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """The model's attractiveness of each candidate of the env's current requests (given
+        each user's current history, for models that read it)."""
+        log = env.data.log
+        if self._context is None or self._context.log is not log:
+            self._context = self.model.context(log)
+        cand = np.asarray(obs["candidates"], dtype=np.int64)
+        history = env.engine.history if self.model.needs_history else None
+        return self.model.attractiveness(self._context, env.engine.req, cand, history)
+
+
+class TruthOraclePolicy(ModelGreedyPolicy):
+    """Ranks by the ground truth's attractiveness: the best policy of the synthetic world.
 
     Args:
         truth: the ground-truth click model.
     """
 
-    name = "truth-oracle"
-
     def __init__(self, truth: ClickModel, name: str | None = None) -> None:
-        super().__init__(name)
-        self.truth = truth
-        self._context: LogContext | None = None
-
-    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
-        """True attractiveness of each candidate of the env's current requests."""
-        log = env.data.log
-        if self._context is None or self._context.log is not log:
-            self._context = self.truth.context(log)
-        cand = np.asarray(obs["candidates"], dtype=np.int64)
-        return self.truth.attractiveness(self._context, env.engine.req, cand)
+        super().__init__(truth, name or "truth-oracle")
 
 
 def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> list[ScoringPolicy]:
@@ -269,6 +284,35 @@ def value_zoo(
         if slates is not None and policy.name not in slates:
             slates[policy.name] = (result.per_request["request"], result.per_request["slate"])
     return values
+
+
+def greedy_values(
+    models: dict[str, ClickModel],
+    test: SessionLog,
+    encoded: EncodedLog,
+    truth: ClickModel,
+    config: ReplayConfig,
+    num_envs: int = 256,
+    seed: int = 0,
+    max_sessions: int | None = None,
+) -> dict[str, float]:
+    """True expected clicks per request of each fitted model's greedy policy.
+
+    The greedy policy ranks by the model's attractiveness: the optimum of the simulator built
+    on it, so its true value bounds what a policy trained in that simulator is worth (a model
+    can order the zoo well and still put the wrong items on top). Models that replay the log's
+    own clicks (``logged``) are skipped: their greedy policy reads the held-out clicks.
+    """
+    out = {}
+    for name, model in models.items():
+        if model.replays_clicks or model is truth:
+            continue
+        result = evaluate(
+            ModelGreedyPolicy(model, f"greedy({name})"), test, encoded, truth, config,
+            num_envs=num_envs, bootstrap=0, seed=seed, max_sessions=max_sessions,
+        )  # fmt: skip
+        out[name] = result.metrics["expected_clicks"]
+    return out
 
 
 def ope_zoo(

@@ -16,8 +16,10 @@ second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms, and th
 The run directory gets ``fidelity.md`` (the summary, whether the best simulator and the best
 estimator agree, and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman,
 mean and largest relative error, the share within 5%, pairwise-order agreement, and for the
-estimators their mean support and ESS and how often the truth lies in their 95% interval),
-``values.csv`` (policy x method), ``fidelity.png``
+estimators their mean support and ESS and how often the truth lies in their 95% interval;
+for the simulators ``greedy_true``, the true value of the policy greedy in the model, and
+``greedy_gap``, its share of the random-to-oracle gap: what training in that simulator can be
+worth), ``values.csv`` (policy x method), ``fidelity.png``
 (simulated or estimated against true value, one panel per method) and TensorBoard scalars under
 ``fidelity/``.
 """
@@ -38,7 +40,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines import SB3Policy
 from agents.checkpoint import CHECKPOINT
-from agents.fidelity import MIN_GAP, agreement, clear_pairs, ope_zoo, policy_zoo, value_zoo
+from agents.fidelity import (
+    MIN_GAP,
+    agreement,
+    clear_pairs,
+    greedy_values,
+    ope_zoo,
+    policy_zoo,
+    value_zoo,
+)
 from agents.ope import OPEEstimate
 from agents.training import SB3Agent
 from envs.click_models.simple import TruthClickModel
@@ -63,8 +73,9 @@ def reward_models(cfg: DictConfig, s: RunSetup) -> dict[str, Any]:
     """The truth plus every ``fidelity.rewards`` model, fitted on the training sessions."""
     models: dict[str, Any] = {"truth": s.reward}
     for name in cfg.fidelity.rewards:
-        path = CONF / "reward" / f"{name}.yaml"
-        model = instantiate(OmegaConf.load(path), f"reward model {name}")
+        # composed as `reward=<name>` composes it (a config may extend another)
+        node = hydra.compose(config_name="config", overrides=[f"reward={name}"]).reward
+        model = instantiate(node, f"reward model {name}")
         models[name] = fit_reward_model(
             model, s.data, s.train, s.encoded, s.env, cfg.paths.cache_dir
         )
@@ -118,6 +129,18 @@ def report(
         row["covered"] = float(np.mean(covered)) if covered else np.nan
         rows.append(row)
     return table, pd.DataFrame(rows).set_index("method")
+
+
+def with_greedy(
+    summary: pd.DataFrame, table: pd.DataFrame, greedy: dict[str, float]
+) -> pd.DataFrame:
+    """``summary`` plus each simulator's greedy policy's true value (``greedy_true``) and its
+    share of the zoo's random-to-truth-oracle gap (``greedy_gap``); NaN for the others."""
+    summary = summary.copy()
+    summary["greedy_true"] = [greedy.get(m, np.nan) for m in summary.index]
+    low, high = table.loc["random", "truth"], table.loc["truth-oracle", "truth"]
+    summary["greedy_gap"] = (summary["greedy_true"] - low) / (high - low)
+    return summary
 
 
 def consensus(table: pd.DataFrame, summary: pd.DataFrame, min_gap: float = MIN_GAP) -> str:
@@ -218,6 +241,11 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         peeking = {p.name for p in policies if getattr(p, "reads_logged_order", False)}
         ope = ope_zoo(slates, s.test, fitted, cfg.fidelity.clip, cfg.seed, peeking)
     table, summary = report(values, ope)
+    greedy = greedy_values(
+        models, s.test, s.encoded, s.reward, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
+        max_sessions=cfg.fidelity.sessions,
+    )  # fmt: skip
+    summary = with_greedy(summary, table, greedy)
     table.to_csv(run_dir / "values.csv", index_label="policy")
     summary.to_csv(run_dir / "fidelity.csv")
     plot(table, summary, run_dir / "fidelity.png")
@@ -240,6 +268,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             for key in ("support", "ess"):
                 if row["kind"] == "OPE":
                     writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
+            if not np.isnan(row["greedy_true"]):
+                writer.add_scalar(f"fidelity/greedy_true/{method}", float(row["greedy_true"]), 0)
     log.info("wrote %s", run_dir / "fidelity.md")
     return summary
 

@@ -96,12 +96,13 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     """How the run's fitted reward model ranks the policy zoo against the truth.
 
     Only where there is a truth and the reward model is another one (``eval.fidelity``): the
-    Kendall tau and mean relative error of :mod:`agents.fidelity`, on ``eval.sessions``
-    held-out sessions.
+    Kendall tau and mean relative error of :mod:`agents.fidelity`, and the true value of the
+    policy greedy in the reward model (what training in it can be worth, for the run's own
+    value to be read against), on ``eval.sessions`` held-out sessions.
     """
     if not cfg.eval.fidelity or s.truth is None or s.reward.name == "truth":
         return {}
-    from agents.fidelity import agreement, policy_zoo, value_zoo
+    from agents.fidelity import ModelGreedyPolicy, agreement, policy_zoo, value_zoo
     from envs.click_models.simple import TruthClickModel
 
     truth = TruthClickModel(truth=s.truth)
@@ -114,7 +115,16 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     a = agreement(*(np.array([values[m][n] for n in names]) for m in ("truth", "model")))
     log.info("reward model %s against the truth: Kendall tau %.3f, relative error %.3f",
              s.reward.name, a.kendall_tau, a.rel_error)  # fmt: skip
-    return {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
+    out = {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
+    if s.reward.replays_clicks:  # its greedy policy would read the held-out clicks
+        return out
+    greedy = value_zoo(
+        [ModelGreedyPolicy(s.reward)], s.test, s.encoded, {"truth": truth}, s.env,
+        num_envs=cfg.eval.num_envs, seed=cfg.seed, max_sessions=cfg.eval.sessions,
+    )["truth"][f"greedy({s.reward.name})"]  # fmt: skip
+    log.info("its greedy policy's true value %.4f (cosine %.4f)", greedy,
+             values["truth"]["cosine"])  # fmt: skip
+    return {**out, "fidelity_greedy_true": greedy}
 
 
 def off_policy(
@@ -324,7 +334,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 2),
         "torch_threads": threads,
         "encoder": cfg.encoder.name,
-        "reward_model": s.reward.name,
+        # the config chosen (neural_train, ...), which may differ from the model's own name
+        "reward_model": HydraConfig.get().runtime.choices.get("reward", s.reward.name),
         "splits": splits_info(s),
         **fidelity,
     }

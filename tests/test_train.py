@@ -86,6 +86,11 @@ def test_every_reward_model_trains_with_periodic_evaluation(tmp_path: Path, rewa
     if reward != "truth":  # how far the simulator can be trusted, against the truth
         assert -1 <= metrics["fidelity_kendall_tau"] <= 1 and metrics["fidelity_rel_error"] >= 0
         assert {"fidelity/kendall_tau", "fidelity/rel_error"} <= found
+        # the true value of the simulator's optimum; not for the log's own clicks
+        if reward == "logged":
+            assert "fidelity_greedy_true" not in metrics
+        else:
+            assert metrics["fidelity_greedy_true"] > 0 and "fidelity/greedy_true" in found
     else:
         assert "fidelity_kendall_tau" not in metrics
 

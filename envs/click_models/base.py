@@ -253,6 +253,7 @@ class ClickModel:
     def load(cls, directory: str | Path) -> ClickModel:
         """Load a model written by :meth:`save` (the class is named in ``model.json``)."""
         import importlib
+        import inspect
 
         src = Path(directory)
         if not (src / "model.json").is_file():
@@ -262,6 +263,12 @@ class ClickModel:
         if not module.startswith("envs.click_models"):
             raise ValueError(f"{src / 'model.json'}: class {meta['class']!r} is not a click model")
         klass = getattr(importlib.import_module(module), qualname)
+        unknown = sorted(set(meta["config"]) - set(inspect.signature(klass).parameters))
+        if unknown:
+            raise ValueError(
+                f"{src / 'model.json'}: saved with {', '.join(unknown)}, which {qualname} does "
+                f"not take (written by another version of rankgym); delete {src} to refit it"
+            )
         model = klass(**meta["config"])
         model.structure = meta["structure"]
         model.dataset = meta["dataset"]

@@ -217,6 +217,11 @@ class NeuralClickModel(ClickModel):
         ensemble: members fitted from seeds ``seed, seed + 1, ...`` (initialisation and
             minibatch order); the attractiveness is their mean. One fit's overall level moves
             by up to +-20% with the seed alone on the default world (BENCHMARKS.md).
+        mlp_epochs: epochs after which the MLP stops learning while the item biases (and the
+            examination or abandonment) go on for the rest of ``epochs`` (``None``: all of
+            them). An MLP stopped early generalises better to the (query, item) pairs the
+            log never showed, so the simulator's best policy is better in truth; the biases
+            need the full fit to separate items (BENCHMARKS.md, issue 9).
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -246,6 +251,7 @@ class NeuralClickModel(ClickModel):
         features: str = "lexical",
         use_features: bool = True,
         ensemble: int = 5,
+        mlp_epochs: int | None = None,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -269,6 +275,9 @@ class NeuralClickModel(ClickModel):
         self.features = features
         self.use_features = bool(use_features)
         self.ensemble = int(ensemble)
+        if mlp_epochs is not None:
+            _check_positive("mlp_epochs", mlp_epochs, integer=True)
+        self.mlp_epochs = None if mlp_epochs is None else int(mlp_epochs)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
@@ -547,7 +556,9 @@ class NeuralClickModel(ClickModel):
         n = train.n_requests
         rows = max(1, self.batch_size // batch.width)  # ~batch_size impressions
         module.train()
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
+            if epoch == self.mlp_epochs:  # the MLP stops; the item biases go on learning
+                module.mlp.requires_grad_(False)
             order = torch.randperm(n, generator=gen).to(device)
             for start in range(0, n, rows):
                 b = order[start : start + rows]
@@ -673,6 +684,7 @@ class NeuralClickModel(ClickModel):
             "features": self.features,
             "use_features": self.use_features,
             "ensemble": self.ensemble,
+            "mlp_epochs": self.mlp_epochs,
             "seed": self.seed,
             "device": self.device,
         }

@@ -14,7 +14,10 @@ from scipy import stats
 from agents.baselines import CosinePolicy
 from agents.fidelity import (
     MixturePolicy,
+    ModelGreedyPolicy,
+    TruthOraclePolicy,
     agreement,
+    greedy_values,
     kendall_tau,
     ope_zoo,
     policy_zoo,
@@ -24,7 +27,8 @@ from agents.fidelity import (
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
 from envs.click_models.fitted import PBMClickModel
-from envs.click_models.simple import TruthClickModel
+from envs.click_models.neural import NeuralClickModel
+from envs.click_models.simple import LoggedClickModel, TruthClickModel
 from envs.replay import ReplayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +99,33 @@ def test_the_zoo_spans_the_truths_range(world) -> None:
     assert 0 < ope["iips"]["random"].support < 1
 
 
+def test_greedy_values_are_the_true_values_of_each_simulators_optimum(world) -> None:
+    """``greedy(<model>)`` ranks by the model's attractiveness (given the user's current
+    history): the best policy in that model's simulator, valued by :func:`greedy_values`
+    under the truth; the truth's own greedy policy is the oracle."""
+    train, test, encoded, truth = world
+    model, cfg = TruthClickModel(truth=truth), ReplayConfig(obs_mode="ids")
+    pbm = PBMClickModel().fit(train)
+    neural = NeuralClickModel(epochs=2, hidden=16, structure="pbm", ensemble=2).fit(train)
+    models = {"truth": model, "pbm": pbm, "neural": neural, "logged": LoggedClickModel()}
+    greedy = greedy_values(models, test, encoded, model, cfg)
+    assert set(greedy) == {"pbm", "neural"}  # not the truth, not the log's own clicks
+    zoo = [p.fit(train, encoded) for p in policy_zoo(model)]
+    zoo += [ModelGreedyPolicy(pbm), ModelGreedyPolicy(neural)]
+    values = value_zoo(zoo, test, encoded, {"truth": model, "neural": neural}, cfg)
+    assert greedy == pytest.approx({k: values["truth"][f"greedy({k})"] for k in greedy})
+    oracle = values["truth"]["truth-oracle"]
+    assert max(greedy.values()) < oracle  # no fitted model knows the truth's optimum
+    assert (
+        TruthOraclePolicy(model).name
+        == "truth-oracle"
+        == ModelGreedyPolicy(model, "truth-oracle").name
+    )
+    # in the neural simulator, its own greedy policy beats every other policy of the zoo
+    own = values["neural"]
+    assert own["greedy(neural)"] == max(own.values())
+
+
 def test_mixture_policy_reverses_and_blurs(world) -> None:
     train, _, encoded, _ = world
     obs = {
@@ -141,11 +172,17 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     assert summary.loc["iips", "support"] > summary.loc["rips", "support"]
     assert summary.loc[ope, "covered"].between(0, 1).all()
     assert summary.loc[["pbm", "neural"], "support"].isna().all()
+    # each simulator's optimum, valued under the truth; its share of the random-to-oracle gap
+    values = pd.read_csv(run / "values.csv", index_col="policy")
+    low, high = values.loc["random", "truth"], values.loc["truth-oracle", "truth"]
+    greedy = summary.loc[["pbm", "neural"], "greedy_true"]
+    assert greedy.between(0, high).all() and summary.loc[ope, "greedy_true"].isna().all()
+    gap = summary.loc[["pbm", "neural"], "greedy_gap"]
+    np.testing.assert_allclose(gap, (greedy - low) / (high - low))
     assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
     # (an estimator that values every policy at 0, as ips may here, has no tau)
     assert summary["kendall_tau"].dropna().between(-1, 1).all()
     assert summary.loc[["pbm", "neural", "iips", "rips"], "kendall_tau"].notna().all()
-    values = pd.read_csv(run / "values.csv", index_col="policy")
     assert values.loc["truth-oracle", "truth"] == values["truth"].max()
     assert values.loc["logged", "iips"] != values.loc["logged", "iips"]  # n/a: it reads the log
     text = (run / "fidelity.md").read_text()
@@ -156,7 +193,10 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     wrong = subprocess.run([*args[:-1], "fidelity.rewards=[pbn]"], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
     assert wrong.returncode == 2
-    assert "fidelity.rewards has 'pbn'; allowed: cascade, dcm, logged, neural, pbm" in wrong.stderr
+    assert (
+        "fidelity.rewards has 'pbn'; allowed: cascade, dcm, logged, neural, neural_train, pbm"
+        in wrong.stderr
+    )
     clip = subprocess.run([*args, "fidelity.clip=-1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert clip.returncode == 2

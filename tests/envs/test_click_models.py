@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -183,6 +185,13 @@ def test_save_load_round_trip(name: str, world, fitted, tmp_path: Path) -> None:
     got = loaded.click_probs(loaded.context(test), requests, rankings)
     np.testing.assert_array_equal(got, expected)
     assert loaded.config() == model.config() and loaded.pooling == model.pooling
+    # a model saved by another version, with a setting this one does not take: one clear line
+    meta = json.loads((tmp_path / name / "model.json").read_text())
+    meta["config"]["retired_option"] = 1.0
+    (tmp_path / name / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model.json: saved with retired_option, which .* "
+                       r"does not take .*; delete .* to refit it"):  # fmt: skip
+        ClickModel.load(tmp_path / name)
 
 
 @pytest.mark.parametrize("name", ["pbm", "cascade", "dcm", "neural"])
@@ -329,7 +338,24 @@ def test_neural_ensemble_is_the_mean_of_its_members(small_world) -> None:
     assert not np.allclose(each[0], each[1])  # the members differ
 
 
-@pytest.mark.parametrize("name", ["pbm", "cascade", "dcm", "neural", "logged", "truth"])
+def test_neural_mlp_stops_after_mlp_epochs_while_the_item_biases_learn_on(small_world) -> None:
+    """``mlp_epochs=1, epochs=3``: the MLP is the one-epoch fit's; the item biases are not."""
+    log, _ = small_world
+    small = {"hidden": 8, "structure": "pbm", "calibrate": "none", "ensemble": 1, "seed": 2}
+    short = NeuralClickModel(**small, epochs=1).fit(log).modules[0]
+    long = NeuralClickModel(**small, epochs=3, mlp_epochs=1).fit(log).modules[0]
+    free = NeuralClickModel(**small, epochs=3).fit(log).modules[0]
+    for name, weight in short.mlp.state_dict().items():
+        torch.testing.assert_close(long.mlp.state_dict()[name], weight)
+        assert not torch.equal(free.mlp.state_dict()[name], weight)
+    assert not torch.equal(long.item_bias.weight, short.item_bias.weight)
+    with pytest.raises(ValueError, match="mlp_epochs=0: expected an int > 0"):
+        NeuralClickModel(mlp_epochs=0)
+
+
+@pytest.mark.parametrize(
+    "name", ["pbm", "cascade", "dcm", "neural", "neural_train", "logged", "truth"]
+)
 def test_reward_configs_instantiate(name: str, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"reward={name}", f"out={tmp_path}"])
@@ -337,9 +363,11 @@ def test_reward_configs_instantiate(name: str, tmp_path: Path) -> None:
         assert cfg.reward.path == str(tmp_path)
         return
     model = instantiate(cfg.reward)
-    assert isinstance(model, ClickModel) and model.name == name
+    assert isinstance(model, ClickModel) and model.name == name.removesuffix("_train")
     defaults = {k: v for k, v in cfg.reward.items() if k != "_target_"}
     assert defaults == model.config()
+    if name == "neural_train":  # the default neural model, its MLP stopped early
+        assert model.mlp_epochs == 4 < model.epochs
 
 
 def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> None:
