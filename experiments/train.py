@@ -102,7 +102,7 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     """
     if not cfg.eval.fidelity or s.truth is None or s.reward.name == "truth":
         return {}
-    from agents.fidelity import ModelGreedyPolicy, agreement, policy_zoo, value_zoo
+    from agents.fidelity import agreement, greedy_values, policy_zoo, value_zoo
     from envs.click_models.simple import TruthClickModel
 
     truth = TruthClickModel(truth=s.truth)
@@ -116,15 +116,15 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     log.info("reward model %s against the truth: Kendall tau %.3f, relative error %.3f",
              s.reward.name, a.kendall_tau, a.rel_error)  # fmt: skip
     out = {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
-    if s.reward.replays_clicks:  # its greedy policy would read the held-out clicks
-        return out
-    greedy = value_zoo(
-        [ModelGreedyPolicy(s.reward)], s.test, s.encoded, {"truth": truth}, s.env,
-        num_envs=cfg.eval.num_envs, seed=cfg.seed, max_sessions=cfg.eval.sessions,
-    )["truth"][f"greedy({s.reward.name})"]  # fmt: skip
-    log.info("its greedy policy's true value %.4f (cosine %.4f)", greedy,
-             values["truth"]["cosine"])  # fmt: skip
-    return {**out, "fidelity_greedy_true": greedy}
+    greedy = greedy_values(
+        {"model": s.reward}, s.test, s.encoded, truth, s.env, num_envs=cfg.eval.num_envs,
+        seed=cfg.seed, max_sessions=cfg.eval.sessions,
+    )  # fmt: skip
+    if "model" in greedy:  # not for a model replaying the log's clicks
+        log.info("its greedy policy's true value %.4f (cosine %.4f)", greedy["model"],
+                 values["truth"]["cosine"])  # fmt: skip
+        out["fidelity_greedy_true"] = greedy["model"]
+    return out
 
 
 def off_policy(
