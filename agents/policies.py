@@ -254,9 +254,7 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
     def __init__(
         self, *args: Any, slate_size: int = 10, credit: str = "slate", **kwargs: Any
     ) -> None:
-        if credit not in CREDITS:
-            raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
-        self.slate_size, self.credit = slate_size, credit
+        self.slate_size, self.credit = slate_size, credit  # checked by training._check_slate
         self.per_position = credit == "position"
         # credit per position: one value per position (of the clicks from there on)
         self.value_width = slate_size if self.per_position else 1

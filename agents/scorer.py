@@ -250,10 +250,9 @@ class CandidateScorer(nn.Module):
         ``items`` ``[B, N, d]`` and ``item_feats`` ``[B, N, fi]``; ``position`` is ``[B]``, or
         with ``positions_axis`` ``[P]``, to score every request at ``P`` positions at once
         (``ctx`` is then ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the
-        candidates'
-        projections when already computed (:meth:`encode` takes them from the item table),
-        ``unit_items`` the candidates scaled to unit norm (from the unit item table); with both
-        given, ``items`` and ``item_feats`` are not read (``None``).
+        candidates' projections when already computed (:meth:`encode` takes them from the item
+        table), ``unit_items`` the candidates scaled to unit norm (from the unit item table);
+        with both given, ``items`` and ``item_feats`` are not read (``None``).
         """
         position = position.clamp(0, self.position.num_embeddings - 1)
         ctx = self.ctx_proj(context)
