@@ -70,15 +70,20 @@ def export_policy(
     )  # fmt: skip
 
 
-def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
+def load_run_policy(
+    run_dir: str | Path, reward: DictConfig | None = None
+) -> tuple[DictConfig, RunSetup, Any]:
     """The run at ``run_dir`` rebuilt from its own config: ``(config, setup, policy)``.
 
     SB3 agents load their final checkpoint (nothing unpickled); baselines are refitted on the
-    run's training sessions.
+    run's training sessions. ``reward`` (a ``conf/reward`` node) replaces the run's reward
+    model: the setup then fits that one on the run's training sessions instead
+    (``experiments.evaluate``); its interpolations (``${out}``) resolve against the run's config.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not an ``experiments.train`` run.
         CheckpointError: a missing or foreign checkpoint (named).
+        ValueError: a run whose agent keeps no policy (``agent=supervised``).
     """
     from experiments.train import (
         RUN_CONFIG,
@@ -95,7 +100,14 @@ def load_run_policy(run_dir: str | Path) -> tuple[DictConfig, RunSetup, Any]:
             f"{config_file}: missing; run= takes a run directory written by experiments.train"
         )
     cfg = load_run_config(config_file)
+    if reward is not None:
+        cfg.reward = OmegaConf.to_container(reward, resolve=False)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
+    if not isinstance(agent, SB3Agent) and not hasattr(agent, "fit"):
+        raise ValueError(
+            f"{run_dir}: an agent={cfg.agent.name} run keeps no policy to load; allowed: "
+            "ppo, a2c, dqn runs and the baselines"
+        )
     s = setup(cfg)
     if not isinstance(agent, SB3Agent):
         return cfg, s, agent.fit(s.train, s.encoded)

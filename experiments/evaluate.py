@@ -1,0 +1,140 @@
+"""Value finished runs under another reward model, on each run's own test sessions.
+
+Usage::
+
+    python -m experiments.evaluate 'runs=[outputs/sim/ppo-s0,outputs/sim/ppo-s1]' reward=neural
+    python -m experiments.evaluate "runs=[outputs/train-multirun/DATE]" reward=pbm out=out/pbm
+    python -m experiments.compare out/pbm metric=expected_clicks
+
+A policy trained in one simulator is judged in another: train in ``reward=neural_train``,
+compare in ``reward=neural`` (README, "Can I trust the simulator?"), on real logs where there
+is no truth to ask. Each run (a run directory, or a sweep directory: every finished run below
+it) is rebuilt from its own ``run_config.yaml``: its data, split, embeddings and policy
+(:func:`experiments.export.load_run_policy`); the chosen ``reward`` is fitted on the run's
+training sessions (cached like any fit) and the policy evaluated on the run's test sessions
+(``sessions=valid``: its valid sessions), as ``experiments.train`` evaluates it.
+
+Written under ``out``, one directory per run (named by its path below the directory given):
+
+* ``metrics.json``: ``expected_clicks`` (and ``ctr@1``, ``ndcg@10``, ``mrr``) under the chosen
+  reward model with 95% session-bootstrap intervals, ``true_expected_clicks`` where the world
+  has a truth, the off-policy estimates where the log has propensities, and ``reward_model``,
+  ``trained_in``, ``run``;
+* ``per_request.parquet`` and ``run_config.yaml`` (the run's, with the reward replaced), so
+  ``experiments.compare <out>`` pairs the runs request by request as it pairs a sweep.
+
+Each run's directory is written whole or not at all; a run that fails is named at the end (exit
+status 2) and the others are still valued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from agents.evaluation import evaluate
+from envs.logs.atomic import atomic_directory
+from experiments.export import load_run_policy
+from experiments.sweeps import fail, run_job
+
+log = logging.getLogger(__name__)
+SESSIONS = ("test", "valid")
+MARKER = "metrics.json"  # what every directory this command writes holds
+
+
+def find_runs(roots: list[str]) -> dict[str, Path]:
+    """``{name: run directory}`` of the finished runs (a ``metrics.json`` beside a
+    ``run_config.yaml``) at or below each root, named ``<root name>/<path below it>``."""
+    runs: dict[str, Path] = {}
+    for root in map(Path, roots):
+        found = sorted(
+            p.parent for p in root.rglob("run_config.yaml") if (p.parent / MARKER).is_file()
+        )
+        if not found:
+            raise FileNotFoundError(
+                f"{root}: no finished run (run_config.yaml and metrics.json) at or below it"
+            )
+        for run in found:
+            name = root.name if run == root else f"{root.name}/{run.relative_to(root)}"
+            if name in runs and runs[name] != run:
+                raise ValueError(f"runs {runs[name]} and {run} would both be written to {name}")
+            runs[name] = run
+    return runs
+
+
+def value_run(
+    run_dir: Path, reward: DictConfig, reward_name: str, sessions: str, out: Path
+) -> dict[str, Any]:
+    """Value the run at ``run_dir`` under ``reward``; write ``out`` (see the module docstring)."""
+    from experiments.train import RUN_CONFIG, off_policy, write_per_request
+
+    trained_in = json.loads((run_dir / MARKER).read_text()).get("reward_model")
+    cfg, s, policy = load_run_policy(run_dir, reward)
+    held = s.test if sessions == "test" else s.valid
+    if held is None:
+        raise ValueError(f"{run_dir}: sessions=valid, but the run has no valid split")
+    result = evaluate(
+        policy, held, s.encoded, s.reward, s.env, truth=s.truth, num_envs=cfg.eval.num_envs,
+        bootstrap=cfg.eval.bootstrap, seed=cfg.seed, max_sessions=cfg.eval.final_sessions,
+    )  # fmt: skip
+    metrics = {
+        **result.to_dict(),
+        **off_policy(held, result, s.reward, cfg.eval.bootstrap, cfg.seed),
+        "seed": cfg.seed,
+        "reward_model": reward_name,
+        "trained_in": trained_in,
+        "sessions": sessions,
+        "run": str(run_dir.resolve()),
+    }
+    metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
+    with atomic_directory(out, marker=MARKER) as tmp:
+        write_per_request(tmp / "per_request.parquet", result, held)
+        OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), tmp / RUN_CONFIG)
+        (tmp / MARKER).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def run(cfg: DictConfig) -> list[str]:
+    """Value every run of ``cfg.runs`` under ``cfg.reward``; the names of those that failed."""
+    if cfg.sessions not in SESSIONS:
+        raise ValueError(f"sessions={cfg.sessions!r}; allowed: {', '.join(SESSIONS)}")
+    roots = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
+    if not roots:
+        raise ValueError("runs= is empty; it takes run or sweep directories: 'runs=[outputs/x]'")
+    reward_name = HydraConfig.get().runtime.choices.get("reward", "?")
+    runs = find_runs(roots)
+    out = Path(cfg.out)
+    failed = []
+    for name, run_dir in runs.items():
+        log.info("valuing %s under reward=%s", run_dir, reward_name)
+        try:
+            m = value_run(run_dir, cfg.reward, reward_name, cfg.sessions, out / name)
+        except Exception as err:  # one bad run does not stop the others
+            log.error("%s: %s", run_dir, str(err).strip().splitlines()[0] if str(err) else err)
+            failed.append(name)
+            continue
+        log.info("%s: %.4f expected clicks in %s (trained in %s)%s", name,
+                 m["expected_clicks"], reward_name, m["trained_in"],
+                 f", {m['true_expected_clicks']:.4f} true" if m.get("true_expected_clicks")
+                 is not None else "")  # fmt: skip
+    return failed
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (``conf/evaluate.yaml``)."""
+    failed = run_job(lambda: run(cfg))
+    print(f"written to {cfg.out}\ncompare them: python -m experiments.compare {cfg.out} "
+          "metric=expected_clicks")  # fmt: skip
+    if failed:
+        fail(RuntimeError(f"{len(failed)} run(s) failed (see the log above): {', '.join(failed)}"))
+
+
+if __name__ == "__main__":
+    main()

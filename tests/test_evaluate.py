@@ -1,0 +1,95 @@
+"""experiments.evaluate: finished runs valued under another reward model, then compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from experiments.export import load_run_policy
+from tests.test_serve import cli
+from tests.test_train import SMALL, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PPO run and a cosine run, both trained and valued in the truth."""
+    root = tmp_path_factory.mktemp("evaluate")
+    for run, overrides in {
+        "runs/ppo": ["agent=ppo", "total_timesteps=256", "eval.freq=256", *SMALL["ppo"]],
+        "runs/cosine": ["agent=cosine"],
+    }.items():
+        done = train(root, *overrides, run=run)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def value(root: Path, out: str, *overrides: str) -> tuple[int, str, dict[str, dict]]:
+    done = cli("experiments.evaluate", f"runs=[{root / 'runs'}]", f"out={root / out}", *overrides)
+    found = {p.parent.name: json.loads(p.read_text()) for p in (root / out).rglob("metrics.json")}
+    return done.returncode, done.stderr, found
+
+
+def test_valued_in_the_truth_again_each_run_gives_its_own_numbers(runs: Path) -> None:
+    code, err, found = value(runs, "in-truth", "reward=truth")
+    assert code == 0, err[-3000:]
+    assert sorted(found) == ["cosine", "ppo"]
+    for name, metrics in found.items():
+        own = json.loads((runs / "runs" / name / "metrics.json").read_text())
+        # the same policy, rebuilt from its run directory, on the same test sessions
+        assert metrics["expected_clicks"] == pytest.approx(own["expected_clicks"], abs=1e-9)
+        assert metrics["n_requests"] == own["n_requests"]
+        assert metrics["reward_model"] == "truth" and metrics["trained_in"] == "truth"
+    table = pd.read_parquet(runs / "in-truth" / "runs" / "ppo" / "per_request.parquet")
+    assert table["expected_clicks"].mean() == pytest.approx(found["ppo"]["expected_clicks"])
+
+
+def test_a_fitted_model_values_the_runs_and_compare_pairs_them(runs: Path) -> None:
+    code, err, found = value(runs, "in-pbm", "reward=pbm")
+    assert code == 0, err[-3000:]
+    for name, metrics in found.items():
+        own = json.loads((runs / "runs" / name / "metrics.json").read_text())
+        assert metrics["reward_model"] == "pbm" and metrics["trained_in"] == "truth"
+        # the same test requests, valued by the fitted model and still by the truth (whose
+        # value differs a little: the simulated clicks feed the users' histories in a session)
+        assert metrics["n_requests"] == own["n_requests"]
+        assert metrics["expected_clicks"] != pytest.approx(own["expected_clicks"], abs=1e-6)
+        assert metrics["true_expected_clicks"] == pytest.approx(
+            own["true_expected_clicks"], rel=0.05
+        )
+        saved = OmegaConf.load(runs / "in-pbm" / "runs" / name / "run_config.yaml")
+        assert saved.reward._target_.endswith("PBMClickModel")
+        assert saved.out == str(runs / "data")  # interpolations resolved in the run's config
+    done = cli("experiments.compare", str(runs / "in-pbm"), "metric=expected_clicks")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (runs / "in-pbm" / "report.md").read_text()
+    assert "paired" in report.lower() and "| ppo |" in report
+
+
+def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_path: Path) -> None:
+    # a run whose agent keeps no policy (the supervised ceiling), beside a good one
+    bad = runs / "runs" / "supervised"
+    bad.mkdir(exist_ok=True)
+    config = OmegaConf.load(runs / "runs" / "cosine" / "run_config.yaml")
+    config.agent = {"_target_": "agents.supervised.SupervisedAgent", "name": "supervised"}
+    OmegaConf.save(config, bad / "run_config.yaml")
+    (bad / "metrics.json").write_text("{}")
+    try:
+        with pytest.raises(ValueError, match="agent=supervised run keeps no policy"):
+            load_run_policy(bad)
+        code, err, found = value(runs, "mixed", "reward=truth")
+        assert code == 2 and "1 run(s) failed" in err and "runs/supervised" in err, err[-2000:]
+        assert sorted(found) == ["cosine", "ppo"]
+    finally:
+        for file in bad.iterdir():
+            file.unlink()
+        bad.rmdir()
+    for overrides, message in {
+        (f"runs=[{tmp_path}]",): "no finished run",
+        (f"runs=[{runs / 'runs'}]", "sessions=train"): "sessions='train'; allowed: test, valid",
+    }.items():
+        done = cli("experiments.evaluate", *overrides, f"out={tmp_path / 'out'}")
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
