@@ -400,9 +400,13 @@ class RankingQNetwork(BasePolicy):
     ) -> None:
         super().__init__(observation_space, action_space)
         self.scorer = CandidateScorer(observation_space, tables, table_shapes, **scorer)
+        self.unread = False  # a target network whose values are multiplied by gamma = 0
 
     def forward(self, obs: PyTorchObs) -> torch.Tensor:
-        """``[B, K]`` Q-values; masked candidates get a very negative value."""
+        """``[B, K]`` Q-values; masked candidates get a very negative value. An ``unread``
+        network (the target when ``gamma`` is 0) returns zeros without computing them."""
+        if self.unread:
+            return obs["mask"].new_zeros(obs["mask"].shape)
         return self.scorer(obs)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> torch.Tensor:
@@ -435,6 +439,13 @@ class MaskedDQN(DQN):
     none on a step; here each env explores on its own with probability epsilon, uniformly among
     the candidates its mask allows, so no invalid action ever enters the replay buffer.
     """
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # with gamma 0 the TD target is the reward alone: SB3 multiplies the target network's
+        # values by 0, so they are not computed (one forward pass fewer per gradient step, the
+        # same targets and the same saved weights)
+        self.q_net_target.unread = self.gamma == 0
 
     def predict(
         self,

@@ -216,3 +216,26 @@ def test_user_embedding_values_are_checked(world) -> None:
     space = spaces.Dict({k: v for k, v in env.observation_space.spaces.items() if k != "user_id"})
     with pytest.raises(ValueError, match="needs the observation's user_id"):
         CandidateScorer(space, env.embedding_tables, user_embedding=4)
+
+
+def test_dqn_with_gamma_0_skips_the_target_network_and_learns_the_same(world) -> None:
+    def trained(unread: bool | None) -> tuple[object, dict[str, torch.Tensor]]:
+        env = venv(world)
+        hyper = {**SMALL_DQN, "gamma": 0.0}
+        model = build_agent("dqn", env, seed=0, device="cpu", hyperparams=hyper)
+        if unread is not None:
+            model.q_net_target.unread = unread
+        model.learn(400)
+        return model, {k: v.clone() for k, v in model.q_net.state_dict().items()}
+
+    skipped, weights = trained(None)
+    assert skipped.q_net_target.unread and not skipped.q_net.unread
+    computed, reference = trained(False)  # the target computed and multiplied by 0
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+    obs = obs_as_tensor(venv(world).reset(), "cpu")
+    assert (skipped.q_net_target(obs) == 0).all() and (computed.q_net_target(obs) != 0).any()
+    # with gamma > 0 the target network's values are read, so computed
+    bootstrapped = build_agent("dqn", venv(world), seed=0, device="cpu", hyperparams=SMALL_DQN)
+    assert not bootstrapped.q_net_target.unread
