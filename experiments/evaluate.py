@@ -50,12 +50,11 @@ MARKER = "metrics.json"  # what every directory this command writes holds
 
 def find_runs(roots: list[str]) -> dict[str, Path]:
     """``{name: run directory}`` of the finished runs (a ``metrics.json`` beside a
-    ``run_config.yaml``) at or below each root, named ``<root name>/<path below it>``."""
+    ``run_config.yaml``) at or below each root, named ``<root name>/<path below it>``.
+    What this command wrote itself (``trained_in`` in its ``metrics.json``) is not a run."""
     runs: dict[str, Path] = {}
     for root in map(Path, roots):
-        found = sorted(
-            p.parent for p in root.rglob("run_config.yaml") if (p.parent / MARKER).is_file()
-        )
+        found = sorted(p.parent for p in root.rglob("run_config.yaml") if _is_run(p.parent))
         if not found:
             raise FileNotFoundError(
                 f"{root}: no finished run (run_config.yaml and metrics.json) at or below it"
@@ -66,6 +65,17 @@ def find_runs(roots: list[str]) -> dict[str, Path]:
                 raise ValueError(f"runs {runs[name]} and {run} would both be written to {name}")
             runs[name] = run
     return runs
+
+
+def _is_run(directory: Path) -> bool:
+    """A finished training run (not a valued copy of one written here)."""
+    file = directory / MARKER
+    if not file.is_file():
+        return False
+    try:
+        return "trained_in" not in json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from err
 
 
 def value_run(

@@ -27,9 +27,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def value(root: Path, out: str, *overrides: str) -> tuple[int, str, dict[str, dict]]:
-    done = cli("experiments.evaluate", f"runs=[{root / 'runs'}]", f"out={root / out}", *overrides)
-    found = {p.parent.name: json.loads(p.read_text()) for p in (root / out).rglob("metrics.json")}
+def value(
+    root: Path, out: str, *overrides: str, runs: str = "runs"
+) -> tuple[int, str, dict[str, dict]]:
+    """Run experiments.evaluate on ``root / runs``: (exit status, stderr, {run path: metrics})."""
+    done = cli("experiments.evaluate", f"runs=[{root / runs}]", f"out={root / out}", *overrides)
+    found = {
+        str(p.parent.relative_to(root / out / (root / runs).name)): json.loads(p.read_text())
+        for p in (root / out).rglob("metrics.json")
+    }
     return done.returncode, done.stderr, found
 
 
@@ -80,9 +86,10 @@ def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_p
     try:
         with pytest.raises(ValueError, match="agent=supervised run keeps no policy"):
             load_run_policy(bad)
-        code, err, found = value(runs, "mixed", "reward=truth")
+        # the whole directory: the copies valued by the tests above are not runs
+        code, err, found = value(runs, "mixed", "reward=truth", runs=".")
         assert code == 2 and "1 run(s) failed" in err and "runs/supervised" in err, err[-2000:]
-        assert sorted(found) == ["cosine", "ppo"]
+        assert sorted(found) == ["runs/cosine", "runs/ppo"]
     finally:
         for file in bad.iterdir():
             file.unlink()
