@@ -6,9 +6,10 @@ Usage::
     python -m experiments.evaluate "runs=[outputs/train-multirun/DATE]" reward=pbm out=out/pbm
     python -m experiments.compare out/pbm metric=expected_clicks
 
-A policy trained in one simulator is judged in another: train in ``reward=neural_train``,
-compare in ``reward=neural`` (README, "Can I trust the simulator?"), on real logs where there
-is no truth to ask. Each run (a run directory, or a sweep directory: every finished run below
+A policy is judged in another reward model than the one it was trained in: on real logs,
+where there is no truth to ask, a fitted simulator's opinion beside the off-policy estimates
+(a simulator overrates policies trained in it or in a sibling of it: README, "Can I trust the
+simulator?"). Each run (a run directory, or a sweep directory: every finished run below
 it) is rebuilt from its own ``run_config.yaml``: its data, split, embeddings and policy
 (:func:`experiments.export.load_run_policy`); the chosen ``reward`` is fitted on the run's
 training sessions (cached like any fit) and the policy evaluated on the run's test sessions
@@ -82,7 +83,7 @@ def value_run(
     run_dir: Path, reward: DictConfig, reward_name: str, sessions: str, out: Path
 ) -> dict[str, Any]:
     """Value the run at ``run_dir`` under ``reward``; write ``out`` (see the module docstring)."""
-    from experiments.train import RUN_CONFIG, off_policy, write_per_request
+    from experiments.train import RUN_CONFIG, off_policy, write_metrics, write_per_request
 
     trained_in = json.loads((run_dir / MARKER).read_text()).get("reward_model")
     cfg, s, policy = load_run_policy(run_dir, reward)
@@ -102,12 +103,10 @@ def value_run(
         "sessions": sessions,
         "run": str(run_dir.resolve()),
     }
-    metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
     with atomic_directory(out, marker=MARKER) as tmp:
         write_per_request(tmp / "per_request.parquet", result, held)
         OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), tmp / RUN_CONFIG)
-        (tmp / MARKER).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    return metrics
+        return write_metrics(tmp / MARKER, metrics)
 
 
 def run(cfg: DictConfig) -> list[str]:

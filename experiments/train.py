@@ -234,6 +234,14 @@ def write_per_request(path: Path, result: EvaluationResult, test: SessionLog) ->
 FINAL_KEYS = ("expected_clicks", "true_expected_clicks", "ctr@1", "mrr")
 
 
+def write_metrics(file: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``metrics`` as ``metrics.json`` text to ``file``; return what was written. NaN (no
+    intervals without bootstrap resamples) becomes null, not JSON's invalid NaN."""
+    clean = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
+    file.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    return clean
+
+
 def splits_info(s: RunSetup) -> dict[str, Any]:
     """Which sessions each number of ``metrics.json`` comes from."""
     has_valid = s.valid is not None
@@ -340,10 +348,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **fidelity,
     }
     metrics["objective"] = objective_key(cfg, metrics)
-    # no intervals without bootstrap resamples: null, not JSON's invalid NaN
-    metrics = {k: None if isinstance(v, float) and v != v else v for k, v in metrics.items()}
     with atomic_file(run_dir / "metrics.json") as tmp:  # complete or absent: sweeps rely on it
-        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        metrics = write_metrics(tmp, metrics)
     log.info("wrote %s", run_dir / "metrics.json")
     if cfg.get("export"):
         from experiments.export import RANKER_DIR, export_policy
