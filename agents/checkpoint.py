@@ -121,10 +121,13 @@ def load_checkpoint(model: BaseAlgorithm, path: str | Path, algorithm: str) -> B
 
 
 def _save_buffer(buffer: Any, file: Path) -> None:
-    arrays = {name: getattr(buffer, name) for name in _BUFFER_ARRAYS}
+    """The buffer's filled rows only: SB3 allocates all ``buffer_size`` rows up front, and a
+    run that has filled a tenth of them writes a tenth of the bytes."""
+    rows = buffer.buffer_size if buffer.full else buffer.pos
+    arrays = {name: getattr(buffer, name)[:rows] for name in _BUFFER_ARRAYS}
     for prefix in ("observations", "next_observations"):
         for key, value in getattr(buffer, prefix).items():
-            arrays[f"{prefix}.{key}"] = value
+            arrays[f"{prefix}.{key}"] = value[:rows]
     arrays["position"] = np.array([buffer.pos, int(buffer.full)])
     with open(file, "wb") as handle:
         np.savez(handle, **arrays)
@@ -144,13 +147,15 @@ def _load_buffer(buffer: Any, file: Path) -> None:
     }
     if set(arrays) != expected:
         raise CheckpointError(f"{file}: arrays {sorted(arrays)}; expected {sorted(expected)}")
-    for name in expected - {"position"}:
+    pos, full = int(arrays["position"][0]), bool(arrays["position"][1])
+    rows = buffer.buffer_size if full else pos
+    for name in sorted(expected - {"position"}):
         prefix, _, key = name.partition(".")
         target = getattr(buffer, prefix)[key] if key else getattr(buffer, name)
-        if arrays[name].shape != target.shape:
+        if arrays[name].shape != (rows, *target.shape[1:]) or not 0 <= pos < len(target):
             raise CheckpointError(
                 f"{file}: {name} has shape {arrays[name].shape}, the agent's buffer "
-                f"{target.shape}: resume with the run's own agent settings"
+                f"{target.shape} ({rows} rows filled): resume with the run's own agent settings"
             )
-        target[...] = arrays[name]
-    buffer.pos, buffer.full = int(arrays["position"][0]), bool(arrays["position"][1])
+        target[:rows] = arrays[name]
+    buffer.pos, buffer.full = pos, full

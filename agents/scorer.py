@@ -186,10 +186,10 @@ class CandidateScorer(nn.Module):
             query = self.queries[obs["query"].long().reshape(-1)]
             user_feats += self._user_vectors(obs)
         else:
-            b = len(mask)
-            items = obs["candidates"].reshape(b, self.k, self.dim)
+            b, k = mask.shape  # k: the space's K, or 1 in DQN's placed-candidate samples
+            items = obs["candidates"].reshape(b, k, self.dim)
             item_feats = obs.get("candidate_features", items[..., :0])
-            item_feats = item_feats.reshape(b, self.k, self.item_feature_dim)
+            item_feats = item_feats.reshape(b, k, self.item_feature_dim)
             codes, user, query = None, obs["user"], obs["query"]
             # [pooled history features, the user's own features], pooled by the env
             user_feats = [obs["user_features"]] if "user_features" in obs else []

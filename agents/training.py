@@ -7,6 +7,7 @@ composes the config and calls it; a notebook can call these directly.
 from __future__ import annotations
 
 import csv
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from stable_baselines3.common.logger import (
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
@@ -32,6 +34,7 @@ from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.policies import (
     CREDITS,
     MaskedDQN,
+    PlacedCandidateReplayBuffer,
     PositionRolloutBuffer,
     RankingActorCriticPolicy,
     RankingDQNPolicy,
@@ -47,6 +50,7 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
 }
 
 SLATE_ALGORITHMS = ("ppo", "a2c")  # agent.slate=true: a Plackett-Luce policy over rankings
+LR_SCHEDULES = ("constant", "linear")  # agent.lr_schedule: linear decays to 0 at the last step
 
 
 # SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
@@ -95,6 +99,8 @@ class SB3Agent:
             :class:`~agents.policies.PositionRolloutBuffer`).
         position_discount: with ``credit=position``, the weight of the clicks ``q - p``
             positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
+        lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
+            (from it down to 0 at ``total_timesteps``; a resumed run continues the decay).
     """
 
     def __init__(
@@ -107,8 +113,10 @@ class SB3Agent:
         slate: bool = False,
         credit: str = "slate",
         position_discount: float = 1.0,
+        lr_schedule: str = "constant",
     ) -> None:
         _algorithm(algorithm)
+        _check_lr_schedule(lr_schedule)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
         _check_slate(algorithm, slate, credit, position_discount)
@@ -118,6 +126,7 @@ class SB3Agent:
         self.scorer = dict(scorer or {})
         self.slate = slate
         self.credit, self.position_discount = credit, float(position_discount)
+        self.lr_schedule = lr_schedule
 
     @property
     def action_mode(self) -> str:
@@ -133,7 +142,7 @@ class SB3Agent:
         """A fresh agent on ``venv`` (see :func:`build_agent`)."""
         return build_agent(
             self.algorithm, venv, seed, device, self.hyperparams, self.scorer, self.slate,
-            self.credit, self.position_discount,
+            self.credit, self.position_discount, self.lr_schedule,
         )  # fmt: skip
 
     def load(
@@ -142,13 +151,18 @@ class SB3Agent:
         """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
         return load_agent(
             self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate,
-            self.credit, self.position_discount,
+            self.credit, self.position_discount, self.lr_schedule,
         )  # fmt: skip
 
 
 def action_mode(slate: bool) -> str:
     """The env ``action_mode`` of a slate (``scores``) or a slot (``slot``) agent."""
     return "scores" if slate else "slot"
+
+
+def _check_lr_schedule(lr_schedule: str) -> None:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"agent.lr_schedule={lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
 def _check_slate(
@@ -188,6 +202,7 @@ def build_agent(
     slate: bool = False,
     credit: str = "slate",
     position_discount: float = 1.0,
+    lr_schedule: str = "constant",
 ) -> BaseAlgorithm:
     """A PPO, A2C or DQN agent with the masked candidate-scoring policy.
 
@@ -201,9 +216,17 @@ def build_agent(
         slate: a whole-slate :class:`RankingSlatePolicy` (PPO/A2C; ``venv`` must have
             ``action_mode=scores``).
         credit, position_discount: a slate agent's credit assignment (see :class:`SB3Agent`).
+        lr_schedule: ``constant`` or ``linear`` (the learning rate decays to 0).
     """
     klass, policy = _algorithm(algorithm)
     _check_slate(algorithm, slate, credit, position_discount)
+    _check_lr_schedule(lr_schedule)
+    hyperparams = dict(hyperparams or {})
+    if lr_schedule == "linear":
+        # SB3 calls it with the share of total_timesteps still to go (1 -> 0)
+        default = inspect.signature(klass).parameters["learning_rate"].default
+        start = float(hyperparams.get("learning_rate", default))
+        hyperparams["learning_rate"] = LinearSchedule(start, 0.0, 1.0)
     tables = venv.get_attr("embedding_tables")[0]
     policy_kwargs: dict[str, Any] = {"scorer": dict(scorer or {}), "tables": tables}
     env = venv.get_attr("config")[0]
@@ -216,6 +239,8 @@ def build_agent(
     if slate:
         policy = RankingSlatePolicy
         policy_kwargs.update(slate_size=env.slate_size, credit=credit)
+    if klass is MaskedDQN:  # the learner scores only each sample's placed candidate
+        extra["replay_buffer_class"] = PlacedCandidateReplayBuffer
     if credit == "position":
         extra["rollout_buffer_class"] = PositionRolloutBuffer
         extra["rollout_buffer_kwargs"] = {
@@ -225,7 +250,7 @@ def build_agent(
     try:
         model = klass(
             policy, venv, seed=seed, device=device, verbose=0, policy_kwargs=policy_kwargs,
-            **extra, **(hyperparams or {}),
+            **extra, **hyperparams,
         )  # fmt: skip
     except (TypeError, ValueError, AssertionError) as err:  # a bad hyperparameter: name it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -248,6 +273,7 @@ def load_agent(
     slate: bool = False,
     credit: str = "slate",
     position_discount: float = 1.0,
+    lr_schedule: str = "constant",
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
@@ -255,8 +281,9 @@ def load_agent(
     those of the run that wrote the checkpoint.
     """
     model = build_agent(
-        algorithm, venv, seed, device, hyperparams, scorer, slate, credit, position_discount
-    )
+        algorithm, venv, seed, device, hyperparams, scorer, slate, credit, position_discount,
+        lr_schedule,
+    )  # fmt: skip
     return load_checkpoint(model, path, algorithm)
 
 

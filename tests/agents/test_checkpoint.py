@@ -119,3 +119,38 @@ def test_resume_refuses_with_one_line_and_runs_nothing(tmp_path: Path) -> None:
     line = other.stderr.strip().splitlines()[-1]
     assert "resume=true restores the run's config" in line and "these overrides change it:" in line
     assert "agent: {" in line and "'algorithm': 'ppo'" in line and "'algorithm': 'dqn'" in line
+
+
+@pytest.mark.parametrize("steps", [64, 600])  # 4 envs, 25 rows of 4: 16 rows filled, or wrapped
+def test_the_replay_buffer_round_trips_and_only_filled_rows_are_written(
+    env_factory, tmp_path: Path, steps: int
+) -> None:
+    hyper = {**SMALL_DQN, "buffer_size": 100}
+    model = build_agent("dqn", env_factory(), seed=0, device="cpu", hyperparams=hyper)
+    model.learn(steps)
+    buffer = model.replay_buffer
+    rows = buffer.buffer_size if buffer.full else buffer.pos
+    assert rows == (25 if steps == 600 else 16) and buffer.full == (steps == 600)
+    path = save_checkpoint(model, tmp_path, "dqn")
+    with np.load(path / "replay.npz") as data:
+        assert data["actions"].shape[0] == rows and data["observations.mask"].shape[0] == rows
+    loaded = load_checkpoint(
+        build_agent("dqn", env_factory(), seed=1, device="cpu", hyperparams=hyper), path, "dqn"
+    )
+    other = loaded.replay_buffer
+    assert (other.pos, other.full) == (buffer.pos, buffer.full)
+    np.testing.assert_array_equal(other.actions, buffer.actions)
+    np.testing.assert_array_equal(other.rewards, buffer.rewards)
+    for key, value in buffer.observations.items():
+        np.testing.assert_array_equal(other.observations[key], value)
+        np.testing.assert_array_equal(other.next_observations[key], buffer.next_observations[key])
+    # the rows the file holds must fit the position it states
+    with np.load(path / "replay.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["position"] = np.array([rows // 2, 0])
+    with open(path / "replay.npz", "wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(CheckpointError, match=r"replay\.npz: actions has shape .* rows filled"):
+        load_checkpoint(
+            build_agent("dqn", env_factory(), seed=1, device="cpu", hyperparams=hyper), path, "dqn"
+        )

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.baselines import SB3Policy
 from agents.evaluation import evaluate
-from agents.policies import masked_random_actions
+from agents.policies import PlacedCandidateReplayBuffer, masked_random_actions
 from agents.scorer import MASKED, CandidateScorer
 from agents.training import build_agent, load_agent, save_checkpoint
 from encoders.encoded_log import encode_log
@@ -239,3 +241,71 @@ def test_dqn_with_gamma_0_skips_the_target_network_and_learns_the_same(world) ->
     # with gamma > 0 the target network's values are read, so computed
     bootstrapped = build_agent("dqn", venv(world), seed=0, device="cpu", hyperparams=SMALL_DQN)
     assert not bootstrapped.q_net_target.unread
+
+
+@pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
+def test_dqn_samples_score_only_the_placed_candidate_with_the_same_q_and_gradient(
+    world, obs_mode: str
+) -> None:
+    env = venv(world, obs_mode)
+    model = build_agent("dqn", env, seed=0, device="cpu", hyperparams=SMALL_DQN)
+    model.learn(200)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, PlacedCandidateReplayBuffer)
+    inds = np.arange(buffer.pos)
+    np.random.seed(1)
+    placed = buffer._get_samples(inds)
+    np.random.seed(1)  # the same env indices: the whole observations of the same transitions
+    whole = DictReplayBuffer._get_samples(buffer, inds)
+    k = whole.observations["mask"].shape[1]
+    assert placed.observations["mask"].shape == (len(inds), 1) and k == 12
+    assert (placed.actions == 0).all() and (whole.actions != 0).any()
+    assert (placed.observations["mask"] == 1).all()  # only valid candidates are ever placed
+    assert placed.next_observations["mask"].shape == (len(inds), k)  # the target's max reads all
+
+    def q_and_grad(obs, actions):
+        model.q_net.zero_grad()
+        q = model.q_net(obs).gather(1, actions.long())
+        q.sum().backward()
+        grads = [p.grad.clone() for p in model.q_net.parameters() if p.grad is not None]
+        return q.detach(), grads
+
+    q_placed, g_placed = q_and_grad(placed.observations, placed.actions)
+    q_whole, g_whole = q_and_grad(whole.observations, whole.actions)
+    torch.testing.assert_close(q_placed, q_whole, rtol=1e-5, atol=1e-5)
+    assert len(g_placed) == len(g_whole) > 0
+    for a, b in zip(g_placed, g_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_lr_schedule_decays_to_zero_at_the_last_step_and_is_checked(world) -> None:
+    hyper = {**SMALL_PPO, "learning_rate": 2e-3}
+    model = build_agent("ppo", venv(world), 0, "cpu", hyper, lr_schedule="linear")
+    assert model.lr_schedule(1.0) == pytest.approx(2e-3)
+    assert model.lr_schedule(0.25) == pytest.approx(5e-4)
+    seen: list[float] = []
+    model.learn(512, callback=_RecordLearningRate(seen))  # 4 rollouts of 8 envs x 16 steps
+    assert seen[0] == pytest.approx(2e-3 * (1 - 128 / 512))  # set before each update
+    assert seen == sorted(seen, reverse=True) and seen[-1] == pytest.approx(0.0)
+    constant = build_agent("ppo", venv(world), 0, "cpu", hyper)
+    assert constant.lr_schedule(0.25) == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="agent.lr_schedule='cosine'; allowed: constant, linear"):
+        build_agent("ppo", venv(world), 0, "cpu", hyper, lr_schedule="cosine")
+
+
+class _RecordLearningRate(BaseCallback):
+    """Records the optimizer's learning rate at the start of each rollout after the first."""
+
+    def __init__(self, seen: list[float]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps:
+            self.seen.append(self.model.policy.optimizer.param_groups[0]["lr"])
+
+    def _on_training_end(self) -> None:
+        self.seen.append(self.model.policy.optimizer.param_groups[0]["lr"])
+
+    def _on_step(self) -> bool:
+        return True
