@@ -388,7 +388,18 @@ class PositionRolloutBuffer(DictRolloutBuffer):
 
 
 class RankingQNetwork(BasePolicy):
-    """Q-value per candidate: the scorer's masked scores."""
+    """Q-value per candidate from the scorer; masked candidates get :data:`MASKED`.
+
+    ``q_model``:
+
+    * ``additive``: the scorer's scores, the position added to its context: each position
+      learns its own ranking, from the transitions placed at that position only;
+    * ``factorized``: ``sigmoid(e[position]) * sigmoid(score)``, a learned examination per
+      position times an attractiveness from a position-free scorer (what a position-based
+      click model says a slot's expected clicks are). Every position then ranks by the same
+      scores, learned from the transitions of all positions, and the exported scorer ranks as
+      the Q-values do.
+    """
 
     def __init__(
         self,
@@ -397,8 +408,15 @@ class RankingQNetwork(BasePolicy):
         scorer: dict[str, Any],
         tables: dict[str, np.ndarray] | None,
         table_shapes: dict[str, tuple[int, int]] | None,
+        q_model: str = "additive",
     ) -> None:
         super().__init__(observation_space, action_space)
+        self.q_model = q_model
+        self.examination: nn.Embedding | None = None
+        if q_model == "factorized":
+            scorer = {**scorer, "max_positions": 1}
+            self.examination = nn.Embedding(int(observation_space["position"].high[0]) + 1, 1)
+            nn.init.zeros_(self.examination.weight)  # 0.5 at every position to start
         self.scorer = CandidateScorer(observation_space, tables, table_shapes, **scorer)
         self.unread = False  # a target network whose values are multiplied by gamma = 0
 
@@ -407,14 +425,24 @@ class RankingQNetwork(BasePolicy):
         network (the target when ``gamma`` is 0) returns zeros without computing them."""
         if self.unread:
             return obs["mask"].new_zeros(obs["mask"].shape)
-        return self.scorer(obs)
+        scores = self.scorer(obs)
+        if self.examination is None:
+            return scores
+        position = obs["position"].long().reshape(-1).clamp(0, self.examination.num_embeddings - 1)
+        q = torch.sigmoid(self.examination(position)) * torch.sigmoid(scores)
+        return q.masked_fill(obs["mask"] <= 0.5, MASKED)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> torch.Tensor:
         return self(observation).argmax(dim=1)
 
 
 class RankingDQNPolicy(_ScorerArguments, DQNPolicy):
-    """DQN policy whose Q-network and target are :class:`RankingQNetwork` s."""
+    """DQN policy whose Q-network and target are :class:`RankingQNetwork` s (``q_model``:
+    ``additive`` or ``factorized``)."""
+
+    def __init__(self, *args: Any, q_model: str = "additive", **kwargs: Any) -> None:
+        self.q_model = q_model  # checked by training._check_q_model
+        super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> RankingQNetwork:  # type: ignore[override]
         """A fresh Q-network (called for the online and the target network)."""
@@ -424,12 +452,18 @@ class RankingDQNPolicy(_ScorerArguments, DQNPolicy):
             self.scorer_kwargs,
             self._tables,
             self.table_shapes,
+            self.q_model,
         ).to(self.device)
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
         self._tables = None  # copied into both networks' buffers
         self.table_shapes = self.q_net.scorer.table_shapes
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(q_model=self.q_model)
+        return data
 
 
 PER_CANDIDATE = ("candidates", "candidate_features")  # observation keys laid out per candidate

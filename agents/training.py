@@ -51,6 +51,7 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
 
 SLATE_ALGORITHMS = ("ppo", "a2c")  # agent.slate=true: a Plackett-Luce policy over rankings
 LR_SCHEDULES = ("constant", "linear")  # agent.lr_schedule: linear decays to 0 at the last step
+Q_MODELS = ("additive", "factorized")  # agent.q_model (DQN): agents.policies.RankingQNetwork
 
 
 # SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
@@ -101,6 +102,9 @@ class SB3Agent:
             positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
         lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
             (from it down to 0 at ``total_timesteps``; a resumed run continues the decay).
+        q_model: DQN's Q-values (:class:`~agents.policies.RankingQNetwork`): ``additive``
+            (the position joins the context: a ranking per position) or ``factorized``
+            (a learned examination per position times one attractiveness per candidate).
     """
 
     def __init__(
@@ -114,9 +118,11 @@ class SB3Agent:
         credit: str = "slate",
         position_discount: float = 1.0,
         lr_schedule: str = "constant",
+        q_model: str = "additive",
     ) -> None:
         _algorithm(algorithm)
         _check_lr_schedule(lr_schedule)
+        _check_q_model(algorithm, q_model)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"agent.num_envs={num_envs!r}; allowed: an int >= 1")
         _check_slate(algorithm, slate, credit, position_discount)
@@ -126,7 +132,7 @@ class SB3Agent:
         self.scorer = dict(scorer or {})
         self.slate = slate
         self.credit, self.position_discount = credit, float(position_discount)
-        self.lr_schedule = lr_schedule
+        self.lr_schedule, self.q_model = lr_schedule, q_model
 
     @property
     def action_mode(self) -> str:
@@ -142,7 +148,7 @@ class SB3Agent:
         """A fresh agent on ``venv`` (see :func:`build_agent`)."""
         return build_agent(
             self.algorithm, venv, seed, device, self.hyperparams, self.scorer, self.slate,
-            self.credit, self.position_discount, self.lr_schedule,
+            self.credit, self.position_discount, self.lr_schedule, self.q_model,
         )  # fmt: skip
 
     def load(
@@ -151,7 +157,7 @@ class SB3Agent:
         """This agent, rebuilt on ``venv``, with the checkpoint at ``path`` loaded into it."""
         return load_agent(
             self.algorithm, path, venv, device, self.hyperparams, self.scorer, seed, self.slate,
-            self.credit, self.position_discount, self.lr_schedule,
+            self.credit, self.position_discount, self.lr_schedule, self.q_model,
         )  # fmt: skip
 
 
@@ -163,6 +169,13 @@ def action_mode(slate: bool) -> str:
 def _check_lr_schedule(lr_schedule: str) -> None:
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"agent.lr_schedule={lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+
+
+def _check_q_model(algorithm: str, q_model: str) -> None:
+    if q_model not in Q_MODELS:
+        raise ValueError(f"agent.q_model={q_model!r}; allowed: {', '.join(Q_MODELS)}")
+    if q_model != "additive" and algorithm != "dqn":
+        raise ValueError(f"agent.q_model={q_model} is DQN's; agent.algorithm={algorithm}")
 
 
 def _check_slate(
@@ -203,6 +216,7 @@ def build_agent(
     credit: str = "slate",
     position_discount: float = 1.0,
     lr_schedule: str = "constant",
+    q_model: str = "additive",
 ) -> BaseAlgorithm:
     """A PPO, A2C or DQN agent with the masked candidate-scoring policy.
 
@@ -217,10 +231,12 @@ def build_agent(
             ``action_mode=scores``).
         credit, position_discount: a slate agent's credit assignment (see :class:`SB3Agent`).
         lr_schedule: ``constant`` or ``linear`` (the learning rate decays to 0).
+        q_model: DQN's ``additive`` or ``factorized`` Q-values (see :class:`SB3Agent`).
     """
     klass, policy = _algorithm(algorithm)
     _check_slate(algorithm, slate, credit, position_discount)
     _check_lr_schedule(lr_schedule)
+    _check_q_model(algorithm, q_model)
     hyperparams = dict(hyperparams or {})
     if lr_schedule == "linear":
         # SB3 calls it with the share of total_timesteps still to go (1 -> 0)
@@ -241,6 +257,7 @@ def build_agent(
         policy_kwargs.update(slate_size=env.slate_size, credit=credit)
     if klass is MaskedDQN:  # the learner scores only each sample's placed candidate
         extra["replay_buffer_class"] = PlacedCandidateReplayBuffer
+        policy_kwargs["q_model"] = q_model
     if credit == "position":
         extra["rollout_buffer_class"] = PositionRolloutBuffer
         extra["rollout_buffer_kwargs"] = {
@@ -274,6 +291,7 @@ def load_agent(
     credit: str = "slate",
     position_discount: float = 1.0,
     lr_schedule: str = "constant",
+    q_model: str = "additive",
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
@@ -282,7 +300,7 @@ def load_agent(
     """
     model = build_agent(
         algorithm, venv, seed, device, hyperparams, scorer, slate, credit, position_discount,
-        lr_schedule,
+        lr_schedule, q_model,
     )  # fmt: skip
     return load_checkpoint(model, path, algorithm)
 

@@ -105,6 +105,9 @@ def test_every_agent_config_instantiates(agent: str) -> None:
         assert "learning_rate" in built.hyperparams and isinstance(built.hyperparams, dict)
         # the default PPO ranks whole slates; the v1 agents place one candidate per step
         assert built.action_mode == ("scores" if agent == "ppo" else "slot")
+        # the default DQN's Q-value is factorized: one ranking for every position
+        assert built.q_model == ("factorized" if agent == "dqn" else "additive")
+        assert built.lr_schedule == "constant"
     elif agent == "supervised":
         assert built.action_mode == "scores" and built.scorer["max_positions"] == 1
     else:

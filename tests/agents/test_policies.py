@@ -309,3 +309,36 @@ class _RecordLearningRate(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+def test_factorized_dqn_ranks_alike_at_every_position_and_reloads(world, tmp_path: Path) -> None:
+    env = venv(world)
+    model = build_agent("dqn", env, 0, "cpu", SMALL_DQN, q_model="factorized")
+    model.learn(300)
+    net = model.q_net
+    assert net.q_model == "factorized" and net.scorer.position.num_embeddings == 1
+    obs = obs_as_tensor(env.reset(), "cpu")
+    mask = obs["mask"] > 0.5
+    with torch.no_grad():
+        net.examination.weight.copy_(
+            torch.linspace(2.0, -2.0, len(net.examination.weight))[:, None]
+        )
+        scores = net.scorer(obs)
+        at = {p: net(dict(obs, position=torch.full_like(obs["position"], p))) for p in (0, 3)}
+    # Q = sigmoid(e[p]) * sigmoid(score): below 1, smaller at a less examined position, masked
+    # candidates MASKED, and the same order as the scorer's at every position
+    assert (at[0][~mask] == MASKED).all() and (at[0][mask] > 0).all() and (at[0][mask] < 1).all()
+    assert (at[3][mask] < at[0][mask]).all()
+    ratio = torch.sigmoid(net.examination.weight[3]) / torch.sigmoid(net.examination.weight[0])
+    torch.testing.assert_close(at[3][mask] / at[0][mask], ratio.detach().expand(int(mask.sum())))
+    for q in at.values():
+        np.testing.assert_array_equal(q.argmax(1).numpy(), scores.argmax(1).numpy())
+    # saved and reloaded: the examination comes back with the scorer
+    path = save_checkpoint(model, tmp_path, "dqn")
+    loaded = load_agent("dqn", path, venv(world), "cpu", SMALL_DQN, q_model="factorized")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.q_net(obs), net(obs))
+    with pytest.raises(ValueError, match="agent.q_model='position'; allowed: additive, factorized"):
+        build_agent("dqn", venv(world), 0, "cpu", SMALL_DQN, q_model="position")
+    with pytest.raises(ValueError, match="agent.q_model=factorized is DQN's"):
+        build_agent("ppo", venv(world), 0, "cpu", SMALL_PPO, q_model="factorized")
