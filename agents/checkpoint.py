@@ -148,11 +148,16 @@ def _load_buffer(buffer: Any, file: Path) -> None:
     if set(arrays) != expected:
         raise CheckpointError(f"{file}: arrays {sorted(arrays)}; expected {sorted(expected)}")
     pos, full = int(arrays["position"][0]), bool(arrays["position"][1])
+    if not 0 <= pos < buffer.buffer_size:
+        raise CheckpointError(
+            f"{file}: position {pos} outside the agent's buffer of {buffer.buffer_size} rows: "
+            "resume with the run's own agent settings"
+        )
     rows = buffer.buffer_size if full else pos
     for name in sorted(expected - {"position"}):
         prefix, _, key = name.partition(".")
         target = getattr(buffer, prefix)[key] if key else getattr(buffer, name)
-        if arrays[name].shape != (rows, *target.shape[1:]) or not 0 <= pos < len(target):
+        if arrays[name].shape != (rows, *target.shape[1:]):
             raise CheckpointError(
                 f"{file}: {name} has shape {arrays[name].shape}, the agent's buffer "
                 f"{target.shape} ({rows} rows filled): resume with the run's own agent settings"

@@ -466,7 +466,8 @@ class RankingDQNPolicy(_ScorerArguments, DQNPolicy):
         return data
 
 
-PER_CANDIDATE = ("candidates", "candidate_features")  # observation keys laid out per candidate
+# observation keys laid out per candidate
+PER_CANDIDATE = ("candidates", "candidate_features", "mask")
 
 
 class PlacedCandidateReplayBuffer(DictReplayBuffer):
@@ -489,7 +490,7 @@ class PlacedCandidateReplayBuffer(DictReplayBuffer):
         rows = torch.arange(b, device=actions.device)
         placed = {
             key: value.reshape(b, k, -1)[rows, actions[:, 0]].reshape(b, -1)
-            if key in PER_CANDIDATE or key == "mask"
+            if key in PER_CANDIDATE
             else value
             for key, value in obs.items()
         }
