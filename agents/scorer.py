@@ -130,6 +130,7 @@ class CandidateScorer(nn.Module):
         self.similarity = nn.Linear(2, 1)  # weights of the two cosine features
         self.hidden = hidden
         self._unit_cache: torch.Tensor | None = None  # _unit_items()
+        self._cosine_memo: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(_forget_unit_items)
 
     def _add_table(
@@ -161,7 +162,6 @@ class CandidateScorer(nn.Module):
             pad = self.items.shape[0] - 1
             codes = obs["candidates"].long()
             codes = torch.where(codes >= 0, codes, pad)
-            unit = self._unit_items()[codes]
             item_h = self._project_items(codes)
             items = item_feats = None
             if item_h is None:
@@ -185,6 +185,7 @@ class CandidateScorer(nn.Module):
                 user_feats.append(self.user_features[obs["user_id"].long().reshape(-1)])
             query = self.queries[obs["query"].long().reshape(-1)]
             user_feats += self._user_vectors(obs)
+            sims = self._cosines(obs, query, user, codes)
         else:
             b, k = mask.shape  # k: the space's K, or 1 in DQN's placed-candidate samples
             items = obs["candidates"].reshape(b, k, self.dim)
@@ -194,12 +195,49 @@ class CandidateScorer(nn.Module):
             # [pooled history features, the user's own features], pooled by the env
             user_feats = [obs["user_features"]] if "user_features" in obs else []
             user_feats += self._user_vectors(obs)
-            item_h = unit = None
+            item_h = sims = None
         context = torch.cat([query, user, *user_feats], dim=1)
         return self.encode_vectors(
             query, user, context, items, item_feats, mask, position, codes,
-            item_h=item_h, unit_items=unit,
+            item_h=item_h, sims=sims,
         )  # fmt: skip
+
+    def _cosines(
+        self,
+        obs: dict[str, torch.Tensor],
+        query: torch.Tensor,
+        user: torch.Tensor,
+        codes: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[B, K, 2]``: each candidate's cosine with the query and with the user state.
+
+        The tables are frozen, so these are a function of the observation's candidates, query
+        and history alone. A slot agent sees each request's candidates at every slot of its
+        slate, so without autograd the rows whose inputs equal the previous call's are reused
+        and only the others computed: the same values (this gather and ``bmm`` took a third
+        of DQN's action selection, BENCHMARKS.md).
+        """
+        if torch.is_grad_enabled():
+            return _cosine_features(query, user, self._unit_items()[codes])
+        # copies: an observation's tensors may share memory with arrays the env reuses
+        key = tuple(
+            t.clone() for t in (codes, obs["query"].reshape(-1), obs["user"], obs["user_weights"])
+        )
+        memo = self._cosine_memo
+        if memo is None or not _same_shapes(memo[0], key):
+            sims = _cosine_features(query, user, self._unit_items()[codes])
+            self._cosine_memo = (key, sims)
+            return sims
+        same = (key[0] == memo[0][0]).all(1) & (key[1] == memo[0][1])
+        same &= (key[2] == memo[0][2]).all(1) & (key[3] == memo[0][3]).all(1)
+        sims = memo[1].clone()
+        changed = (~same).nonzero().squeeze(1)
+        if len(changed):
+            sims[changed] = _cosine_features(
+                query[changed], user[changed], self._unit_items()[codes[changed]]
+            )
+        self._cosine_memo = (key, sims)
+        return sims
 
     def _user_vectors(self, obs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """``[the users' learned vectors]`` (``[]`` without them); unknown users (code < 0)
@@ -242,6 +280,7 @@ class CandidateScorer(nn.Module):
         positions_axis: bool = False,
         item_h: torch.Tensor | None = None,
         unit_items: torch.Tensor | None = None,
+        sims: torch.Tensor | None = None,
     ) -> Encoded:
         """:meth:`encode` from vectors rather than an observation (what an exported ranker has).
 
@@ -251,8 +290,9 @@ class CandidateScorer(nn.Module):
         with ``positions_axis`` ``[P]``, to score every request at ``P`` positions at once
         (``ctx`` is then ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the
         candidates' projections when already computed (:meth:`encode` takes them from the item
-        table), ``unit_items`` the candidates scaled to unit norm (from the unit item table);
-        with both given, ``items`` and ``item_feats`` are not read (``None``).
+        table), ``unit_items`` the candidates scaled to unit norm (from the unit item table),
+        ``sims`` their ``[B, N, 2]`` cosines when already computed; with ``item_h`` and one of
+        the other two given, ``items`` and ``item_feats`` are not read (``None``).
         """
         position = position.clamp(0, self.position.num_embeddings - 1)
         ctx = self.ctx_proj(context)
@@ -262,14 +302,9 @@ class CandidateScorer(nn.Module):
             ctx = ctx + self.position(position)
         # cosine of the candidate with the query and with the user state: the signal a
         # similarity ranker uses, given to the network directly rather than rediscovered
-        unit = nn.functional.normalize(items, dim=-1) if unit_items is None else unit_items
-        probes = torch.stack(
-            [nn.functional.normalize(query, dim=-1), nn.functional.normalize(user, dim=-1)],
-            dim=1,
-        )
-        # [B, 2, d] @ [B, d, N], then [B, N, 2]: on the CPU this layout is ~5x faster than
-        # [B, N, d] @ [B, d, 2] (the same sums)
-        sims = torch.bmm(probes, unit.transpose(1, 2)).transpose(1, 2)
+        if sims is None:
+            unit = nn.functional.normalize(items, dim=-1) if unit_items is None else unit_items
+            sims = _cosine_features(query, user, unit)
         if item_h is None:
             item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
         return Encoded(ctx, item_h, mask, codes, sims)
@@ -348,8 +383,26 @@ class CandidateScorer(nn.Module):
 
 
 def _forget_unit_items(module: nn.Module, incompatible_keys: Any) -> None:
-    """After a state dict is loaded, the tables may have changed: recompute the unit table."""
+    """After a state dict is loaded, the tables may have changed: recompute the unit table
+    and the cosines."""
     module._unit_cache = None
+    module._cosine_memo = None
+
+
+def _cosine_features(query: torch.Tensor, user: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """``[B, N, 2]`` cosines of the unit candidates ``[B, N, d]`` with ``query`` and ``user``
+    (``[B, d]``)."""
+    probes = torch.stack(
+        [nn.functional.normalize(query, dim=-1), nn.functional.normalize(user, dim=-1)], dim=1
+    )
+    # [B, 2, d] @ [B, d, N], then [B, N, 2]: on the CPU this layout is ~5x faster than
+    # [B, N, d] @ [B, d, 2] (the same sums)
+    return torch.bmm(probes, unit.transpose(1, 2)).transpose(1, 2)
+
+
+def _same_shapes(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    """Whether two tuples of tensors match in shape and device, element by element."""
+    return all(x.shape == y.shape and x.device == y.device for x, y in zip(a, b, strict=True))
 
 
 def _width(space: spaces.Dict, key: str) -> int:

@@ -183,6 +183,31 @@ def test_scorer_table_paths_equal_row_paths_and_follow_loaded_tables(world) -> N
         torch.testing.assert_close(b(big), big_scores)
 
 
+def test_scorer_reuses_cosines_of_unchanged_rows_with_the_same_scores(world) -> None:
+    """Without autograd, rows whose candidates, query and history equal the previous call's
+    reuse its cosines: along a slot env's steps (some envs within a request, some starting
+    another) the scores equal those computed from scratch, also when the env rewrites the
+    observation arrays it returned before."""
+    env = venv(world, n=6)
+    memo = CandidateScorer(env.observation_space, env.embedding_tables, user_embedding=0)
+    rng = np.random.default_rng(0)
+    obs, reused = env.reset(), 0
+    for _ in range(12):
+        tensors = obs_as_tensor(obs, "cpu")
+        with torch.no_grad():
+            fresh = memo.score(memo.encode(tensors))  # through the memo
+        with torch.enable_grad():
+            scratch = memo(tensors).detach()  # autograd on: computed from scratch
+        torch.testing.assert_close(fresh, scratch, rtol=1e-6, atol=1e-6)
+        before = obs["candidates"].copy()
+        obs = env.step(masked_random_actions(obs["mask"], rng))[0]
+        reused += int((obs["candidates"] == before).all(1).sum())
+    assert 0 < reused < 12 * 6  # both paths ran: rows kept their request, others changed
+    first = {k: v[:3] for k, v in obs_as_tensor(obs, "cpu").items()}
+    with torch.no_grad():  # another batch shape: computed afresh, not mixed up
+        torch.testing.assert_close(memo(first), memo(obs_as_tensor(obs, "cpu"))[:3])
+
+
 @pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
 def test_user_vectors_score_by_user_and_unknown_users_get_the_zero_vector(
     world, obs_mode: str
