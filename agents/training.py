@@ -276,6 +276,9 @@ def build_agent(
     # pickles into every checkpoint keep only their shapes, to rebuild the buffers on load
     model.policy_kwargs.pop("tables")
     model.policy_kwargs["table_shapes"] = model.policy.table_shapes
+    # a logger that writes nothing until a caller sets one (make_logger): SB3's default
+    # makes an empty /tmp/SB3-<time> directory at every learn()
+    model.set_logger(Logger(None, []))
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,17 @@ def test_same_seed_same_training(world, name: str) -> None:
                         bootstrap=50).to_dict()  # fmt: skip
 
     assert train_and_evaluate() == train_and_evaluate()
+
+
+def test_learning_without_a_logger_leaves_no_temporary_directory(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SB3's default logger makes an empty ``SB3-<time>`` directory in the temporary
+    directory at every ``learn()``; an agent built here writes nothing until given a logger."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = build_agent("ppo", venv(world), seed=0, device="cpu", hyperparams=SMALL_PPO)
+    model.learn(200)
+    assert model.num_timesteps >= 200 and list(tmp_path.glob("SB3-*")) == []
 
 
 def test_unknown_agent_and_hyperparameter_are_named(world) -> None:
