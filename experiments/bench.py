@@ -5,7 +5,7 @@ Usage::
     python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
     python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
     python -m experiments.bench env [--num-envs 1024] [--steps 200]
-    python -m experiments.bench train [--slates 20000] [--agents ppo_v1 dqn_v1 ppo dqn] [--profile]
+    python -m experiments.bench train [--slates 20000] [--agents dqn_v1 dqn] [--repeats 3]
     python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
     python -m experiments.bench sweep [--jobs 4] [--timesteps 30000]
 
@@ -35,6 +35,7 @@ training sessions (hashing encoder), one after the other in one process: slates 
 timesteps per second (timesteps / wall time, not SB3's ``time/fps``), the share of the wall time
 inside the env (``reset``/``step`` timed around the env's own methods), each agent's ratio to
 the ``*_v1`` agent of its algorithm, and with ``--profile`` the top functions by own time.
+``--repeats`` runs the agents in rounds (reversed every other round) and reports medians.
 
 ``serve``: a PPO policy (``--run``'s, or one trained for ``--timesteps`` on the default
 experiment, MiniLM embeddings) exported to a ranker: the scorer alone in onnxruntime against the
@@ -316,13 +317,49 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
 
 
 def bench_train(
-    timesteps: int, slates: int | None, agents: list[str], profile: bool
+    timesteps: int, slates: int | None, agents: list[str], profile: bool, repeats: int = 1
 ) -> dict[str, Any]:
     """Training throughput of SB3 agents side by side, and where their time goes.
 
     Each agent trains for ``slates`` requests when given (a slot agent takes about
     ``slate_size`` steps per request, a slate agent one), else for ``timesteps`` env steps.
+    With ``repeats`` > 1 the agents run in ``repeats`` rounds, in reverse order every other
+    round (so that drift hits them alike); each figure is then the median over the rounds,
+    the ratio that of the medians, and ``runs`` lists every round's figures.
     """
+    from envs.session_replay import synthetic_world
+
+    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
+    train, _ = log.split(0.2, seed=0)
+    results: dict[str, Any] = {"timesteps": timesteps, "slates": slates, "repeats": repeats,
+                               "torch_threads": torch_threads()}  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in agents}
+    for r in range(repeats):
+        for name in agents if r % 2 == 0 else agents[::-1]:
+            runs[name].append(_train_once(name, train, encoded, truth, timesteps, slates, profile))
+            print(f"{name} (round {r + 1}): {runs[name][-1]}")
+    for name in agents:
+        summary = dict(runs[name][-1])
+        for key in ("seconds", "slates_per_s", "timesteps_per_s", "env_seconds", "env_share"):
+            summary[key] = statistics.median(run[key] for run in runs[name])
+        if repeats > 1:
+            summary["runs"] = [{k: v for k, v in run.items() if k != "profile"}
+                               for run in runs[name]]  # fmt: skip
+        results[name] = summary
+    for name in agents:
+        base = f"{results[name]['algorithm']}_v1"
+        if base in results and name != base:
+            ratio = results[name]["slates_per_s"] / results[base]["slates_per_s"]
+            results[name][f"slates_per_s_vs_{base}"] = round(ratio, 1)
+        print(f"{name}: {results[name]}")
+    return results
+
+
+def _train_once(
+    name: str, train: Any, encoded: Any, truth: Any, timesteps: int, slates: int | None,
+    profile: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """One agent's training run for :func:`bench_train`: its throughput (and profile)."""
     import cProfile
     import io
     import pstats
@@ -332,76 +369,62 @@ def bench_train(
 
     from envs.click_models.simple import TruthClickModel
     from envs.replay import ReplayConfig
-    from envs.session_replay import synthetic_world
     from envs.vector import BatchedReplayEnv
 
-    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
-    train, _ = log.split(0.2, seed=0)
     conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
-    results: dict[str, Any] = {"timesteps": timesteps, "slates": slates,
-                               "torch_threads": torch_threads()}  # fmt: skip
-    for name in agents:
-        agent = instantiate(OmegaConf.load(conf / f"{name}.yaml"))
-        env = ReplayConfig(obs_mode="ids", action_mode=agent.action_mode)
-        venv = BatchedReplayEnv(
-            train, encoded, TruthClickModel(truth=truth), env,
-            num_envs=agent.num_envs, device="cpu", request_infos=False,
-        )  # fmt: skip
-        in_env, ranked = [0.0], [0]
-        for method in ("reset", "step_async", "step_wait"):
-            original = getattr(venv, method)
+    agent = instantiate(OmegaConf.load(conf / f"{name}.yaml"))
+    env = ReplayConfig(obs_mode="ids", action_mode=agent.action_mode)
+    venv = BatchedReplayEnv(
+        train, encoded, TruthClickModel(truth=truth), env,
+        num_envs=agent.num_envs, device="cpu", request_infos=False,
+    )  # fmt: skip
+    in_env, ranked = [0.0], [0]
+    for method in ("reset", "step_async", "step_wait"):
+        original = getattr(venv, method)
 
-            def timed(
-                *args: Any, _original: Any = original, _clock: list = in_env, **kwargs: Any
-            ) -> Any:
-                start = time.perf_counter()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    _clock[0] += time.perf_counter() - start
+        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                in_env[0] += time.perf_counter() - start
 
-            setattr(venv, method, timed)
-        wait = venv.step_wait
+        setattr(venv, method, timed)
+    wait = venv.step_wait
 
-        def counted(_wait: Any = wait, _venv: Any = venv, _ranked: list = ranked) -> Any:
-            out = _wait()
-            _ranked[0] += int((_venv.engine.pos == 0).sum())  # rows that just started a request
-            return out
+    def counted() -> Any:
+        out = wait()
+        ranked[0] += int((venv.engine.pos == 0).sum())  # rows that just started a request
+        return out
 
-        venv.step_wait = counted
-        venv.seed(0)
-        model = agent.build(venv, 0, "cpu")
-        steps = timesteps
-        if slates is not None:
-            steps = slates * (1 if agent.slate else env.slate_size)
-        profiler = cProfile.Profile() if profile else None
-        start = time.perf_counter()
-        if profiler is not None:
-            profiler.enable()
-        model.learn(steps)
-        if profiler is not None:
-            profiler.disable()
-        wall = time.perf_counter() - start
-        results[name] = {
-            "num_envs": agent.num_envs,
-            "timesteps": model.num_timesteps,
-            "slates": ranked[0],
-            "seconds": round(wall, 2),
-            "slates_per_s": round(ranked[0] / wall),
-            "timesteps_per_s": round(model.num_timesteps / wall),
-            "env_seconds": round(in_env[0], 3),
-            "env_share": round(in_env[0] / wall, 4),
-        }
-        base = f"{agent.algorithm}_v1"
-        if base in results and name != base:
-            ratio = results[name]["slates_per_s"] / results[base]["slates_per_s"]
-            results[name][f"slates_per_s_vs_{base}"] = round(ratio, 1)
-        if profiler is not None:
-            text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
-            results[name]["profile"] = _profile_rows(text.getvalue(), wall)
-        print(f"{name}: {results[name]}")
-    return results
+    venv.step_wait = counted
+    venv.seed(0)
+    model = agent.build(venv, 0, "cpu")
+    steps = timesteps if slates is None else slates * (1 if agent.slate else env.slate_size)
+    profiler = cProfile.Profile() if profile else None
+    start = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    model.learn(steps)
+    if profiler is not None:
+        profiler.disable()
+    wall = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "algorithm": agent.algorithm,
+        "num_envs": agent.num_envs,
+        "timesteps": model.num_timesteps,
+        "slates": ranked[0],
+        "seconds": round(wall, 2),
+        "slates_per_s": round(ranked[0] / wall),
+        "timesteps_per_s": round(model.num_timesteps / wall),
+        "env_seconds": round(in_env[0], 3),
+        "env_share": round(in_env[0] / wall, 4),
+    }
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+        result["profile"] = _profile_rows(text.getvalue(), wall)
+    return result
 
 
 def _profile_rows(text: str, wall: float) -> list[str]:
@@ -673,29 +696,27 @@ def main(argv: list[str] | None = None) -> None:
     env = sub.add_parser("env", help="single env, DummyVecEnv and the batched env")
     env.add_argument("--num-envs", type=int, default=1024)
     env.add_argument("--steps", type=int, default=200)
-    env.add_argument("--repeats", type=int, default=1)
     env.add_argument("--json", type=Path, default=None, help="also write the results here")
     sv = sub.add_parser("serve", help="exported Ranker vs the torch policy; the HTTP service")
     sv.add_argument("--run", type=Path, default=None, help="a PPO/A2C/DQN run directory")
     sv.add_argument("--timesteps", type=int, default=8192, help="PPO steps when no --run")
     sv.add_argument("--requests", type=int, default=200)
     sv.add_argument("--http-requests", type=int, default=1000)
-    sv.add_argument("--repeats", type=int, default=1)
     sv.add_argument("--json", type=Path, default=None, help="also write the results here")
     sw = sub.add_parser("sweep", help="one PPO sweep: basic vs joblib launcher, thread sharing")
     sw.add_argument("--jobs", type=int, default=4)
     sw.add_argument("--timesteps", type=int, default=30000)
-    sw.add_argument("--repeats", type=int, default=1)
     sw.add_argument("--json", type=Path, default=None, help="also write the results here")
     tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
     tr.add_argument("--timesteps", type=int, default=40000, help="env steps per agent")
     tr.add_argument("--slates", type=int, default=None, help="requests per agent (not steps)")
     tr.add_argument("--agents", nargs="+", default=["ppo_v1", "dqn_v1", "ppo", "dqn"])
     tr.add_argument("--profile", action="store_true", help="cProfile each agent's training")
-    tr.add_argument("--repeats", type=int, default=1)
+    tr.add_argument("--repeats", type=int, default=1,
+                    help="rounds of all agents; figures are medians over them")  # fmt: skip
     tr.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
+    if getattr(args, "repeats", 1) < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     machine = {
         "benchmark": args.what,
@@ -709,7 +730,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.timesteps < 1 or (args.slates is not None and args.slates < 1):
             parser.error("--timesteps and --slates must be >= 1")
         results = {**machine, **bench_train(args.timesteps, args.slates, args.agents,
-                                            args.profile)}  # fmt: skip
+                                            args.profile, args.repeats)}  # fmt: skip
     elif args.what == "serve":
         if min(args.requests, args.http_requests, args.timesteps) < 1:
             parser.error("--requests, --http-requests and --timesteps must be >= 1")

@@ -1,0 +1,33 @@
+"""experiments.bench: the training benchmark's rounds and medians, and its command line."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from experiments import bench
+
+
+def test_train_benchmark_rounds_report_medians_and_the_ratio_of_medians() -> None:
+    results = bench.bench_train(2000, None, ["ppo_v1", "ppo"], profile=False, repeats=3)
+    for name in ("ppo_v1", "ppo"):
+        runs = results[name]["runs"]
+        assert len(runs) == 3 and all(run["timesteps"] >= 2000 for run in runs)
+        assert results[name]["slates_per_s"] == statistics.median(r["slates_per_s"] for r in runs)
+    ratio = results["ppo"]["slates_per_s"] / results["ppo_v1"]["slates_per_s"]
+    assert results["ppo"]["slates_per_s_vs_ppo_v1"] == round(ratio, 1)
+    assert "slates_per_s_vs_ppo_v1" not in results["ppo_v1"]
+
+
+@pytest.mark.parametrize("what", ["env", "serve", "sweep"])
+def test_benchmarks_without_repeats_refuse_the_flag(what: str) -> None:
+    """Only data, encoders and train repeat; the others once accepted --repeats and ignored it."""
+    with pytest.raises(SystemExit):
+        bench.main([what, "--repeats", "3"])
+
+
+def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["train", "--repeats", "0"])
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
