@@ -139,6 +139,11 @@ class TruthOraclePolicy(ModelGreedyPolicy):
         super().__init__(truth, name or "truth-oracle")
 
 
+# the zoo's policies that rank by the truth itself: no model fitted on the log's features can
+# see what they select on, so experiments.fidelity also reports the error without them
+TRUTH_RANKED = ("truth-oracle", "truth-oracle-noisy", "anti-truth-oracle")
+
+
 def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> list[ScoringPolicy]:
     """The fixed policies the fidelity report ranks (unfitted; call ``fit`` on each).
 
@@ -162,11 +167,11 @@ def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> l
         MixturePolicy("anti-logged", [(LoggedPolicy(), -1.0)]),
     ]
     if truth is not None:
-        oracle = TruthOraclePolicy(truth)
+        oracle = TruthOraclePolicy(truth, TRUTH_RANKED[0])
         zoo += [
             oracle,
-            MixturePolicy("truth-oracle-noisy", [(oracle, 1.0)], noise, seed),
-            MixturePolicy("anti-truth-oracle", [(oracle, -1.0)]),
+            MixturePolicy(TRUTH_RANKED[1], [(oracle, 1.0)], noise, seed),
+            MixturePolicy(TRUTH_RANKED[2], [(oracle, -1.0)]),
         ]
     return zoo
 

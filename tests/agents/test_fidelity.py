@@ -13,6 +13,7 @@ from scipy import stats
 
 from agents.baselines import CosinePolicy
 from agents.fidelity import (
+    TRUTH_RANKED,
     MixturePolicy,
     ModelGreedyPolicy,
     TruthOraclePolicy,
@@ -180,6 +181,12 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     gap = summary.loc[["pbm", "neural"], "greedy_gap"]
     np.testing.assert_allclose(gap, (greedy - low) / (high - low))
     assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
+    # the error over the policies that do not rank by the truth
+    seen = values.drop(index=list(TRUTH_RANKED))
+    np.testing.assert_allclose(
+        summary.loc["pbm", "rel_error_observable"],
+        ((seen["pbm"] - seen["truth"]).abs() / seen["truth"]).mean(),
+    )
     # (an estimator that values every policy at 0, as ips may here, has no tau)
     assert summary["kendall_tau"].dropna().between(-1, 1).all()
     assert summary.loc[["pbm", "neural", "iips", "rips"], "kendall_tau"].notna().all()
