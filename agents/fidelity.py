@@ -239,12 +239,18 @@ def clear_pairs(
     return i, j, gap > min_gap
 
 
+def relative_errors(true_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``|value - true| / |true|`` per policy."""
+    t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    return np.abs(v - t) / np.maximum(np.abs(t), 1e-12)
+
+
 def agreement(true_values: np.ndarray, values: np.ndarray, min_gap: float = MIN_GAP) -> Agreement:
     """Compare a method's values of the zoo with the true values (same order of policies)."""
     t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
     i, j, clear = clear_pairs(t, min_gap)
     same = np.sign(t[i] - t[j]) == np.sign(v[i] - v[j])
-    error = np.abs(v - t) / np.maximum(np.abs(t), 1e-12)
+    error = relative_errors(t, v)
     return Agreement(
         kendall_tau=kendall_tau(t, v),
         spearman=spearman(t, v),

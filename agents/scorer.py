@@ -225,17 +225,20 @@ class CandidateScorer(nn.Module):
         )
         memo = self._cosine_memo
         if memo is None or not _same_shapes(memo[0], key):
-            sims = _cosine_features(query, user, self._unit_items()[codes])
-            self._cosine_memo = (key, sims)
-            return sims
-        same = (key[0] == memo[0][0]).all(1) & (key[1] == memo[0][1])
-        same &= (key[2] == memo[0][2]).all(1) & (key[3] == memo[0][3]).all(1)
+            return self._remember(key, _cosine_features(query, user, self._unit_items()[codes]))
+        same = torch.ones(len(codes), dtype=torch.bool, device=codes.device)
+        for new, old in zip(key, memo[0], strict=True):
+            same &= (new == old).reshape(len(new), -1).all(1)
         sims = memo[1].clone()
         changed = (~same).nonzero().squeeze(1)
         if len(changed):
             sims[changed] = _cosine_features(
                 query[changed], user[changed], self._unit_items()[codes[changed]]
             )
+        return self._remember(key, sims)
+
+    def _remember(self, key: tuple[torch.Tensor, ...], sims: torch.Tensor) -> torch.Tensor:
+        """Keep ``sims`` as the cosines of the inputs ``key``; return them."""
         self._cosine_memo = (key, sims)
         return sims
 
@@ -279,7 +282,6 @@ class CandidateScorer(nn.Module):
         codes: torch.Tensor | None = None,
         positions_axis: bool = False,
         item_h: torch.Tensor | None = None,
-        unit_items: torch.Tensor | None = None,
         sims: torch.Tensor | None = None,
     ) -> Encoded:
         """:meth:`encode` from vectors rather than an observation (what an exported ranker has).
@@ -290,9 +292,9 @@ class CandidateScorer(nn.Module):
         with ``positions_axis`` ``[P]``, to score every request at ``P`` positions at once
         (``ctx`` is then ``[B, P, h]`` and :meth:`score` returns ``[B, P, N]``). ``item_h``: the
         candidates' projections when already computed (:meth:`encode` takes them from the item
-        table), ``unit_items`` the candidates scaled to unit norm (from the unit item table),
-        ``sims`` their ``[B, N, 2]`` cosines when already computed; with ``item_h`` and one of
-        the other two given, ``items`` and ``item_feats`` are not read (``None``).
+        table), ``sims`` their ``[B, N, 2]`` cosines with the query and the user state when
+        already computed; with both given, ``items`` and ``item_feats`` are not read
+        (``None``).
         """
         position = position.clamp(0, self.position.num_embeddings - 1)
         ctx = self.ctx_proj(context)
@@ -303,8 +305,7 @@ class CandidateScorer(nn.Module):
         # cosine of the candidate with the query and with the user state: the signal a
         # similarity ranker uses, given to the network directly rather than rediscovered
         if sims is None:
-            unit = nn.functional.normalize(items, dim=-1) if unit_items is None else unit_items
-            sims = _cosine_features(query, user, unit)
+            sims = _cosine_features(query, user, nn.functional.normalize(items, dim=-1))
         if item_h is None:
             item_h = self.item_proj(torch.cat([items, item_feats], dim=-1))
         return Encoded(ctx, item_h, mask, codes, sims)

@@ -337,7 +337,8 @@ def bench_train(
     for r in range(repeats):
         for name in agents if r % 2 == 0 else agents[::-1]:
             runs[name].append(_train_once(name, train, encoded, truth, timesteps, slates, profile))
-            print(f"{name} (round {r + 1}): {runs[name][-1]}")
+            if repeats > 1:
+                print(f"{name} (round {r + 1}): {runs[name][-1]}")
     for name in agents:
         summary = dict(runs[name][-1])
         for key in ("seconds", "slates_per_s", "timesteps_per_s", "env_seconds", "env_share"):

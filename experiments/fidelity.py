@@ -49,6 +49,7 @@ from agents.fidelity import (
     greedy_values,
     ope_zoo,
     policy_zoo,
+    relative_errors,
     value_zoo,
 )
 from agents.ope import OPEEstimate
@@ -129,8 +130,10 @@ def report(
         a = agreement(table["truth"][known].to_numpy(), table[method][known].to_numpy())
         row = {"method": method, "kind": "OPE" if method in ope else "simulator"}
         row.update(dataclasses.asdict(a))
-        error = (table[method] - table["truth"]).abs() / table["truth"].abs()
-        row["rel_error_observable"] = float(error[known & observable].mean())
+        seen = known & observable
+        row["rel_error_observable"] = float(
+            relative_errors(table["truth"][seen], table[method][seen]).mean()
+        )
         per = ope.get(method, {})
         estimates = list(per.values())
         row["support"] = float(np.mean([e.support for e in estimates])) if estimates else np.nan
