@@ -52,7 +52,7 @@ from encoders.encoded_log import EncodedLog
 from encoders.hashing import HashingEncoder
 from encoders.transformer import TransformerEncoder, pool_tokens
 from envs.logs.atomic import atomic_directory
-from envs.replay import ReplayConfig
+from envs.replay import ReplayConfig, user_feature_table
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def export_ranker(
         if fu or fv:
             (tmp / "users.json").write_text(json.dumps([str(u) for u in user_ids]))
         if fu:
-            _save_npy(tmp, "user_features.npy", encoded.user_features)
+            _save_npy(tmp, "user_features.npy", user_feature_table(encoded, env))
         if fv:
             _save_npy(tmp, "user_vectors.npy", user_vectors)
         enc = {"name": getattr(encoder, "name", None), "fingerprint": encoded.fingerprint,
@@ -363,16 +363,18 @@ def _scoring(
     """The scoring graph of ``policy``, the manifest's dims, the item biases and the bias of
     an item the ranker does not know."""
     fi = encoded.item_features.shape[1] if env.features else 0
-    fu = encoded.user_features.shape[1] if env.features else 0
+    fu = user_feature_table(encoded, env).shape[1]
     item_bias, unknown_bias, hidden = np.zeros(n_items, dtype=np.float32), 0.0, 0
     fv = 0  # the width of a learned vector per user (a trained scorer's user_embedding)
     if kind == "sb3":
         scorer = policy_scorer(policy)
-        if scorer.dim != encoded.dim or scorer.item_feature_dim != fi:
+        reads = (scorer.dim, scorer.item_feature_dim, scorer.user_feature_dim)
+        if reads != (encoded.dim, fi, fu):
             raise ValueError(
-                f"policy {policy.name!r} reads {scorer.dim}-d embeddings and "
-                f"{scorer.item_feature_dim} item features; the run's encoder gives {encoded.dim} "
-                f"and {fi}: export with the run's own encoder and env settings"
+                f"policy {policy.name!r} reads {scorer.dim}-d embeddings, "
+                f"{scorer.item_feature_dim} item and {scorer.user_feature_dim} user features; "
+                f"the run's encoder and env settings give {encoded.dim}, {fi} and {fu}: export "
+                "with the run's own encoder and env settings (env.features, env.user_profile)"
             )
         if scorer.mode == "ids" and scorer.items.shape[0] - 1 != n_items:
             raise ValueError(

@@ -294,7 +294,7 @@ class Ranker:
                               inputs["candidate_features"][r])  # fmt: skip
             inputs["bias"][r, : len(cands)] = bias
             inputs["mask"][r, : len(cands)] = True
-            if fu:
+            if fu and req["user_code"] is not None:  # an unknown user keeps zero features
                 user_feats = self.tables["user_features"][req["user_code"]]
                 inputs["context_features"][r, fi : fi + fu] = user_feats
             if fv and req["user_code"] is not None:  # an unknown user keeps the zero vector
@@ -374,12 +374,9 @@ class Ranker:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise RankerError(f"{where}: k={k!r}; allowed: an int >= 1 or null (all)")
         user_id = request.get("user_id")
+        # a user the ranker was not exported with (or none) is a new user: zero features and
+        # vector (the z-scored columns' mean, no profile text, the cold-start vector)
         user_code = self.user_code.get(str(user_id)) if user_id is not None else None
-        if self.fu and user_code is None:
-            raise RankerError(
-                f"{where}: user_id={user_id!r}; this ranker reads the user's features, so "
-                "user_id must be one of the users it was exported with (users.json)"
-            )
         return {"query": query, "query_code": query_code, "candidates": candidates,
                 "history": history, "k": k, "user_code": user_code}  # fmt: skip
 

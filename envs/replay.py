@@ -76,6 +76,11 @@ class ReplayConfig:
             ``user_features`` (the history's item features pooled as the text state is, then
             the user's own), ``ids`` observations the tables in ``embedding_tables``. Both
             modes carry the user's code, ``user_id``.
+        user_profile: the embedding of the user's profile text (``users.parquet``'s ``text``)
+            joins the user's own features (after the feature columns, with or without
+            ``features``; a log without profile texts adds nothing): what the user says they
+            like, which a short history shows only in part. A ranker exported from such a
+            policy looks it up by ``user_id``.
     """
 
     max_candidates: int = 20
@@ -90,6 +95,7 @@ class ReplayConfig:
     last_k: int = 5
     profile_weight: float = 0.0
     features: bool = True
+    user_profile: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -138,6 +144,20 @@ class ReplayConfig:
         return UserPooling(
             self.history_len, self.pooling, self.decay, self.last_k, self.profile_weight
         )
+
+
+def user_feature_table(encoded: EncodedLog, config: ReplayConfig) -> np.ndarray:
+    """``float32[U, F]``: the user's own features an observation carries under ``config``: the
+    dataset's user feature columns (``features``), then the profile text's embedding
+    (``user_profile``; not for a log without profile texts, such as OBD, whose profiles are
+    all zero). ``[0, 0]`` when it carries none."""
+    parts = [encoded.user_features] if config.features else []
+    if config.user_profile and encoded.user_profiles.any():
+        parts.append(encoded.user_profiles)
+    parts = [p for p in parts if p.shape[1]]
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
 
 
 class ReplayData:
@@ -194,7 +214,7 @@ class ReplayData:
         }
         none = np.zeros((0, 0), dtype=np.float32)
         self.item_features = encoded.item_features if config.features else none
-        self.user_features = encoded.user_features if config.features else none
+        self.user_features = user_feature_table(encoded, config)
         if self.item_features.shape[1]:
             self.embedding_tables["item_features"] = self.item_features
         if self.user_features.shape[1]:

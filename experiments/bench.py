@@ -372,9 +372,11 @@ def _train_once(
     from envs.replay import ReplayConfig
     from envs.vector import BatchedReplayEnv
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
-    agent = instantiate(OmegaConf.load(conf / f"{name}.yaml"))
-    env = ReplayConfig(obs_mode="ids", action_mode=agent.action_mode)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    agent = instantiate(OmegaConf.load(conf / "agent" / f"{name}.yaml"))
+    # the default env options (conf/env/default.yaml), with the agent's action mode
+    env = instantiate(OmegaConf.load(conf / "env" / "default.yaml"), action_mode=agent.action_mode)
+    assert isinstance(env, ReplayConfig)
     venv = BatchedReplayEnv(
         train, encoded, TruthClickModel(truth=truth), env,
         num_envs=agent.num_envs, device="cpu", request_infos=False,

@@ -1,10 +1,11 @@
 """A neural click model: attractiveness from query, user and item text features, under a PBM or
 a cascade with abandonment (chosen by held-out likelihood).
 
-``attractiveness = sigmoid(MLP([q, u, i, q * i, u * i]) + bias[item])`` where ``q``, ``u``,
-``i`` are text vectors of the request's query, the user's state and the item. Unlike the
+``attractiveness = sigmoid(MLP([q, u, i, q * i, u * i, p, p * i]) + bias[item])`` where ``q``,
+``u``, ``i``, ``p`` are text vectors of the request's query, the user's state, the item and the
+user's profile (``profile``; without it the last two inputs are absent). Unlike the
 pair-counting models it generalises to (query, item) pairs never logged, and it reacts to the
-user's state.
+user's state and taste.
 
 Text features (``features``): ``lexical`` (default) embeds the log's texts with the
 :class:`~encoders.hashing.HashingEncoder` (hashed words and character n-grams), whatever encoder
@@ -57,18 +58,21 @@ STRUCTURES = ("pbm", "cascade")
 
 
 class _Scorer(nn.Module):
-    """Attractiveness logit ``MLP([q, u, i, q*i, u*i]) + bias[item]`` plus examination logits.
+    """Attractiveness logit ``MLP([q, u, i, q*i, u*i]) + bias[item]`` plus examination logits
+    (with ``profile``, the user's profile vector ``p`` joins the inputs: ``[.., p, p*i]``).
 
     The per-item bias (``n_items > 0``) learns what an item's text does not say (its quality);
     it starts at 0, so an item never logged keeps the text-only estimate: a backoff from the
     item to its features.
     """
 
-    def __init__(self, dim: int, hidden: int, n_items: int = 0) -> None:
+    def __init__(self, dim: int, hidden: int, n_items: int = 0, profile: bool = False) -> None:
         super().__init__()
         self.item_bias = nn.Embedding(n_items, 1) if n_items > 0 else None
+        self.profile = profile
+        inputs = (7 if profile else 5) * dim  # [q, u, i, q*i, u*i] (+ [p, p*i])
         self.mlp = nn.Sequential(
-            nn.Linear(5 * dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, 1),
         )  # fmt: skip
         self.exam_logit = nn.Parameter(torch.zeros(MAX_POSITIONS))
@@ -77,9 +81,20 @@ class _Scorer(nn.Module):
         self.calibration = nn.Parameter(torch.tensor([1.0, 0.0]), requires_grad=False)
 
     def forward(
-        self, q: torch.Tensor, u: torch.Tensor, i: torch.Tensor, codes: torch.Tensor
+        self,
+        q: torch.Tensor,
+        u: torch.Tensor,
+        i: torch.Tensor,
+        codes: torch.Tensor,
+        p: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logit = self.mlp(torch.cat([q, u, i, q * i, u * i], dim=-1)).squeeze(-1)
+        """Attractiveness logits; ``p``: the users' profile vectors (``profile`` models)."""
+        inputs = [q, u, i, q * i, u * i]
+        if self.profile:
+            if p is None:
+                raise ValueError("a model fitted with profile=true needs the users' profiles")
+            inputs += [p, p * i]
+        logit = self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)
         if self.item_bias is not None:
             logit = logit + self.item_bias(codes).squeeze(-1)
         return self.calibration[0] * logit + self.calibration[1]
@@ -113,6 +128,7 @@ class _RequestBatch:
         self.items, self.queries = t(model.items), t(model.queries)
         self.states = t(model._request_states(log))
         self.query = t(log.request_query.astype(np.int64))
+        self.profiles = t(model.user_profiles[log.request_user]) if model.profile else None
         self.codes, self.valid = t(np.where(valid, rankings, 0)), t(valid)
         self.clicks = t(clicks.astype(np.float32))
         self.before = t((np.arange(width)[None, :] < first[:, None]) & valid)
@@ -130,7 +146,8 @@ class _RequestBatch:
         w = self.width
         q = self.queries[self.query[b]][:, None, :].expand(-1, w, -1)
         u = self.states[b][:, None, :].expand(-1, w, -1)
-        return module(q, u, self.items[self.codes[b]], self.codes[b])
+        p = None if self.profiles is None else self.profiles[b][:, None, :].expand(-1, w, -1)
+        return module(q, u, self.items[self.codes[b]], self.codes[b], p)
 
     def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
         """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
@@ -222,6 +239,10 @@ class NeuralClickModel(ClickModel):
             them). An MLP stopped early generalises better to the (query, item) pairs the
             log never showed, so the simulator's best policy is better in truth; the biases
             need the full fit to separate items (BENCHMARKS.md, issue 9).
+        profile: also read the user's profile text (``users.parquet``'s ``text``, embedded with
+            the other texts) as its own input beside the pooled history: ``[.., p, p * i]``.
+            The profile says what a user likes (brands, price, categories), which a short
+            history shows only in part.
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -252,6 +273,7 @@ class NeuralClickModel(ClickModel):
         use_features: bool = True,
         ensemble: int = 5,
         mlp_epochs: int | None = None,
+        profile: bool = False,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -278,6 +300,9 @@ class NeuralClickModel(ClickModel):
         if mlp_epochs is not None:
             _check_positive("mlp_epochs", mlp_epochs, integer=True)
         self.mlp_epochs = None if mlp_epochs is None else int(mlp_epochs)
+        if not isinstance(profile, bool):
+            raise ValueError(f"profile={profile!r}: expected true or false")
+        self.profile = profile
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
@@ -535,7 +560,8 @@ class NeuralClickModel(ClickModel):
         """One member: maximise the likelihood of ``batch`` from the initialisation of ``seed``
         (with the examination logits fixed at ``exam_logits`` when given)."""
         gen = torch.Generator().manual_seed(seed)
-        module = _Scorer(self.items.shape[1], self.hidden, train.n_items if self.item_bias else 0)
+        n_items = train.n_items if self.item_bias else 0
+        module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile)
         module.reset(gen)
         if exam_logits is not None:
             with torch.no_grad():
@@ -611,16 +637,20 @@ class NeuralClickModel(ClickModel):
         width = items.shape[1]
         q = torch.from_numpy(self.queries[log.request_query[requests]])
         u = torch.from_numpy(user_state)
+        profiles = self.user_profiles[log.request_user[requests]] if self.profile else None
+        p = None if profiles is None else torch.from_numpy(profiles)
         codes = torch.from_numpy(np.where(valid, items, 0))
         i = torch.from_numpy(self.items[codes.numpy()])
         out = np.empty(items.shape, dtype=np.float64)
         rows = max(1, 65536 // max(1, width))
         with torch.no_grad():
             for s in range(0, len(requests), rows):
-                qb, ub, ib = q[s : s + rows], u[s : s + rows], i[s : s + rows]
-                qb = qb[:, None, :].expand(-1, width, -1)
-                ub = ub[:, None, :].expand(-1, width, -1)
-                probs = [torch.sigmoid(m(qb, ub, ib, codes[s : s + rows])) for m in self.modules]
+                qb, ub, pb = (
+                    None if x is None else x[s : s + rows, None, :].expand(-1, width, -1)
+                    for x in (q, u, p)
+                )
+                ib, cb = i[s : s + rows], codes[s : s + rows]
+                probs = [torch.sigmoid(m(qb, ub, ib, cb, pb)) for m in self.modules]
                 out[s : s + rows] = torch.stack(probs).mean(0).double().numpy()
         return np.where(valid, out, 0.0)
 
@@ -656,7 +686,7 @@ class NeuralClickModel(ClickModel):
         n_items = len(self.items) if self.item_bias else 0
         self.modules = []
         for m in range(self.ensemble):
-            module = _Scorer(self.items.shape[1], self.hidden, n_items)
+            module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile)
             prefix = f"weight.{m}."
             module.load_state_dict(
                 {
@@ -685,6 +715,7 @@ class NeuralClickModel(ClickModel):
             "use_features": self.use_features,
             "ensemble": self.ensemble,
             "mlp_epochs": self.mlp_epochs,
+            "profile": self.profile,
             "seed": self.seed,
             "device": self.device,
         }

@@ -226,8 +226,31 @@ def test_parity_on_obd_with_user_features(tmp_path: Path) -> None:
     ranker = export(s, policy, tmp_path / "r")
     assert ranker.fu > 0 and (tmp_path / "r" / "user_features.npy").is_file()
     assert_parity(s, policy, ranker, None)
-    with pytest.raises(RankerError, match="user_id=None; this ranker reads the user's features"):
-        ranker.rank(None, [], ["0", "1"])
+    # a user the ranker does not know is a new user: zero user features, as no user_id
+    cands = [str(i) for i in range(10)]
+    new = ranker.scores(None, [], cands, "a user never seen")
+    np.testing.assert_array_equal(new, ranker.scores(None, [], cands, None))
+    assert not np.allclose(new, ranker.scores(None, [], cands, str(s.data.user_ids[0])))
+
+
+def test_parity_with_user_profiles_and_a_mismatched_env_is_refused(
+    world: RunSetup, tmp_path: Path
+) -> None:
+    """``env.user_profile``: the ranker reads each user's profile embedding from its user
+    features by ``user_id``, as the env did; exporting with env settings the policy was not
+    trained with names the settings."""
+    s = dataclasses.replace(world, env=dataclasses.replace(ENV, user_profile=True))
+    policy = trained(s, "ppo", 1024, True, n_steps=32, batch_size=256, learning_rate=3e-3)
+    ranker = export(s, policy, tmp_path / "r")
+    fi = world.encoded.item_features.shape[1]
+    assert ranker.fu == world.encoded.dim and ranker.manifest["dims"]["item_features"] == fi
+    np.testing.assert_array_equal(ranker.tables["user_features"], world.encoded.user_profiles)
+    assert_parity(s, policy, ranker, 300)
+    d = world.encoded.dim
+    refused = rf"{fi} item and {d} user features; .* give {d}, {fi} and 0: .*env.user_profile"
+    with pytest.raises(ValueError, match=refused):
+        export(world, policy, tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_explain_parts_add_up_to_the_ranked_scores(rankers: dict[str, Any]) -> None:

@@ -232,6 +232,7 @@ def test_pbm_unlogged_pairs_fall_back_to_item_then_global(world, fitted) -> None
         (NeuralClickModel, {"propensity_clip": -1.0}, ["propensity_clip", ">= 0"]),
         (NeuralClickModel, {"calibrate": True}, ["calibrate", "none, level, platt"]),
         (NeuralClickModel, {"ensemble": 0}, ["ensemble", "int > 0"]),
+        (NeuralClickModel, {"profile": "yes"}, ["profile", "true or false"]),
     ],
 )
 def test_bad_constructor_arguments(klass, kwargs, words) -> None:
@@ -276,6 +277,30 @@ def test_neural_features_are_its_own_or_the_runs(world, encoded) -> None:
         epochs=1, hidden=8, structure="pbm", ensemble=1, use_features=False
     )
     assert text_only.fit(train).items.shape == (train.n_items, d)
+
+
+def test_neural_profile_is_an_input_of_its_own_and_travels(world, tmp_path: Path) -> None:
+    """``profile=true``: a user's profile vector changes that user's attractiveness and no
+    one else's (the pooled state does not read it); a saved model loads back with it."""
+    train, test, _ = world
+    model = NeuralClickModel(**{**FAST_NEURAL, "ensemble": 1}, calibrate="none", profile=True)
+    model.fit(train)
+    assert model.modules[0].mlp[0].in_features == 7 * model.items.shape[1]
+    requests = np.arange(300)
+    rankings = logged_rankings(test)[0][requests]
+    before = attractiveness(model, test, requests, rankings)
+    model.save(tmp_path / "m")
+    loaded = ClickModel.load(tmp_path / "m")
+    assert loaded.profile
+    np.testing.assert_array_equal(attractiveness(loaded, test, requests, rankings), before)
+    users = test.request_user[requests]
+    user, other = users[0], users[users != users[0]][0]
+    model.user_profiles = model.user_profiles.copy()
+    model.user_profiles[user] = model.user_profiles[other]
+    after = attractiveness(model, test, requests, rankings)
+    mine = (users == user)[:, None] & (rankings >= 0)
+    assert not np.allclose(after[mine], before[mine])
+    np.testing.assert_array_equal(after[~mine], before[~mine])
 
 
 def test_neural_uses_the_current_history(world, fitted) -> None:

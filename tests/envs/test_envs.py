@@ -347,6 +347,30 @@ def test_pooling_reaches_the_observation_in_both_modes(world, pooling) -> None:
     assert emb.observation_space.contains(obs_emb)
 
 
+def test_user_profile_joins_the_users_own_features_in_both_modes(world) -> None:
+    """``user_profile``: the profile text's embedding follows the user's feature columns, in
+    the ids tables (by ``user_id``) and after the pooled history's features in embeddings
+    observations; ``features=false`` leaves the profile alone."""
+    encoded = world[1]
+    assert encoded.user_profiles.any(axis=1).all()  # every small-world user has a profile
+    ids = make(world, obs_mode="ids", user_profile=True)
+    np.testing.assert_array_equal(ids.embedding_tables["user_features"], encoded.user_profiles)
+    assert "user_features" not in make(world, obs_mode="ids").embedding_tables  # no columns
+    emb = make(world, obs_mode="embeddings", user_profile=True)
+    plain = make(world, obs_mode="embeddings")
+    obs, _ = emb.reset(seed=0, options={"episode": 5})
+    obs_plain, _ = plain.reset(seed=0, options={"episode": 5})
+    fi = encoded.item_features.shape[1]
+    user = int(obs["user_id"][0])
+    assert obs["user_features"].shape == (fi + encoded.dim,)
+    np.testing.assert_array_equal(obs["user_features"][:fi], obs_plain["user_features"])
+    np.testing.assert_allclose(obs["user_features"][fi:], encoded.user_profiles[user], rtol=1e-6)
+    assert emb.observation_space.contains(obs)
+    alone = make(world, obs_mode="embeddings", user_profile=True, features=False)
+    obs_alone, _ = alone.reset(seed=0, options={"episode": 5})
+    np.testing.assert_allclose(obs_alone["user_features"], encoded.user_profiles[user], rtol=1e-6)
+
+
 def test_mismatched_artifacts_are_refused(world) -> None:
     log, encoded, _ = world
     other_log, other_truth = SyntheticWorld(**{**SMALL_WORLD, "seed": 1}).generate()
