@@ -80,7 +80,7 @@ class ReplayConfig:
             joins the user's own features (after the feature columns, with or without
             ``features``; a log without profile texts adds nothing): what the user says they
             like, which a short history shows only in part. A ranker exported from such a
-            policy looks it up by ``user_id``.
+            policy looks it up by ``user_id``. Off here, on in ``conf/env/default.yaml``.
     """
 
     max_candidates: int = 20
