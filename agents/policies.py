@@ -90,8 +90,10 @@ class RankingActorCriticPolicy(_ScorerArguments, ActorCriticPolicy):
         )
 
     def _heads(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.scorer.encode(obs)
-        return self.scorer.score(enc), self.value_head(self.scorer.pooled(enc))
+        with self.scorer.autocast():  # scores and values come out in float32
+            enc = self.scorer.encode(obs)
+            values = self.value_head(self.scorer.pooled(enc)).float()
+            return self.scorer.score(enc), values
 
     def _distribution(self, obs: PyTorchObs) -> tuple[Any, torch.Tensor]:
         """The action distribution of ``obs`` and the state values."""
@@ -425,7 +427,8 @@ class RankingQNetwork(BasePolicy):
         network (the target when ``gamma`` is 0) returns zeros without computing them."""
         if self.unread:
             return obs["mask"].new_zeros(obs["mask"].shape)
-        scores = self.scorer(obs)
+        with self.scorer.autocast():  # float32 scores in any case
+            scores = self.scorer(obs)
         if self.examination is None:
             return scores
         position = obs["position"].long().reshape(-1).clamp(0, self.examination.num_embeddings - 1)

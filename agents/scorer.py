@@ -129,6 +129,7 @@ class CandidateScorer(nn.Module):
             )
         self.similarity = nn.Linear(2, 1)  # weights of the two cosine features
         self.hidden = hidden
+        self.bf16 = False  # bfloat16 products in autocast() (agents.training.learner_precision)
         self._unit_cache: torch.Tensor | None = None  # _unit_items()
         self._cosine_memo: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(_forget_unit_items)
@@ -153,6 +154,13 @@ class CandidateScorer(nn.Module):
     def table_shapes(self) -> dict[str, tuple[int, int]] | None:
         """Shapes of the frozen tables (``ids`` mode), what a checkpoint needs to rebuild them."""
         return None if self.mode != "ids" else dict(self._table_shapes)
+
+    def autocast(self) -> torch.autocast:
+        """The context the policies compute in: bfloat16 products while :attr:`bf16` is set,
+        float32 otherwise. Entered per forward pass, so that autocast's cache of bfloat16
+        weights never outlives an optimizer step."""
+        device = self.item_proj.weight.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> Encoded:
         """Project the observation: context, candidates, mask, codes and similarity features."""
@@ -317,7 +325,8 @@ class CandidateScorer(nn.Module):
         bias up in its own item table (and gives unknown items 0).
         """
         network, sims, codes, mask = self._network(enc)
-        scores = network + self.similarity(sims).squeeze(-1)
+        # float32 whatever autocast computed them in (agents.training.learner_precision)
+        scores = network.float() + self.similarity(sims).squeeze(-1).float()
         bias = self._bias(codes, bias, enc.ctx.dim() == 3)
         if bias is not None:
             scores = scores + bias
@@ -396,9 +405,12 @@ def _cosine_features(query: torch.Tensor, user: torch.Tensor, unit: torch.Tensor
     probes = torch.stack(
         [nn.functional.normalize(query, dim=-1), nn.functional.normalize(user, dim=-1)], dim=1
     )
-    # [B, 2, d] @ [B, d, N], then [B, N, 2]: on the CPU this layout is ~5x faster than
-    # [B, N, d] @ [B, d, 2] (the same sums)
-    return torch.bmm(probes, unit.transpose(1, 2)).transpose(1, 2)
+    # float32 under autocast too (agents.training.learner_precision): the memo of
+    # CandidateScorer._cosines serves the learner's and the evaluation's calls alike
+    with torch.autocast(unit.device.type, enabled=False):
+        # [B, 2, d] @ [B, d, N], then [B, N, 2]: on the CPU this layout is ~5x faster than
+        # [B, N, d] @ [B, d, 2] (the same sums)
+        return torch.bmm(probes, unit.transpose(1, 2)).transpose(1, 2)
 
 
 def _same_shapes(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:

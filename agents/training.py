@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -40,6 +42,7 @@ from agents.policies import (
     RankingDQNPolicy,
     RankingSlatePolicy,
 )
+from agents.scorer import CandidateScorer
 
 STEP_KEY = "time/total_timesteps"  # every progress.csv row carries its step
 # algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
@@ -52,6 +55,7 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type[BasePolicy]]] = {
 SLATE_ALGORITHMS = ("ppo", "a2c")  # agent.slate=true: a Plackett-Luce policy over rankings
 LR_SCHEDULES = ("constant", "linear")  # agent.lr_schedule: linear decays to 0 at the last step
 Q_MODELS = ("additive", "factorized")  # agent.q_model (DQN): agents.policies.RankingQNetwork
+PRECISIONS = ("auto", "fp32", "bf16")  # agent.precision: the learner's products (learner_precision)
 
 
 # SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
@@ -105,6 +109,10 @@ class SB3Agent:
         q_model: DQN's Q-values (:class:`~agents.policies.RankingQNetwork`): ``additive``
             (the position joins the context: a ranking per position) or ``factorized``
             (a learned examination per position times one attractiveness per candidate).
+        precision: ``fp32``; ``bf16``: mixed precision while learning (rollouts and updates;
+            weights, losses and evaluation stay float32), see :func:`learner_precision`;
+            ``auto``: ``bf16`` where the device computes it natively, else ``fp32``
+            (:func:`resolve_precision`).
     """
 
     def __init__(
@@ -119,8 +127,10 @@ class SB3Agent:
         position_discount: float = 1.0,
         lr_schedule: str = "constant",
         q_model: str = "additive",
+        precision: str = "fp32",
     ) -> None:
         _algorithm(algorithm)
+        _check_precision(precision)
         _check_lr_schedule(lr_schedule)
         _check_q_model(algorithm, q_model)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
@@ -133,6 +143,7 @@ class SB3Agent:
         self.slate = slate
         self.credit, self.position_discount = credit, float(position_discount)
         self.lr_schedule, self.q_model = lr_schedule, q_model
+        self.precision = precision
 
     @property
     def action_mode(self) -> str:
@@ -160,10 +171,70 @@ class SB3Agent:
             self.credit, self.position_discount, self.lr_schedule, self.q_model,
         )  # fmt: skip
 
+    def learn(self, model: BaseAlgorithm, timesteps: int, **kwargs: Any) -> BaseAlgorithm:
+        """``model.learn(timesteps, **kwargs)`` in this agent's :func:`learner_precision`."""
+        with learner_precision(model, self.precision):
+            return model.learn(timesteps, **kwargs)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: ``auto`` is ``bf16`` where ``device`` computes bfloat16 natively
+    (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX), else ``fp32``. Emulated
+    bfloat16 may be slower than float32 (not measured here), so ``auto`` does not choose it."""
+    _check_precision(precision)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":  # private probes of torch.cpu: absent ones count as no
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    else:
+        native = False
+    return "bf16" if native else "fp32"
+
+
+@contextmanager
+def learner_precision(model: BaseAlgorithm, precision: str) -> Iterator[None]:
+    """The scorers of ``model`` compute in ``precision`` (resolved) within this context.
+
+    With ``bf16``, each forward pass of a scorer (rollouts and gradient updates) runs under
+    ``torch.autocast``: its matrix products in bfloat16 with float32 accumulation. Autocast
+    wraps each forward pass, not the whole of ``learn``: its cache of bfloat16 weights lives
+    as long as the context, so a context around the optimizer's steps would keep serving the
+    weights of before them. The weights, the optimizer, the cosine features, the policy's
+    scores and values, the losses and every evaluation (:class:`EvalCallback` switches
+    bfloat16 off) stay float32, so a policy learned this way is served and evaluated exactly
+    as any other. With native bfloat16 the learner runs faster (BENCHMARKS.md; ``python -m
+    experiments.bench train`` measures it).
+    """
+    with scorer_precision(model, resolve_precision(precision, model.device) == "bf16"):
+        yield
+
+
+@contextmanager
+def scorer_precision(model: BaseAlgorithm, bf16: bool) -> Iterator[None]:
+    """Set every :class:`~agents.scorer.CandidateScorer` of ``model``'s policy to compute in
+    bfloat16 (``bf16``) or float32 within this context; their previous settings after it."""
+    scorers = [m for m in model.policy.modules() if isinstance(m, CandidateScorer)]
+    before = [scorer.bf16 for scorer in scorers]
+    for scorer in scorers:
+        scorer.bf16 = bf16
+    try:
+        yield
+    finally:
+        for scorer, old in zip(scorers, before, strict=True):
+            scorer.bf16 = old
+
 
 def action_mode(slate: bool) -> str:
     """The env ``action_mode`` of a slate (``scores``) or a slot (``slot``) agent."""
     return "scores" if slate else "slot"
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"agent.precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
 
 
 def _check_lr_schedule(lr_schedule: str) -> None:
@@ -355,7 +426,9 @@ class EvalCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_eval:
             self.next_eval += self.freq
-            metrics = self.evaluate(self.model)
+            # evaluations are float32 whatever the learner's precision (learner_precision)
+            with scorer_precision(self.model, False):
+                metrics = self.evaluate(self.model)
             record_eval(self.logger, metrics)
             self.logger.record(STEP_KEY, self.num_timesteps)
             self.logger.dump(self.num_timesteps)

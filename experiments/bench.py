@@ -408,7 +408,7 @@ def _train_once(
     start = time.perf_counter()
     if profiler is not None:
         profiler.enable()
-    model.learn(steps)
+    agent.learn(model, steps)
     if profiler is not None:
         profiler.disable()
     wall = time.perf_counter() - start

@@ -51,6 +51,7 @@ from agents.training import (
     log_hparams,
     make_logger,
     record_final,
+    resolve_precision,
 )
 from envs.click_models.simple import TruthClickModel
 from envs.logs import SessionLog
@@ -311,8 +312,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for key, value in fidelity.items():
         logger.record(key.replace("fidelity_", "fidelity/"), value)
     start = time.perf_counter()
+    learner: dict[str, Any] = {}
     if isinstance(agent, SB3Agent):
         policy, timesteps = train(cfg, agent, s, run_dir, logger, periodic, hparams)
+        learner["precision"] = resolve_precision(agent.precision, policy.model.device)
     elif isinstance(agent, SupervisedAgent):  # the ceiling: regression on the reward model
         venv = training_env(s, agent, cfg.device)
         policy, timesteps = agent.train(venv, cfg.total_timesteps, cfg.seed, str(venv.device))
@@ -341,6 +344,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "total_timesteps": timesteps,
         "train_seconds": round(train_seconds, 2),
         "torch_threads": threads,
+        **learner,  # the learner's precision as run (agent.precision=auto resolved)
         "encoder": cfg.encoder.name,
         # the config chosen (neural_train, ...), which may differ from the model's own name
         "reward_model": HydraConfig.get().runtime.choices.get("reward", s.reward.name),
@@ -395,7 +399,8 @@ def train(
         EvalCallback(periodic, cfg.eval.freq, hparams),
         CheckpointCallback(checkpoints, cfg.checkpoint_freq, agent.algorithm),
     ]
-    model.learn(
+    agent.learn(
+        model,
         max(0, cfg.total_timesteps - done),
         callback=callbacks,
         reset_num_timesteps=False,

@@ -9,13 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.baselines import SB3Policy
 from agents.evaluation import evaluate
 from agents.policies import PlackettLuce, PositionRolloutBuffer
 from agents.supervised import SupervisedAgent
-from agents.training import SB3Agent, build_agent, load_agent, save_checkpoint
+from agents.training import (
+    EvalCallback,
+    SB3Agent,
+    build_agent,
+    learner_precision,
+    load_agent,
+    resolve_precision,
+    save_checkpoint,
+    scorer_precision,
+)
 from encoders.encoded_log import encode_log
 from encoders.hashing import HashingEncoder
 from envs.click_models.simple import TruthClickModel
@@ -113,6 +123,73 @@ def test_slate_ppo_ranks_whole_requests_and_learns(world, credit: str, discount:
     model.learn(6000)  # 6,000 whole slates
     after = true_clicks()
     assert after > before + 0.05, (before, after)
+
+
+def test_bf16_learner_rounds_products_keeps_float32_and_learns(world) -> None:
+    """agent.precision=bf16: products in bfloat16 while learning; scores, values, weights and
+    the periodic evaluations in float32; PPO still learns."""
+    log, encoded, truth = world
+    train, test = log.split(0.3, seed=0)
+    agent = SB3Agent("ppo", "ppo", num_envs=16, hyperparams=SMALL_PPO, slate=True,
+                     credit="position", position_discount=0.0, precision="bf16")  # fmt: skip
+    model = agent.build(venv(world, n=16, log=train), 0, "cpu")
+    with torch.no_grad():
+        model.policy._heads(obs_as_tensor(model.env.reset(), model.device))  # float32 memo
+        model.env.step(np.random.default_rng(0).uniform(-1, 1, (16, 12)))
+        obs = obs_as_tensor(model.env.step(np.zeros((16, 12)))[0], model.device)
+        with learner_precision(model, "bf16"):  # new requests, a memo of the same shapes
+            mixed, mixed_values = model.policy._heads(obs)
+        plain, plain_values = model.policy._heads(obs)
+    assert mixed.dtype == mixed_values.dtype == torch.float32
+    valid = obs["mask"] > 0.5
+    error = (mixed - plain)[valid].abs().max().item()
+    assert 0 < error < 0.02 * plain[valid].abs().max().item() + 1e-3  # rounded, same function
+    assert (mixed[~valid] == plain[~valid]).all()  # masked stays masked
+    assert torch.allclose(mixed_values, plain_values, atol=0.05)
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=5)
+
+    def true_clicks(m=model) -> float:
+        r = evaluate(SB3Policy(m, "ids", "ppo"), test, encoded, TruthClickModel(truth=truth),
+                     cfg, truth=truth, bootstrap=0)  # fmt: skip
+        return r.metrics["true_expected_clicks"]
+
+    bf16_at_eval: list[bool] = []
+
+    def periodic(m) -> dict[str, float]:
+        bf16_at_eval.append(m.policy.scorer.bf16)
+        return {"true_expected_clicks": true_clicks(m)}
+
+    class Drift(BaseCallback):
+        """At each rollout: the learner's bfloat16 scores against float32 ones of the same
+        weights (a stale cache of bfloat16 weights would drift apart as they learn)."""
+
+        def _on_rollout_start(self) -> None:
+            with torch.no_grad():
+                mixed = self.model.policy._heads(obs)[0][valid]
+                with scorer_precision(self.model, False):
+                    exact = self.model.policy._heads(obs)[0][valid]
+            drift.append(((mixed - exact).abs().max() / exact.abs().max()).item())
+
+        def _on_step(self) -> bool:
+            return True
+
+    before = true_clicks()
+    drift: list[float] = []
+    agent.learn(model, 6000, callback=[EvalCallback(periodic, 2048, {}), Drift()])
+    assert bf16_at_eval == [False] * 3  # at 2048, 4096, 6144 slates: float32
+    assert not model.policy.scorer.bf16  # restored after learn
+    assert len(drift) == 24 and 0 < max(drift) < 0.02
+    assert all(p.dtype == torch.float32 for p in model.policy.parameters())
+    assert true_clicks() > before + 0.05
+
+
+def test_precision_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"agent.precision='fp16'; allowed: auto, fp32, bf16"):
+        SB3Agent("ppo", "ppo", precision="fp16")
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
 
 
 def test_position_credit_is_the_clicks_from_each_position_on(world) -> None:
