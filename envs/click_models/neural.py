@@ -14,6 +14,8 @@ the policy observes; ``encoder`` uses the run's text embeddings
 with different encoders are compared in, and lexical matches (brand names, colours, exact
 product words) rank policies closer to the truth than MiniLM's embeddings do (BENCHMARKS.md).
 
+Item statistics (``item_stats``): how often the log showed each item joins its inputs.
+
 Feature columns (``use_features``): the dataset's item and user features
 (:mod:`encoders.features`) join the text vectors, so datasets described by features (OBD) are
 modelled from them, not from fake sentences.
@@ -140,6 +142,8 @@ class _RequestBatch:
             w = 1.0 / np.clip(prop, 1.0 / model.propensity_clip, 1.0)
             weights[log.impression_request[keep], log.position[keep]] = w / w.mean()
         self.weights = t(weights)
+        # the items' impression counts leave this session out, as for a held-out one
+        self.item_stat = t(model._session_left_out_stats(log, width)) if model.item_stats else None
 
     def logits(self, module: _Scorer, b: torch.Tensor) -> torch.Tensor:
         """``[len(b), W]`` attractiveness logits of the logged items of requests ``b``."""
@@ -147,7 +151,10 @@ class _RequestBatch:
         q = self.queries[self.query[b]][:, None, :].expand(-1, w, -1)
         u = self.states[b][:, None, :].expand(-1, w, -1)
         p = None if self.profiles is None else self.profiles[b][:, None, :].expand(-1, w, -1)
-        return module(q, u, self.items[self.codes[b]], self.codes[b], p)
+        i = self.items[self.codes[b]]
+        if self.item_stat is not None:  # the last item column (NeuralClickModel.item_stats)
+            i = torch.cat([i[..., :-1], self.item_stat[b][..., None]], dim=-1)
+        return module(q, u, i, self.codes[b], p)
 
     def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
         """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
@@ -223,8 +230,21 @@ class NeuralClickModel(ClickModel):
         calibrate: ``none``; ``level``: fit on 90% of the training sessions, then shift each
             member's attractiveness logit so that its expected clicks of the other 10%'s logged
             rankings equal their observed clicks (the level of pairs never logged is set by how
-            far a fit memorises its training pairs); ``platt``: fit on 90%, Platt-scale (slope
-            and shift) to maximise the other 10%'s likelihood.
+            far a fit memorises its training pairs); under the cascade structure the
+            abandonment is also set there, to the value of highest held-out likelihood (the
+            joint fit explains skips by memorised low attractiveness instead: 0.22 against the
+            world's 0.3); ``platt``: fit on 90%, Platt-scale (slope and shift) to maximise the
+            other 10%'s likelihood.
+        crossfit: with ``calibrate``, each member holds out its own tenth of the training
+            sessions (folds of one shuffle) and is calibrated there, so the ensemble's level is
+            set on ``min(ensemble, 10)`` tenths rather than one (the level of one tenth, ~250
+            sessions on the default world, is off by its sampling error of a few percent).
+        item_stats: one more item input, the item's logged impressions in the training log
+            (``log1p``, z-scored). The logger shows more often what it ranks higher, and an
+            item too rarely shown for its own bias to be learned was otherwise valued like an
+            average one. A training request sees the count without its own session's
+            impressions, as a held-out request does (counting them made the simulator undervalue
+            every policy by 1-14% on the PBM world).
         propensity_clip: > 0 weighs each logged impression of a PBM fit by its inverse logging
             propensity, clipped at this value (unbiased-learning-to-rank style); 0: unweighted.
         features: ``lexical`` (hashed words and n-grams of the log's texts) or ``encoder``
@@ -268,6 +288,8 @@ class NeuralClickModel(ClickModel):
         structure: str = "auto",
         examination: str = "conditional",
         calibrate: str = "level",
+        crossfit: bool = False,
+        item_stats: bool = False,
         propensity_clip: float = 0.0,
         features: str = "lexical",
         use_features: bool = True,
@@ -318,6 +340,12 @@ class NeuralClickModel(ClickModel):
                 f"calibrate={calibrate!r}: expected one of {', '.join(map(str, CALIBRATIONS))}"
             )
         self.calibrate = calibrate
+        if not isinstance(crossfit, bool):
+            raise ValueError(f"crossfit={crossfit!r}: expected true or false")
+        self.crossfit = crossfit
+        if not isinstance(item_stats, bool):
+            raise ValueError(f"item_stats={item_stats!r}: expected true or false")
+        self.item_stats = item_stats
         _check_positive("propensity_clip", propensity_clip, allow_zero=True)
         self.propensity_clip = float(propensity_clip)
         self.structure = "pbm" if structure == "auto" else structure
@@ -326,6 +354,7 @@ class NeuralClickModel(ClickModel):
         self.queries = np.zeros((0, 0), dtype=np.float32)
         self.user_profiles = np.zeros((0, 0), dtype=np.float32)
         self.user_features = np.zeros((0, 0), dtype=np.float32)
+        self.shown = np.zeros(0, dtype=np.int64)  # item_stats: impressions per item in train
         self.encoder_fingerprint: str | None = None
         self.modules: list[_Scorer] = []
         self.train_log_likelihood: float | None = None
@@ -391,6 +420,37 @@ class NeuralClickModel(ClickModel):
             as32(table[:, used]) for table in tables
         )
 
+    def _add_item_statistics(self, train: SessionLog) -> None:
+        """One more item column: the item's logged impressions in ``train``, ``log1p`` and
+        z-scored. The logger shows what it ranks high, so how often an item was shown says
+        something of it that its text does not, and most for items too rarely shown for their
+        own bias to be learned."""
+        self.shown = np.bincount(train.item.astype(np.int64), minlength=train.n_items)
+        column = self._shown_column(self.shown)
+        zeros = lambda a: np.zeros((len(a), 1), dtype=np.float32)  # noqa: E731
+        self.items = np.hstack([self.items, column[:, None]])
+        self.queries, self.user_profiles, self.user_features = (
+            np.hstack([a, zeros(a)]) for a in (self.queries, self.user_profiles, self.user_features)
+        )
+
+    def _shown_column(self, shown: np.ndarray) -> np.ndarray:
+        """``log1p(shown)`` z-scored by the training log's per-item counts (``self.shown``)."""
+        ref = np.log1p(self.shown)
+        return ((np.log1p(shown) - ref.mean()) / max(float(ref.std()), 1e-6)).astype(np.float32)
+
+    def _session_left_out_stats(self, log: SessionLog, width: int) -> np.ndarray:
+        """``float32[R, width]`` the item column of each logged slot of ``log`` (a part of the
+        training log), its count without the slot's own session: so a fitted or calibrating
+        request sees what a held-out one does, not its own impressions."""
+        session = np.searchsorted(log.session_offsets, log.impression_request, side="right") - 1
+        key = session.astype(np.int64) * log.n_items + log.item.astype(np.int64)
+        _, inverse, own = np.unique(key, return_inverse=True, return_counts=True)
+        shown = self.shown[log.item.astype(np.int64)] - own[inverse]
+        out = np.zeros((log.n_requests, width), dtype=np.float32)
+        keep = log.position < width
+        out[log.impression_request[keep], log.position[keep]] = self._shown_column(shown[keep])
+        return out
+
     def _pool(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
         """``float32[B, D]`` user states of ``history`` over the model's own item vectors,
         plus the users' features."""
@@ -421,19 +481,29 @@ class NeuralClickModel(ClickModel):
         exam = np.clip(exam, 1e-4, 1 - 1e-4)
         return torch.from_numpy(np.log(exam / (1 - exam)))
 
-    def _calibrate(self, held: SessionLog) -> None:
-        """Calibrate each member's attractiveness logit on ``held`` (see ``calibrate``)."""
-        batch = _RequestBatch(self, held, torch.device("cpu"))
-        everything = torch.arange(held.n_requests)
-        if self.calibrate == "level":
-            for module in self.modules:
+    def _calibrate(self, helds: list[SessionLog]) -> None:
+        """Calibrate member ``m``'s attractiveness logit on ``helds[m]`` (see ``calibrate``)."""
+        batches: dict[int, _RequestBatch] = {}
+        for held in helds:  # one batch per distinct log (members may share one)
+            if id(held) not in batches:
+                batches[id(held)] = _RequestBatch(self, held, torch.device("cpu"))
+        pairs = [(m, batches[id(h)]) for m, h in zip(self.modules, helds, strict=True)]
+        if self.calibrate == "level" and self.structure == "cascade":
+            self._calibrate_abandonment(pairs)
+        for module, batch in pairs:
+            everything = torch.arange(len(batch.query))
+            if self.calibrate == "level":
                 self._match_level(module, batch, everything)
-            return
-        for module in self.modules:
+                continue
             module.calibration.requires_grad_(True)
             opt = torch.optim.LBFGS([module.calibration], lr=0.5, max_iter=100)
 
-            def closure(module: _Scorer = module, opt: torch.optim.LBFGS = opt) -> torch.Tensor:
+            def closure(
+                module: _Scorer = module,
+                opt: torch.optim.LBFGS = opt,
+                batch: _RequestBatch = batch,
+                everything: torch.Tensor = everything,
+            ) -> torch.Tensor:
                 opt.zero_grad()
                 loss = -batch.log_likelihood(module, self.structure, everything)
                 loss.backward()
@@ -441,6 +511,59 @@ class NeuralClickModel(ClickModel):
 
             opt.step(closure)
             module.calibration.requires_grad_(False)
+
+    def _calibrate_abandonment(self, pairs: list[tuple[_Scorer, _RequestBatch]]) -> None:
+        """The cascade's abandonment that maximises the held-out likelihood, the members' levels
+        matched at each candidate (a profile likelihood over one shared parameter).
+
+        Fitted jointly with memorised training pairs, a skip is explained by a low
+        attractiveness more than by leaving: the fit's abandonment was 0.22 on the cascade
+        world, whose users leave after a skip with probability 0.3 (BENCHMARKS.md).
+        """
+
+        def held_out_ll(leave_logit: float) -> float:
+            self.abandonment = np.full(MAX_POSITIONS, 1.0 / (1.0 + np.exp(-leave_logit)))
+            total = 0.0
+            for module, batch in pairs:
+                rows = torch.arange(len(batch.query))
+                self._match_level(module, batch, rows)
+                with torch.no_grad():
+                    module.abandon_logit.fill_(leave_logit)
+                    mean = batch.log_likelihood(module, "cascade", rows)
+                total += float(mean) * float(batch.valid.sum())
+            return total
+
+        low, high = -5.0, 2.0  # golden-section search over the logit (leave in 0.7%-88%)
+        ratio = (np.sqrt(5.0) - 1.0) / 2.0
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        fa, fb = held_out_ll(a), held_out_ll(b)
+        for _ in range(24):
+            if fa > fb:
+                high, b, fb = b, a, fa
+                a = high - ratio * (high - low)
+                fa = held_out_ll(a)
+            else:
+                low, a, fa = a, b, fb
+                b = low + ratio * (high - low)
+                fb = held_out_ll(b)
+        held_out_ll((low + high) / 2)  # leaves the model at the optimum
+
+    def _member_splits(self, train: SessionLog) -> list[tuple[SessionLog, SessionLog]]:
+        """``(fit on, calibrate on)`` per member: one 90/10 split shared by all, or with
+        ``crossfit`` member ``m`` holding out the ``m``-th of ``max(10, ensemble)`` folds of
+        one shuffle of the sessions (disjoint calibration sets)."""
+        if not self.crossfit:
+            fit_on, held = train.split(0.1, seed=self.seed)
+            return [(fit_on, held)] * self.ensemble
+        order = np.random.default_rng(self.seed).permutation(train.n_sessions)
+        folds = np.array_split(order, max(10, self.ensemble))
+        splits = []
+        for m in range(self.ensemble):
+            rest = np.concatenate([f for k, f in enumerate(folds) if k != m])
+            splits.append(
+                (train.select_sessions(np.sort(rest)), train.select_sessions(np.sort(folds[m])))
+            )
+        return splits
 
     def _match_level(self, module: _Scorer, batch: _RequestBatch, rows: torch.Tensor) -> None:
         """Shift the logit so the expected clicks of the logged rankings equal the observed."""
@@ -499,12 +622,16 @@ class NeuralClickModel(ClickModel):
             self.encoder_fingerprint = encoded.fingerprint
         encoded.check(train)
         self._set_tables(encoded)
+        if self.item_stats:
+            self._add_item_statistics(train)
         self.dataset = log_fingerprint(train)
         self.pooling = pooling or UserPooling()
-        structure, held = self.structure_mode, None
-        if structure == "auto" or self.calibrate != "none":
-            fit_on, held = train.split(0.1, seed=self.seed)
+        structure = self.structure_mode
         if structure == "auto":
+            # chosen on one split, crossfit or not. A tenth is a noisy judge: on the cascade
+            # world this split prefers the cascade by 0.067 nats per impression, the crossfit's
+            # first fold PBM by 0.018 (BENCHMARKS.md)
+            fit_on, held = train.split(0.1, seed=self.seed)
             scores = {}
             for option in STRUCTURES:
                 trial = NeuralClickModel(
@@ -515,28 +642,34 @@ class NeuralClickModel(ClickModel):
             structure = max(scores, key=scores.__getitem__)
             self.selection_log_likelihood = scores
         if self.calibrate != "none":
-            self._fit(fit_on, structure)
-            self._calibrate(held)
+            splits = self._member_splits(train)
+            self._fit([f for f, _ in splits], structure)
+            self._calibrate([h for _, h in splits])
         else:
-            self._fit(train, structure)
+            self._fit([train] * self.ensemble, structure)
         self.train_log_likelihood = self.log_likelihood(train)
         if validation is not None:
             self.validation_log_likelihood = self.log_likelihood(validation)
         return self
 
-    def _fit(self, train: SessionLog, structure: str) -> None:
-        """Fit the ``ensemble`` members on ``train``'s logged requests under ``structure``."""
+    def _fit(self, parts: list[SessionLog], structure: str) -> None:
+        """Fit member ``m`` on ``parts[m]``'s logged requests under ``structure``."""
         device = self._torch_device()
-        batch = _RequestBatch(self, train, device)
-        exam_logits = None  # estimated once, shared (and frozen) by every member
-        if structure == "pbm" and self.examination_mode == "conditional":
-            exam_logits = self._conditional_exam_logits(train)
+        conditional = structure == "pbm" and self.examination_mode == "conditional"
         desc = f"fitting neural click model ({structure})"
+        shared: dict[int, tuple[_RequestBatch, torch.Tensor | None]] = {}
+        self.modules = []
         with tqdm(total=self.ensemble * self.epochs, desc=desc, unit="epoch", disable=None) as bar:
-            self.modules = [
-                self._fit_member(train, structure, batch, exam_logits, self.seed + m, device, bar)
-                for m in range(self.ensemble)
-            ]
+            for m, part in enumerate(parts):
+                if id(part) not in shared:  # built once for a log the members share
+                    # the examination is estimated from the part and frozen in its members
+                    exam = self._conditional_exam_logits(part) if conditional else None
+                    shared = {id(part): (_RequestBatch(self, part, device), exam)}
+                batch, exam = shared[id(part)]
+                seed = self.seed + m
+                self.modules.append(
+                    self._fit_member(part, structure, batch, exam, seed, device, bar)
+                )
         self.structure = structure
         if structure == "pbm":  # the members' mean (identical when fixed from the log)
             exam = [torch.sigmoid(m.exam_logit.detach()).double().numpy() for m in self.modules]
@@ -710,6 +843,8 @@ class NeuralClickModel(ClickModel):
             "structure": self.structure_mode,
             "examination": self.examination_mode,
             "calibrate": self.calibrate,
+            "crossfit": self.crossfit,
+            "item_stats": self.item_stats,
             "propensity_clip": self.propensity_clip,
             "features": self.features,
             "use_features": self.use_features,

@@ -154,6 +154,22 @@ def test_neural_picks_the_structure_of_the_world() -> None:
     assert model.log_likelihood(test) > PBMClickModel().fit(train).log_likelihood(test)
 
 
+def test_neural_level_calibration_recovers_the_cascade_abandonment() -> None:
+    """``calibrate=level`` on a cascade picks the abandonment by held-out likelihood (levels
+    re-matched at each candidate): fitted jointly, memorised skips pull it below the world's
+    0.3 (0.22 on the default world)."""
+    log, _ = SyntheticWorld(click_model="cascade", propensity_samples=5, scale=0.5).generate()
+    train = log.split(0.2, seed=0)[0]
+    cascade = {**FAST_NEURAL, "structure": "cascade", "epochs": 12, "hidden": 64}
+    joint = NeuralClickModel(**cascade, calibrate="none").fit(train)
+    held_out = NeuralClickModel(**cascade, crossfit=True).fit(train)
+    leave = held_out.abandonment[0]
+    assert abs(leave - 0.3) < abs(joint.abandonment[0] - 0.3), (leave, joint.abandonment[0])
+    assert abs(leave - 0.3) < 0.05, leave
+    for module in held_out.modules:  # one abandonment, shared by every member
+        assert torch.sigmoid(module.abandon_logit).item() == pytest.approx(leave)
+
+
 def test_dcm_on_a_cascade_world() -> None:
     log, _ = SyntheticWorld(
         click_model="cascade", abandonment=0.0, propensity_samples=5, scale=0.5
@@ -347,6 +363,61 @@ def test_neural_level_calibration_matches_the_held_out_clicks(world) -> None:
     assert len(set(shifts)) == 2  # one shift per member
     plain = NeuralClickModel(**FAST_NEURAL, calibrate="none").fit(train)
     assert all(float(m.calibration[1]) == 0.0 for m in plain.modules)
+
+
+def test_neural_crossfit_calibrates_each_member_on_its_own_held_out_sessions(world) -> None:
+    """``crossfit``: member ``m`` is fitted without the ``m``-th tenth of the training sessions
+    and shifted so that its expected clicks of that tenth's logged rankings equal its clicks;
+    the tenths are disjoint, so the ensemble's level is set on two of them, not one."""
+    train = world[0]
+    model = NeuralClickModel(**FAST_NEURAL, crossfit=True).fit(train)
+    splits = model._member_splits(train)
+    held_sessions = [set(held.session_ids) for _, held in splits]
+    assert not held_sessions[0] & held_sessions[1]
+    for (fit_on, held), sessions in zip(splits, held_sessions, strict=True):
+        assert not set(fit_on.session_ids) & sessions
+        assert fit_on.n_sessions + held.n_sessions == train.n_sessions
+        assert held.n_sessions == pytest.approx(train.n_sessions / 10, abs=1)
+    members = model.modules
+    for module, (_, held) in zip(members, splits, strict=True):
+        model.modules = [module]  # this member alone
+        rankings, clicks = logged_rankings(held)
+        probs = model.click_probs(model.context(held), np.arange(held.n_requests), rankings)
+        assert probs.sum() == pytest.approx(clicks[rankings >= 0].sum(), rel=1e-6)
+    model.modules = members
+    # without crossfit every member is calibrated on the same tenth (the one split fit() makes)
+    shared = NeuralClickModel(**FAST_NEURAL).fit(train)
+    (_, a), (_, b) = shared._member_splits(train)
+    assert a is b and a.n_sessions == pytest.approx(train.n_sessions / 10, abs=1)
+    with pytest.raises(ValueError, match="crossfit='yes': expected true or false"):
+        NeuralClickModel(crossfit="yes")
+
+
+def test_neural_item_stats_count_impressions_without_the_own_session(small_world) -> None:
+    """``item_stats``: one more item input, ``log1p`` of the item's training impressions
+    z-scored; a training request sees the count without its own session's impressions, as a
+    held-out request sees the training log's."""
+    from envs.click_models.neural import _RequestBatch
+
+    log, _ = small_world
+    small = {"epochs": 1, "hidden": 8, "ensemble": 1, "structure": "pbm", "calibrate": "none"}
+    model = NeuralClickModel(**small, item_stats=True).fit(log)
+    plain = NeuralClickModel(**small).fit(log)
+    assert model.items.shape[1] == plain.items.shape[1] + 1
+    shown = np.log1p(np.bincount(log.item.astype(np.int64), minlength=log.n_items))
+    z = (shown - shown.mean()) / shown.std()
+    np.testing.assert_allclose(model.items[:, -1], z, rtol=1e-5, atol=1e-5)
+    assert np.all(model.queries[:, -1] == 0) and np.all(model.user_profiles[:, -1] == 0)
+    batch = _RequestBatch(model, log, torch.device("cpu"))
+    session = np.searchsorted(log.session_offsets, log.impression_request, side="right") - 1
+    row = 0  # the first impression: its item's count less its own session's impressions
+    item = int(log.item[row])
+    own = int(np.sum((log.item == item) & (session == session[row])))
+    left_out = np.log1p(np.bincount(log.item, minlength=log.n_items)[item] - own) - shown.mean()
+    got = batch.item_stat[log.impression_request[row], log.position[row]]
+    assert float(got) == pytest.approx(left_out / shown.std(), rel=1e-5)
+    with pytest.raises(ValueError, match="item_stats=1: expected true or false"):
+        NeuralClickModel(item_stats=1)
 
 
 def test_neural_ensemble_is_the_mean_of_its_members(small_world) -> None:
