@@ -156,10 +156,13 @@ class _RequestBatch:
             i = torch.cat([i[..., :-1], self.item_stat[b][..., None]], dim=-1)
         return module(q, u, i, self.codes[b], p)
 
-    def log_likelihood(self, module: _Scorer, structure: str, b: torch.Tensor) -> torch.Tensor:
-        """Mean log-likelihood per impression of requests ``b`` under ``structure``."""
+    def log_likelihood(
+        self, module: _Scorer, structure: str, b: torch.Tensor, logit: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean log-likelihood per impression of requests ``b`` under ``structure`` (given their
+        attractiveness ``logit``, or the module's)."""
         w = self.width
-        logit = self.logits(module, b)
+        logit = self.logits(module, b) if logit is None else logit
         if structure == "pbm":
             ll = _pbm_log_likelihood(
                 logit, module.exam_logit[:w], self.clicks[b], self.valid[b] * self.weights[b]
@@ -442,7 +445,7 @@ class NeuralClickModel(ClickModel):
         """``float32[R, width]`` the item column of each logged slot of ``log`` (a part of the
         training log), its count without the slot's own session: so a fitted or calibrating
         request sees what a held-out one does, not its own impressions."""
-        session = np.searchsorted(log.session_offsets, log.impression_request, side="right") - 1
+        session = log.request_session[log.impression_request]
         key = session.astype(np.int64) * log.n_items + log.item.astype(np.int64)
         _, inverse, own = np.unique(key, return_inverse=True, return_counts=True)
         shown = self.shown[log.item.astype(np.int64)] - own[inverse]
@@ -489,7 +492,8 @@ class NeuralClickModel(ClickModel):
                 batches[id(held)] = _RequestBatch(self, held, torch.device("cpu"))
         pairs = [(m, batches[id(h)]) for m, h in zip(self.modules, helds, strict=True)]
         if self.calibrate == "level" and self.structure == "cascade":
-            self._calibrate_abandonment(pairs)
+            self._calibrate_abandonment(pairs)  # matches the levels too
+            return
         for module, batch in pairs:
             everything = torch.arange(len(batch.query))
             if self.calibrate == "level":
@@ -521,15 +525,22 @@ class NeuralClickModel(ClickModel):
         world, whose users leave after a skip with probability 0.3 (BENCHMARKS.md).
         """
 
+        base = []  # each member's unshifted logits: the search moves only the shift
+        for module, batch in pairs:
+            with torch.no_grad():
+                module.calibration[1] = 0.0
+                base.append(batch.logits(module, torch.arange(len(batch.query))))
+
         def held_out_ll(leave_logit: float) -> float:
             self.abandonment = np.full(MAX_POSITIONS, 1.0 / (1.0 + np.exp(-leave_logit)))
             total = 0.0
-            for module, batch in pairs:
+            for (module, batch), logit in zip(pairs, base, strict=True):
                 rows = torch.arange(len(batch.query))
-                self._match_level(module, batch, rows)
+                self._match_level(module, batch, rows, logit)
                 with torch.no_grad():
                     module.abandon_logit.fill_(leave_logit)
-                    mean = batch.log_likelihood(module, "cascade", rows)
+                    shifted = logit + module.calibration[1]
+                    mean = batch.log_likelihood(module, "cascade", rows, shifted)
                 total += float(mean) * float(batch.valid.sum())
             return total
 
@@ -565,13 +576,22 @@ class NeuralClickModel(ClickModel):
             )
         return splits
 
-    def _match_level(self, module: _Scorer, batch: _RequestBatch, rows: torch.Tensor) -> None:
-        """Shift the logit so the expected clicks of the logged rankings equal the observed."""
+    def _match_level(
+        self,
+        module: _Scorer,
+        batch: _RequestBatch,
+        rows: torch.Tensor,
+        unshifted: torch.Tensor | None = None,
+    ) -> None:
+        """Shift the logit so the expected clicks of the logged rankings equal the observed
+        (``unshifted``: the module's logits of ``rows`` with no shift, when already known)."""
         observed = float(batch.clicks[batch.valid].sum())
         valid = batch.valid.numpy()
         with torch.no_grad():
             module.calibration[1] = 0.0
-            logit = batch.logits(module, rows).double().numpy()
+            if unshifted is None:
+                unshifted = batch.logits(module, rows)
+            logit = unshifted.double().numpy()
 
         def expected(shift: float) -> float:
             attr = 1.0 / (1.0 + np.exp(-(logit + shift)))
