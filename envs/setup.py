@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from envs.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 SPLIT_BY = ("session", "time")
+PACKAGES = ("envs", "encoders", "agents")  # rankgym's code (model_sources)
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,9 @@ def fit_reward_model(
 
     The cache key is everything the fit depends on: the model's class and settings, the
     dataset, the training sessions, the encoder (for models that read its embeddings) and the
-    pooling (for models that read the user's history). Models that need no fitting (``truth``,
-    ``logged``) are returned as they are.
+    pooling (for models that read the user's history), and the source of the code that fits it
+    (:func:`model_sources`). Models that need no fitting (``truth``, ``logged``) are returned
+    as they are.
     """
     if model.name in ("truth", "logged"):
         return model
@@ -153,6 +157,8 @@ def fit_reward_model(
             "train_log": content_digest(train),
             "encoder": encoded.fingerprint if model.reads_embeddings else None,
             "pooling": dataclasses.asdict(env.user_pooling) if model.needs_history else None,
+            # the code that fits it: a fit by an earlier version is not served as this one's
+            "code": code_digest(type(model)),
         }
     )
     cached = Path(cache_dir) / "reward_models" / f"{model.name}-{key}" if cache_dir else None
@@ -176,6 +182,34 @@ def _fit_cached(
     with atomic_directory(cached, marker="model.json") as tmp:
         model.save(tmp)
     return model
+
+
+def model_sources(cls: type) -> list[Path]:
+    """The rankgym source files a model class's fit depends on: the modules of the class and
+    its bases, and of every rankgym class, function or module their namespaces import."""
+    modules: dict[str, object] = {}
+    for base in cls.__mro__:
+        module = sys.modules.get(base.__module__)
+        if module is None or base.__module__.split(".")[0] not in PACKAGES:
+            continue
+        modules[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "")
+            if isinstance(name, str) and name.split(".")[0] in PACKAGES and name in sys.modules:
+                modules[name] = sys.modules[name]
+    files = {getattr(m, "__file__", None) for m in modules.values()}
+    return sorted(Path(f) for f in files if f)
+
+
+def code_digest(cls: type) -> str:
+    """A digest of :func:`model_sources`: changing the code that fits a model changes its
+    cache key. (Keyed by settings alone, a cached fit of older code was once reported as the
+    current code's fidelity.)"""
+    h = hashlib.sha256()
+    for path in model_sources(cls):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def content_digest(log: SessionLog) -> str:

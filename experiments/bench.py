@@ -8,6 +8,7 @@ Usage::
     python -m experiments.bench train [--slates 20000] [--agents dqn_v1 dqn] [--repeats 3]
     python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
     python -m experiments.bench sweep [--jobs 4] [--timesteps 30000]
+    python -m experiments.bench simulator [--requests 1024] [--repeats 5]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -50,6 +51,15 @@ requests/s with one and four clients.
 embeddings prepared first) with the basic launcher (one job at a time, torch on every core),
 the joblib launcher with each job's torch threads set to the cores shared among the parallel
 jobs (``torch_threads=null``), and joblib with 2 threads per job (oversubscribed on 2 cores).
+
+``simulator``: the default neural click model (``conf/reward/neural.yaml``: 5 members, profile,
+item statistics; fitted for one epoch, since serving speed does not depend on the fit) on the
+default world: candidates scored per second by ``NeuralClickModel.attractiveness`` (the stacked
+ensemble) against the member-by-member forward it replaced, on the same ``--requests`` requests x
+20 candidates with a 20-item history, and the batched env's slot-steps/s in ``ids`` mode with the
+neural reward served each way, beside the truth's; and the time to fit one member for two
+epochs with the first layer split into its per-request and per-candidate parts against the
+first layer on the concatenated input.
 """
 
 from __future__ import annotations
@@ -676,6 +686,133 @@ def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
     return results
 
 
+def _members_one_by_one(
+    model: Any, context: Any, requests: np.ndarray, items: np.ndarray, history: Any = None
+) -> np.ndarray:
+    """The neural model's serving pass before this benchmark's change (the reference): each
+    member's MLP on ``[q, u, i, q*i, u*i, p, p*i]`` built per candidate and per member."""
+    import torch
+
+    q, u, p, i, codes, valid = model.serving_inputs(context, requests, items, history)
+    w = valid.shape[1]
+    rows = max(1, 65536 // w)
+    out = np.empty(valid.shape, dtype=np.float64)
+    with torch.no_grad():
+        for s in range(0, len(valid), rows):
+            part = slice(s, s + rows)
+            qb, ub = (x[part, None, :].expand(-1, w, -1) for x in (q, u))
+            ib, cb = i[part], codes[part]
+            inputs = [qb, ub, ib, qb * ib, ub * ib]
+            if p is not None:
+                pb = p[part, None, :].expand(-1, w, -1)
+                inputs += [pb, pb * ib]
+            probs = []
+            for m in model.modules:
+                logit = m.mlp(torch.cat(inputs, -1)).squeeze(-1) + m.item_bias(cb).squeeze(-1)
+                probs.append(torch.sigmoid(m.calibration[0] * logit + m.calibration[1]))
+            out[part] = torch.stack(probs).mean(0).double().numpy()
+    return np.where(valid, out, 0.0)
+
+
+def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any = None) -> Any:
+    """``_Scorer.forward`` before this benchmark's change (the reference): the first layer on
+    ``[q, u, i, q*i, u*i, p, p*i]`` with the request's inputs repeated for every candidate."""
+    import torch
+
+    q, u = (x[:, None, :].expand_as(i) for x in (q, u))
+    inputs = [q, u, i, q * i, u * i]
+    if p is not None:
+        p = p[:, None, :].expand_as(i)
+        inputs += [p, p * i]
+    logit = self.mlp(torch.cat(inputs, -1)).squeeze(-1) + self.item_bias(codes).squeeze(-1)
+    return self.calibration[0] * logit + self.calibration[1]
+
+
+def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict[str, Any]:
+    """The neural click model's serving pass, stacked against member by member; the env."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from envs.click_models.simple import TruthClickModel
+    from envs.replay import ReplayConfig
+    from envs.session_replay import synthetic_world
+    from envs.vector import BatchedReplayEnv
+
+    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
+    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/reward/neural.yaml")
+    node.update({"epochs": 1, "structure": "pbm"})  # a fit's quality does not change its speed
+    model = instantiate(node)
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=20)
+    model.fit(log, encoded=encoded, pooling=cfg.user_pooling)
+    context = model.context(log)
+    rng = np.random.default_rng(0)
+    requests = rng.integers(0, log.n_requests, n_requests)
+    items = rng.integers(0, log.n_items, (n_requests, 20))
+    items[:, -2:] = -1  # padding slots, as short candidate sets have
+    history = rng.integers(0, log.n_items, (n_requests, 20))
+    stacked = model.attractiveness(context, requests, items, history)
+    reference = _members_one_by_one(model, context, requests, items, history)
+    results: dict[str, Any] = {
+        "requests": n_requests, "candidates": 20, "members": len(model.modules),
+        "max_abs_difference": float(np.abs(stacked - reference).max()),
+    }  # fmt: skip
+    times = {"stacked": [], "one_by_one": []}
+    for r in range(repeats):  # alternating order, back to back
+        order = ("stacked", "one_by_one") if r % 2 == 0 else ("one_by_one", "stacked")
+        for name in order:
+            fn = model.attractiveness if name == "stacked" else _members_one_by_one
+            args = (context, requests, items, history)
+            start = time.perf_counter()
+            fn(*args) if name == "stacked" else fn(model, *args)
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        results[f"{name}_candidates_per_s"] = round(n_requests * 20 / statistics.median(ts))
+    results["speedup"] = round(
+        statistics.median(times["one_by_one"]) / statistics.median(times["stacked"]), 2
+    )
+
+    # fitting: one member, 2 epochs, the split first layer against the concatenated one
+    from envs.click_models import neural
+
+    fit_times: dict[str, list[float]] = {"split": [], "concatenated": []}
+    split_forward = neural._Scorer.forward
+    settings = {**node, "epochs": 2, "ensemble": 1, "calibrate": "none", "crossfit": False}
+    for r in range(max(1, repeats // 2)):
+        order = ("split", "concatenated") if r % 2 == 0 else ("concatenated", "split")
+        for name in order:
+            neural._Scorer.forward = split_forward if name == "split" else _concatenated_forward
+            try:
+                start = time.perf_counter()
+                instantiate(settings).fit(log, encoded=encoded, pooling=cfg.user_pooling)
+                fit_times[name].append(time.perf_counter() - start)
+            finally:
+                neural._Scorer.forward = split_forward
+    for name, ts in fit_times.items():
+        results[f"fit_{name}_s"] = round(statistics.median(ts), 2)
+    results["fit_speedup"] = round(results["fit_concatenated_s"] / results["fit_split_s"], 2)
+
+    def env_rate(reward: Any) -> float:
+        env = BatchedReplayEnv(log, encoded, reward, cfg, num_envs=256, device="cpu")
+        env.seed(0)
+        env.reset()
+        actions = rng.integers(0, 20, (env_steps, 256))
+        start = time.perf_counter()
+        for t in range(env_steps):
+            env.step(actions[t])
+        return 256 * env_steps / (time.perf_counter() - start)
+
+    results["env_truth_slot_steps_per_s"] = round(env_rate(TruthClickModel(truth=truth)))
+    results["env_neural_slot_steps_per_s"] = round(env_rate(model))
+    model.attractiveness = lambda *a, **k: _members_one_by_one(model, *a, **k)  # the reference
+    results["env_neural_one_by_one_slot_steps_per_s"] = round(env_rate(model))
+    results["env_speedup"] = round(
+        results["env_neural_slot_steps_per_s"] / results["env_neural_one_by_one_slot_steps_per_s"],
+        2,
+    )
+    print(results)
+    return results
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -718,6 +855,10 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--repeats", type=int, default=1,
                     help="rounds of all agents; figures are medians over them")  # fmt: skip
     tr.add_argument("--json", type=Path, default=None, help="also write the results here")
+    sim = sub.add_parser("simulator", help="the neural click model's serving pass; its env")
+    sim.add_argument("--requests", type=int, default=1024)
+    sim.add_argument("--repeats", type=int, default=5)
+    sim.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -743,6 +884,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.jobs < 1 or args.timesteps < 1:
             parser.error("--jobs and --timesteps must be >= 1")
         results = {**machine, **bench_sweep(args.jobs, args.timesteps)}
+    elif args.what == "simulator":
+        if args.requests < 1:
+            parser.error(f"--requests must be >= 1, got {args.requests}")
+        results = {**machine, **bench_simulator(args.requests, args.repeats)}
     elif args.what == "env":
         if args.num_envs < 1 or args.steps < 1:
             parser.error("--num-envs and --steps must be >= 1")

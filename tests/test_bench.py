@@ -31,3 +31,19 @@ def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         bench.main(["train", "--repeats", "0"])
     assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_simulator_benchmark_compares_equal_passes_and_restores_the_forward() -> None:
+    """The stacked serving pass and its reference give the same probabilities, the split and
+    the concatenated first layer are both fitted, and the model's forward is put back."""
+    from envs.click_models.neural import _Scorer
+
+    forward = _Scorer.forward
+    results = bench.bench_simulator(64, repeats=2, env_steps=3)
+    assert _Scorer.forward is forward
+    assert results["members"] == 5 and results["max_abs_difference"] < 1e-5
+    assert results["fit_split_s"] > 0 and results["fit_concatenated_s"] > 0
+    rates = ("stacked_candidates_per_s", "one_by_one_candidates_per_s",
+             "env_neural_slot_steps_per_s", "env_neural_one_by_one_slot_steps_per_s")  # fmt: skip
+    assert all(results[key] > 0 for key in rates)

@@ -57,6 +57,18 @@ FEATURES = ("lexical", "encoder")
 CALIBRATIONS = ("none", "level", "platt")
 LEXICAL_ENCODER = HashingEncoder()  # the ``lexical`` text features (conf/encoder/hashing.yaml)
 STRUCTURES = ("pbm", "cascade")
+SELECTION_EPOCHS = 5  # structure="auto": the trial fits' epochs (at most)
+
+
+def _first_layer_inputs(
+    q: torch.Tensor, u: torch.Tensor, p: torch.Tensor | None, i: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first layer's input in two parts, in the column order of
+    :meth:`_Scorer.first_layer`: ``[q, u(, p)]`` per request (``[B, 2|3 D]``) and
+    ``[i, q*i, u*i(, p*i)]`` per candidate (``[B, W, 3|4 D]``)."""
+    per_request = [q, u] if p is None else [q, u, p]
+    per_candidate = [i] + [x[:, None, :] * i for x in per_request]
+    return torch.cat(per_request, dim=-1), torch.cat(per_candidate, dim=-1)
 
 
 class _Scorer(nn.Module):
@@ -66,6 +78,10 @@ class _Scorer(nn.Module):
     The per-item bias (``n_items > 0``) learns what an item's text does not say (its quality);
     it starts at 0, so an item never logged keeps the text-only estimate: a backoff from the
     item to its features.
+
+    The first layer is one ``Linear`` over all inputs, computed in two parts: ``[q, u, p]``
+    once per request and ``[i, q*i, u*i, p*i]`` once per candidate (:meth:`first_layer`), so a
+    request's own inputs are not repeated for each of its candidates.
     """
 
     def __init__(self, dim: int, hidden: int, n_items: int = 0, profile: bool = False) -> None:
@@ -82,6 +98,17 @@ class _Scorer(nn.Module):
         # Platt scaling of the attractiveness logit, fitted on held-out sessions
         self.calibration = nn.Parameter(torch.tensor([1.0, 0.0]), requires_grad=False)
 
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's weight as ``(per_request [H, 2|3 D], per_candidate [H, 3|4 D])``:
+        the columns that read ``[q, u(, p)]`` and those that read ``[i, q*i, u*i(, p*i)]``."""
+        weight = self.mlp[0].weight
+        blocks = weight.split(weight.shape[1] // (7 if self.profile else 5), dim=1)
+        request, candidate = ((0, 1, 5), (2, 3, 4, 6)) if self.profile else ((0, 1), (2, 3, 4))
+        return (
+            torch.cat([blocks[k] for k in request], dim=1),
+            torch.cat([blocks[k] for k in candidate], dim=1),
+        )
+
     def forward(
         self,
         q: torch.Tensor,
@@ -90,13 +117,16 @@ class _Scorer(nn.Module):
         codes: torch.Tensor,
         p: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attractiveness logits; ``p``: the users' profile vectors (``profile`` models)."""
-        inputs = [q, u, i, q * i, u * i]
-        if self.profile:
-            if p is None:
-                raise ValueError("a model fitted with profile=true needs the users' profiles")
-            inputs += [p, p * i]
-        logit = self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)
+        """``[B, W]`` attractiveness logits of candidates ``i`` (``[B, W, D]``, item ``codes``
+        ``[B, W]``) for requests with query ``q``, user state ``u`` and, for ``profile``
+        models, profile ``p`` (each ``[B, D]``)."""
+        if self.profile and p is None:
+            raise ValueError("a model fitted with profile=true needs the users' profiles")
+        request, candidate = self.first_layer()
+        per_request, per_candidate = _first_layer_inputs(q, u, p if self.profile else None, i)
+        hidden = per_request @ request.T + self.mlp[0].bias  # [B, H]
+        hidden = per_candidate @ candidate.T + hidden[:, None, :]
+        logit = self.mlp[1:](hidden).squeeze(-1)
         if self.item_bias is not None:
             logit = logit + self.item_bias(codes).squeeze(-1)
         return self.calibration[0] * logit + self.calibration[1]
@@ -113,6 +143,59 @@ class _Scorer(nn.Module):
             self.abandon_logit.fill_(-2.0)
             if self.item_bias is not None:
                 self.item_bias.weight.zero_()
+
+
+class _StackedEnsemble:
+    """Every member's attractiveness in one pass, for serving (``NeuralClickModel.attractiveness``).
+
+    The members' first layers (:meth:`_Scorer.first_layer`) side by side in one matrix, the
+    other layers as one batched product over the members: one pass of large products instead
+    of one small pass per member. Equal to the mean of the members' sigmoids up to float
+    rounding (tested).
+    """
+
+    def __init__(self, modules: list[_Scorer]) -> None:
+        self.key = tuple(id(m) for m in modules)
+        with torch.no_grad():
+            parts = [m.first_layer() for m in modules]
+            self.w_request = torch.cat([r for r, _ in parts]).T  # [2|3 D, M * H]
+            self.w_candidate = torch.cat([c for _, c in parts]).T  # [3|4 D, M * H]
+            self.b1 = torch.cat([m.mlp[0].bias for m in modules])  # [M * H]
+            self.w2 = torch.stack([m.mlp[2].weight.T for m in modules])  # [M, H, H]
+            self.b2 = torch.stack([m.mlp[2].bias for m in modules])[:, None, :]
+            self.w3 = torch.stack([m.mlp[4].weight[0] for m in modules])  # [M, H]
+            self.b3 = torch.cat([m.mlp[4].bias for m in modules])  # [M]
+            self.bias = (
+                torch.cat([m.item_bias.weight for m in modules], dim=1)  # [n_items, M]
+                if modules[0].item_bias is not None
+                else None
+            )
+            self.scale = torch.stack([m.calibration for m in modules])  # [M, 2]
+        self.members, self.hidden = len(modules), modules[0].mlp[0].out_features
+        self.profile = modules[0].profile
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        u: torch.Tensor,
+        p: torch.Tensor | None,
+        i: torch.Tensor,
+        codes: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[n, W]`` mean attractiveness; ``q, u, p``: ``[n, D]`` per request, ``i``:
+        ``[n, W, D]`` and ``codes``: ``[n, W]`` per candidate."""
+        n, w = codes.shape
+        per_request, per_candidate = _first_layer_inputs(q, u, p if self.profile else None, i)
+        h1 = per_request @ self.w_request + self.b1  # [n, M*H]
+        h1 = per_candidate @ self.w_candidate + h1[:, None, :]
+        h1 = torch.relu(h1).reshape(n * w, self.members, self.hidden).transpose(0, 1)
+        h2 = torch.relu(torch.bmm(h1, self.w2) + self.b2)  # [M, n*W, H]
+        logit = (h2 * self.w3[:, None, :]).sum(-1) + self.b3[:, None]  # [M, n*W]
+        logit = logit.T.reshape(n, w, self.members)
+        if self.bias is not None:
+            logit = logit + self.bias[codes]
+        logit = self.scale[:, 0] * logit + self.scale[:, 1]
+        return torch.sigmoid(logit).mean(-1)
 
 
 class _RequestBatch:
@@ -147,10 +230,8 @@ class _RequestBatch:
 
     def logits(self, module: _Scorer, b: torch.Tensor) -> torch.Tensor:
         """``[len(b), W]`` attractiveness logits of the logged items of requests ``b``."""
-        w = self.width
-        q = self.queries[self.query[b]][:, None, :].expand(-1, w, -1)
-        u = self.states[b][:, None, :].expand(-1, w, -1)
-        p = None if self.profiles is None else self.profiles[b][:, None, :].expand(-1, w, -1)
+        q, u = self.queries[self.query[b]], self.states[b]
+        p = None if self.profiles is None else self.profiles[b]
         i = self.items[self.codes[b]]
         if self.item_stat is not None:  # the last item column (NeuralClickModel.item_stats)
             i = torch.cat([i[..., :-1], self.item_stat[b][..., None]], dim=-1)
@@ -360,6 +441,7 @@ class NeuralClickModel(ClickModel):
         self.shown = np.zeros(0, dtype=np.int64)  # item_stats: impressions per item in train
         self.encoder_fingerprint: str | None = None
         self.modules: list[_Scorer] = []
+        self._stacked: _StackedEnsemble | None = None  # built from ``modules`` when served
         self.train_log_likelihood: float | None = None
         self.validation_log_likelihood: float | None = None
 
@@ -616,9 +698,10 @@ class NeuralClickModel(ClickModel):
         """Fit on ``train``'s logged requests with the text embeddings ``encoded``; returns self.
 
         ``pooling`` is how user states are pooled (default :class:`UserPooling`); environments
-        replaying with this model must pool the same way. With ``structure="auto"`` both
-        structures are fitted on 90% of the training sessions, the one with the higher
-        log-likelihood on the other 10% is kept. With ``calibrate`` other than ``none`` the model
+        replaying with this model must pool the same way. With ``structure="auto"`` one member
+        of each structure is fitted on 90% of the training sessions for at most
+        ``SELECTION_EPOCHS``, and the structure with the higher log-likelihood on the other 10%
+        is kept. With ``calibrate`` other than ``none`` the model
         is fitted on the 90% and calibrated on the 10% (what values policies must be calibrated:
         a level error shifts every value); otherwise refitted on all sessions.
 
@@ -648,15 +731,17 @@ class NeuralClickModel(ClickModel):
         self.pooling = pooling or UserPooling()
         structure = self.structure_mode
         if structure == "auto":
-            # chosen on one split, crossfit or not. A tenth is a noisy judge: on the cascade
-            # world this split prefers the cascade by 0.067 nats per impression, the crossfit's
-            # first fold PBM by 0.018 (BENCHMARKS.md)
+            # chosen on one split, crossfit or not (a crossfit fold chose PBM on the cascade
+            # world), by one member of each structure fitted for at most SELECTION_EPOCHS: a
+            # short fit has the better held-out likelihood and the clearer margin (BENCHMARKS.md)
             fit_on, held = train.split(0.1, seed=self.seed)
             scores = {}
+            trial_settings = {
+                **self.config(), "calibrate": "none", "ensemble": 1,
+                "epochs": min(self.epochs, SELECTION_EPOCHS),
+            }  # fmt: skip
             for option in STRUCTURES:
-                trial = NeuralClickModel(
-                    **{**self.config(), "structure": option, "calibrate": "none", "ensemble": 1}
-                )
+                trial = NeuralClickModel(**{**trial_settings, "structure": option})
                 trial.fit(fit_on, encoded, pooling=self.pooling)
                 scores[option] = trial.log_likelihood(held)
             structure = max(scores, key=scores.__getitem__)
@@ -665,6 +750,7 @@ class NeuralClickModel(ClickModel):
             splits = self._member_splits(train)
             self._fit([f for f, _ in splits], structure)
             self._calibrate([h for _, h in splits])
+            self._stacked = None  # the members' calibration changed in place
         else:
             self._fit([train] * self.ensemble, structure)
         self.train_log_likelihood = self.log_likelihood(train)
@@ -678,7 +764,7 @@ class NeuralClickModel(ClickModel):
         conditional = structure == "pbm" and self.examination_mode == "conditional"
         desc = f"fitting neural click model ({structure})"
         shared: dict[int, tuple[_RequestBatch, torch.Tensor | None]] = {}
-        self.modules = []
+        self.modules, self._stacked = [], None
         with tqdm(total=self.ensemble * self.epochs, desc=desc, unit="epoch", disable=None) as bar:
             for m, part in enumerate(parts):
                 if id(part) not in shared:  # built once for a log the members share
@@ -770,7 +856,35 @@ class NeuralClickModel(ClickModel):
         items: np.ndarray,
         history: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``sigmoid(MLP(...))`` per candidate; 0 where ``items < 0``."""
+        """``sigmoid(MLP(...))`` per candidate, the members' mean; 0 where ``items < 0``."""
+        q, u, p, i, codes, valid = self.serving_inputs(context, requests, items, history)
+        if self._stacked is None or self._stacked.key != tuple(id(m) for m in self.modules):
+            self._stacked = _StackedEnsemble(self.modules)
+        out = np.empty(valid.shape, dtype=np.float64)
+        rows = max(1, 16384 // max(1, valid.shape[1]))  # [rows * W, M * H] floats per pass
+        with torch.no_grad():
+            for s in range(0, len(valid), rows):
+                part = slice(s, s + rows)
+                pb = None if p is None else p[part]
+                probs = self._stacked(q[part], u[part], pb, i[part], codes[part])
+                out[part] = probs.double().numpy()
+        return np.where(valid, out, 0.0)
+
+    def serving_inputs(
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        history: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The network's inputs for candidates ``items`` of ``requests``: ``q, u, p`` per
+        request (``[n, D]``; ``p`` None without ``profile``), ``i`` and item ``codes`` per
+        candidate (``[n, W, D]``, ``[n, W]``), and the ``valid`` mask (numpy).
+
+        Raises:
+            RuntimeError: before ``fit``.
+            ValueError: for a ``history`` that is not one row per request.
+        """
         if not self.modules:
             raise RuntimeError("reward model 'neural' is not fitted; call fit() first")
         log = context.log
@@ -787,25 +901,15 @@ class NeuralClickModel(ClickModel):
                 )
             user_state = self._pool(history, log.request_user[requests])
         valid = items >= 0
-        width = items.shape[1]
         q = torch.from_numpy(self.queries[log.request_query[requests]])
         u = torch.from_numpy(user_state)
-        profiles = self.user_profiles[log.request_user[requests]] if self.profile else None
-        p = None if profiles is None else torch.from_numpy(profiles)
-        codes = torch.from_numpy(np.where(valid, items, 0))
-        i = torch.from_numpy(self.items[codes.numpy()])
-        out = np.empty(items.shape, dtype=np.float64)
-        rows = max(1, 65536 // max(1, width))
-        with torch.no_grad():
-            for s in range(0, len(requests), rows):
-                qb, ub, pb = (
-                    None if x is None else x[s : s + rows, None, :].expand(-1, width, -1)
-                    for x in (q, u, p)
-                )
-                ib, cb = i[s : s + rows], codes[s : s + rows]
-                probs = [torch.sigmoid(m(qb, ub, ib, cb, pb)) for m in self.modules]
-                out[s : s + rows] = torch.stack(probs).mean(0).double().numpy()
-        return np.where(valid, out, 0.0)
+        p = (
+            torch.from_numpy(self.user_profiles[log.request_user[requests]])
+            if self.profile
+            else None
+        )
+        codes = np.where(valid, items, 0)
+        return q, u, p, torch.from_numpy(self.items[codes]), torch.from_numpy(codes), valid
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, np.ndarray]:
@@ -837,7 +941,7 @@ class NeuralClickModel(ClickModel):
         )
         self.encoder_fingerprint = str(arrays["encoder_fingerprint"]) or None
         n_items = len(self.items) if self.item_bias else 0
-        self.modules = []
+        self.modules, self._stacked = [], None
         for m in range(self.ensemble):
             module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile)
             prefix = f"weight.{m}."

@@ -319,6 +319,41 @@ def test_neural_profile_is_an_input_of_its_own_and_travels(world, tmp_path: Path
     np.testing.assert_array_equal(after[~mine], before[~mine])
 
 
+@pytest.mark.parametrize("profile", [False, True])
+def test_neural_serves_its_members_in_one_pass(world, profile: bool) -> None:
+    """The stacked forward that serves the ensemble, and each member's split first layer, equal
+    the MLP on its documented input ``[q, u, i, q*i, u*i(, p, p*i)]`` built per candidate:
+    with the per-item biases, the calibration shifts, padding slots and a history."""
+    train, test, _ = world
+    model = NeuralClickModel(**FAST_NEURAL, profile=profile, item_stats=True).fit(train)
+    assert len(model.modules) == 2 and any(float(m.calibration[1]) for m in model.modules)
+    context = model.context(test)
+    requests = np.arange(0, test.n_requests, 7)
+    rankings = logged_rankings(test)[0][requests]
+    rankings[::5, -3:] = -1  # padding slots: 0, not an item
+    history = np.full((len(requests), 4), -1, dtype=np.int64)
+    history[:, -1] = rankings[:, 0]
+    served = model.attractiveness(context, requests, rankings, history)
+    state = model._pool(history, test.request_user[requests])
+    w = rankings.shape[1]
+    expand = lambda a: torch.from_numpy(a)[:, None, :].expand(-1, w, -1)  # noqa: E731
+    q, u = expand(model.queries[test.request_query[requests]]), expand(state)
+    codes = torch.from_numpy(np.where(rankings >= 0, rankings, 0))
+    i = torch.from_numpy(model.items[codes.numpy()])
+    inputs = [q, u, i, q * i, u * i]  # the MLP's documented input, built per candidate
+    if profile:
+        p = expand(model.user_profiles[test.request_user[requests]])
+        inputs += [p, p * i]
+    with torch.no_grad():
+        members = []
+        for m in model.modules:
+            logit = m.mlp(torch.cat(inputs, -1)).squeeze(-1) + m.item_bias(codes).squeeze(-1)
+            members.append(torch.sigmoid(m.calibration[0] * logit + m.calibration[1]))
+    expected = torch.stack(members).mean(0).double().numpy()
+    np.testing.assert_allclose(served, np.where(rankings >= 0, expected, 0.0), atol=2e-6)
+    assert (served[rankings < 0] == 0).all() and served[rankings >= 0].min() > 0
+
+
 def test_neural_uses_the_current_history(world, fitted) -> None:
     train, _, _ = world
     model = fitted["neural"]
@@ -489,3 +524,29 @@ def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> N
     plain._set_tables(encoded)
     plain.pooling = UserPooling()
     assert np.all(_RequestBatch(plain, train, torch.device("cpu")).weights.numpy() == 1.0)
+
+
+def test_a_cached_fit_is_keyed_by_the_code_that_fits_it(
+    world, encoded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same settings on the same log reuse a cached fit, but not one made by other code:
+    the key holds the source of the model's modules and of the rankgym code they import."""
+    import envs.setup as run_setup
+    from envs.replay import ReplayConfig
+
+    sources = {
+        p.relative_to(CONF.parent).as_posix() for p in run_setup.model_sources(NeuralClickModel)
+    }
+    assert {"envs/click_models/neural.py", "envs/click_models/base.py"} <= sources
+    assert "encoders/pooling.py" in sources  # the user state it is fitted on
+    train = world[0]
+    fit = lambda: run_setup.fit_reward_model(  # noqa: E731
+        PBMClickModel(), train, train, encoded, ReplayConfig(), tmp_path
+    )
+    first = fit()
+    fit()
+    assert len(list((tmp_path / "reward_models").glob("pbm-*"))) == 1
+    monkeypatch.setattr(run_setup, "code_digest", lambda cls: "edited")
+    refit = fit()
+    assert len(list((tmp_path / "reward_models").glob("pbm-*"))) == 2
+    np.testing.assert_allclose(refit.examination, first.examination)
