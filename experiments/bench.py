@@ -708,7 +708,9 @@ def _members_one_by_one(
                 inputs += [pb, pb * ib]
             probs = []
             for m in model.modules:
-                logit = m.mlp(torch.cat(inputs, -1)).squeeze(-1) + m.item_bias(cb).squeeze(-1)
+                logit = m.mlp(torch.cat(inputs, -1)).squeeze(-1)
+                if m.item_bias is not None:
+                    logit = logit + m.item_bias(cb).squeeze(-1)
                 probs.append(torch.sigmoid(m.calibration[0] * logit + m.calibration[1]))
             out[part] = torch.stack(probs).mean(0).double().numpy()
     return np.where(valid, out, 0.0)
@@ -724,7 +726,9 @@ def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any 
     if p is not None:
         p = p[:, None, :].expand_as(i)
         inputs += [p, p * i]
-    logit = self.mlp(torch.cat(inputs, -1)).squeeze(-1) + self.item_bias(codes).squeeze(-1)
+    logit = self.mlp(torch.cat(inputs, -1)).squeeze(-1)
+    if self.item_bias is not None:
+        logit = logit + self.item_bias(codes).squeeze(-1)
     return self.calibration[0] * logit + self.calibration[1]
 
 

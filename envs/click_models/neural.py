@@ -441,7 +441,8 @@ class NeuralClickModel(ClickModel):
         self.shown = np.zeros(0, dtype=np.int64)  # item_stats: impressions per item in train
         self.encoder_fingerprint: str | None = None
         self.modules: list[_Scorer] = []
-        self._stacked: _StackedEnsemble | None = None  # built from ``modules`` when served
+        # built from ``modules`` when served; rebuilt when they are replaced (fit, load_state)
+        self._stacked: _StackedEnsemble | None = None
         self.train_log_likelihood: float | None = None
         self.validation_log_likelihood: float | None = None
 
@@ -701,9 +702,9 @@ class NeuralClickModel(ClickModel):
         replaying with this model must pool the same way. With ``structure="auto"`` one member
         of each structure is fitted on 90% of the training sessions for at most
         ``SELECTION_EPOCHS``, and the structure with the higher log-likelihood on the other 10%
-        is kept. With ``calibrate`` other than ``none`` the model
-        is fitted on the 90% and calibrated on the 10% (what values policies must be calibrated:
-        a level error shifts every value); otherwise refitted on all sessions.
+        is kept. With ``calibrate`` other than ``none`` the model is fitted on the 90% and
+        calibrated on the 10% (what values policies must be calibrated: a level error shifts
+        every value); otherwise refitted on all sessions.
 
         Raises:
             ValueError: with ``features="encoder"`` and no ``encoded``, or when its tables do
