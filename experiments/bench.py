@@ -686,36 +686,6 @@ def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
     return results
 
 
-def _members_one_by_one(
-    model: Any, context: Any, requests: np.ndarray, items: np.ndarray, history: Any = None
-) -> np.ndarray:
-    """The neural model's serving pass before this benchmark's change (the reference): each
-    member's MLP on ``[q, u, i, q*i, u*i, p, p*i]`` built per candidate and per member."""
-    import torch
-
-    q, u, p, i, codes, valid = model.serving_inputs(context, requests, items, history)
-    w = valid.shape[1]
-    rows = max(1, 65536 // w)
-    out = np.empty(valid.shape, dtype=np.float64)
-    with torch.no_grad():
-        for s in range(0, len(valid), rows):
-            part = slice(s, s + rows)
-            qb, ub = (x[part, None, :].expand(-1, w, -1) for x in (q, u))
-            ib, cb = i[part], codes[part]
-            inputs = [qb, ub, ib, qb * ib, ub * ib]
-            if p is not None:
-                pb = p[part, None, :].expand(-1, w, -1)
-                inputs += [pb, pb * ib]
-            probs = []
-            for m in model.modules:
-                logit = m.mlp(torch.cat(inputs, -1)).squeeze(-1)
-                if m.item_bias is not None:
-                    logit = logit + m.item_bias(cb).squeeze(-1)
-                probs.append(torch.sigmoid(m.calibration[0] * logit + m.calibration[1]))
-            out[part] = torch.stack(probs).mean(0).double().numpy()
-    return np.where(valid, out, 0.0)
-
-
 def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any = None) -> Any:
     """``_Scorer.forward`` before this benchmark's change (the reference): the first layer on
     ``[q, u, i, q*i, u*i, p, p*i]`` with the request's inputs repeated for every candidate."""
@@ -730,6 +700,28 @@ def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any 
     if self.item_bias is not None:
         logit = logit + self.item_bias(codes).squeeze(-1)
     return self.calibration[0] * logit + self.calibration[1]
+
+
+def _members_one_by_one(
+    model: Any, context: Any, requests: np.ndarray, items: np.ndarray, history: Any = None
+) -> np.ndarray:
+    """The neural model's serving pass before this benchmark's change (the reference): each
+    member's :func:`_concatenated_forward` in turn, the mean of their sigmoids."""
+    import torch
+
+    q, u, p, i, codes, valid = model.serving_inputs(context, requests, items, history)
+    rows = max(1, 65536 // valid.shape[1])
+    out = np.empty(valid.shape, dtype=np.float64)
+    with torch.no_grad():
+        for s in range(0, len(valid), rows):
+            part = slice(s, s + rows)
+            pb = None if p is None else p[part]
+            probs = [
+                torch.sigmoid(_concatenated_forward(m, q[part], u[part], i[part], codes[part], pb))
+                for m in model.modules
+            ]
+            out[part] = torch.stack(probs).mean(0).double().numpy()
+    return np.where(valid, out, 0.0)
 
 
 def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict[str, Any]:
@@ -760,14 +752,15 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
         "requests": n_requests, "candidates": 20, "members": len(model.modules),
         "max_abs_difference": float(np.abs(stacked - reference).max()),
     }  # fmt: skip
-    times = {"stacked": [], "one_by_one": []}
+    passes = {
+        "stacked": lambda: model.attractiveness(context, requests, items, history),
+        "one_by_one": lambda: _members_one_by_one(model, context, requests, items, history),
+    }
+    times: dict[str, list[float]] = {name: [] for name in passes}
     for r in range(repeats):  # alternating order, back to back
-        order = ("stacked", "one_by_one") if r % 2 == 0 else ("one_by_one", "stacked")
-        for name in order:
-            fn = model.attractiveness if name == "stacked" else _members_one_by_one
-            args = (context, requests, items, history)
+        for name in list(passes) if r % 2 == 0 else list(passes)[::-1]:
             start = time.perf_counter()
-            fn(*args) if name == "stacked" else fn(model, *args)
+            passes[name]()
             times[name].append(time.perf_counter() - start)
     for name, ts in times.items():
         results[f"{name}_candidates_per_s"] = round(n_requests * 20 / statistics.median(ts))

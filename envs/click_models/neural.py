@@ -607,7 +607,6 @@ class NeuralClickModel(ClickModel):
         attractiveness more than by leaving: the fit's abandonment was 0.22 on the cascade
         world, whose users leave after a skip with probability 0.3 (BENCHMARKS.md).
         """
-
         base = []  # each member's unshifted logits: the search moves only the shift
         for module, batch in pairs:
             with torch.no_grad():
