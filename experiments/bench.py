@@ -688,7 +688,8 @@ def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
 
 def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any = None) -> Any:
     """``_Scorer.forward`` before this benchmark's change (the reference): the first layer on
-    ``[q, u, i, q*i, u*i, p, p*i]`` with the request's inputs repeated for every candidate."""
+    ``[q, u, i, q*i, u*i, p, p*i(, q.i, u.i, p.i)]`` with the request's inputs repeated for
+    every candidate."""
     import torch
 
     q, u = (x[:, None, :].expand_as(i) for x in (q, u))
@@ -696,6 +697,8 @@ def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any 
     if p is not None:
         p = p[:, None, :].expand_as(i)
         inputs += [p, p * i]
+    if self.match:  # the dot products (NeuralClickModel's ``match``)
+        inputs += [(x * i).sum(-1, keepdim=True) for x in ([q, u] if p is None else [q, u, p])]
     logit = self.mlp(torch.cat(inputs, -1)).squeeze(-1)
     if self.item_bias is not None:
         logit = logit + self.item_bias(codes).squeeze(-1)

@@ -3,9 +3,9 @@ a cascade with abandonment (chosen by held-out likelihood).
 
 ``attractiveness = sigmoid(MLP([q, u, i, q * i, u * i, p, p * i]) + bias[item])`` where ``q``,
 ``u``, ``i``, ``p`` are text vectors of the request's query, the user's state, the item and the
-user's profile (``profile``; without it the last two inputs are absent). Unlike the
-pair-counting models it generalises to (query, item) pairs never logged, and it reacts to the
-user's state and taste.
+user's profile (``profile``; without it the last two inputs are absent); with ``match`` the
+dot products ``q.i, u.i, p.i`` follow. Unlike the pair-counting models it generalises to
+(query, item) pairs never logged, and it reacts to the user's state and taste.
 
 Text features (``features``): ``lexical`` (default) embeds the log's texts with the
 :class:`~encoders.hashing.HashingEncoder` (hashed words and character n-grams), whatever encoder
@@ -61,19 +61,28 @@ SELECTION_EPOCHS = 5  # structure="auto": the trial fits' epochs (at most)
 
 
 def _first_layer_inputs(
-    q: torch.Tensor, u: torch.Tensor, p: torch.Tensor | None, i: torch.Tensor
+    q: torch.Tensor,
+    u: torch.Tensor,
+    p: torch.Tensor | None,
+    i: torch.Tensor,
+    match: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first layer's input in two parts, in the column order of
     :meth:`_Scorer.first_layer`: ``[q, u(, p)]`` per request (``[B, 2|3 D]``) and
-    ``[i, q*i, u*i(, p*i)]`` per candidate (``[B, W, 3|4 D]``)."""
+    ``[i, q*i, u*i(, p*i)]`` per candidate (``[B, W, 3|4 D]``); with ``match`` the per-candidate
+    part ends with the products' sums, the dot products ``q.i, u.i(, p.i)``."""
     per_request = [q, u] if p is None else [q, u, p]
-    per_candidate = [i] + [x[:, None, :] * i for x in per_request]
+    products = [x[:, None, :] * i for x in per_request]
+    per_candidate = [i, *products]
+    if match:
+        per_candidate.append(torch.stack([x.sum(-1) for x in products], dim=-1))
     return torch.cat(per_request, dim=-1), torch.cat(per_candidate, dim=-1)
 
 
 class _Scorer(nn.Module):
     """Attractiveness logit ``MLP([q, u, i, q*i, u*i]) + bias[item]`` plus examination logits
-    (with ``profile``, the user's profile vector ``p`` joins the inputs: ``[.., p, p*i]``).
+    (with ``profile``, the user's profile vector ``p`` joins the inputs: ``[.., p, p*i]``; with
+    ``match``, the dot products ``q.i, u.i(, p.i)`` end them).
 
     The per-item bias (``n_items > 0``) learns what an item's text does not say (its quality);
     it starts at 0, so an item never logged keeps the text-only estimate: a backoff from the
@@ -84,11 +93,15 @@ class _Scorer(nn.Module):
     request's own inputs are not repeated for each of its candidates.
     """
 
-    def __init__(self, dim: int, hidden: int, n_items: int = 0, profile: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden: int, n_items: int = 0, profile: bool = False, match: bool = False
+    ) -> None:
         super().__init__()
         self.item_bias = nn.Embedding(n_items, 1) if n_items > 0 else None
-        self.profile = profile
+        self.profile, self.match, self.dim = profile, match, dim
         inputs = (7 if profile else 5) * dim  # [q, u, i, q*i, u*i] (+ [p, p*i])
+        if match:  # [q.i, u.i] (+ [p.i])
+            inputs += 3 if profile else 2
         self.mlp = nn.Sequential(
             nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, 1),
@@ -102,11 +115,13 @@ class _Scorer(nn.Module):
         """The first layer's weight as ``(per_request [H, 2|3 D], per_candidate [H, 3|4 D])``:
         the columns that read ``[q, u(, p)]`` and those that read ``[i, q*i, u*i(, p*i)]``."""
         weight = self.mlp[0].weight
-        blocks = weight.split(weight.shape[1] // (7 if self.profile else 5), dim=1)
+        n_blocks = 7 if self.profile else 5
+        blocks = weight[:, : n_blocks * self.dim].split(self.dim, dim=1)
         request, candidate = ((0, 1, 5), (2, 3, 4, 6)) if self.profile else ((0, 1), (2, 3, 4))
+        dots = weight[:, n_blocks * self.dim :]  # the match columns (none without ``match``)
         return (
             torch.cat([blocks[k] for k in request], dim=1),
-            torch.cat([blocks[k] for k in candidate], dim=1),
+            torch.cat([blocks[k] for k in candidate] + [dots], dim=1),
         )
 
     def forward(
@@ -123,7 +138,9 @@ class _Scorer(nn.Module):
         if self.profile and p is None:
             raise ValueError("a model fitted with profile=true needs the users' profiles")
         request, candidate = self.first_layer()
-        per_request, per_candidate = _first_layer_inputs(q, u, p if self.profile else None, i)
+        per_request, per_candidate = _first_layer_inputs(
+            q, u, p if self.profile else None, i, self.match
+        )
         hidden = per_request @ request.T + self.mlp[0].bias  # [B, H]
         hidden = per_candidate @ candidate.T + hidden[:, None, :]
         logit = self.mlp[1:](hidden).squeeze(-1)
@@ -172,7 +189,7 @@ class _StackedEnsemble:
             )
             self.scale = torch.stack([m.calibration for m in modules])  # [M, 2]
         self.members, self.hidden = len(modules), modules[0].mlp[0].out_features
-        self.profile = modules[0].profile
+        self.profile, self.match = modules[0].profile, modules[0].match
 
     def __call__(
         self,
@@ -185,7 +202,9 @@ class _StackedEnsemble:
         """``[n, W]`` mean attractiveness; ``q, u, p``: ``[n, D]`` per request, ``i``:
         ``[n, W, D]`` and ``codes``: ``[n, W]`` per candidate."""
         n, w = codes.shape
-        per_request, per_candidate = _first_layer_inputs(q, u, p if self.profile else None, i)
+        per_request, per_candidate = _first_layer_inputs(
+            q, u, p if self.profile else None, i, self.match
+        )
         h1 = per_request @ self.w_request + self.b1  # [n, M*H]
         h1 = per_candidate @ self.w_candidate + h1[:, None, :]
         h1 = torch.relu(h1).reshape(n * w, self.members, self.hidden).transpose(0, 1)
@@ -347,6 +366,12 @@ class NeuralClickModel(ClickModel):
             the other texts) as its own input beside the pooled history: ``[.., p, p * i]``.
             The profile says what a user likes (brands, price, categories), which a short
             history shows only in part.
+        match: also the dot products ``q.i``, ``u.i`` (and ``p.i``) as inputs, after the
+            others. The MLP could compute them from ``q*i`` etc., but only dimension by
+            dimension for the words it saw clicked; as inputs they make a lexical match count
+            for words the log never paired. On the cascade world the model's mean
+            attractiveness of held-out (query, item) pairs never logged went from 1.09x the
+            truth's to 1.05x, and its error over the zoo from 4.9% to 4.0% (BENCHMARKS.md).
         seed: seeds initialisation and minibatch order (a local generator).
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
     """
@@ -380,6 +405,7 @@ class NeuralClickModel(ClickModel):
         ensemble: int = 5,
         mlp_epochs: int | None = None,
         profile: bool = False,
+        match: bool = False,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -409,6 +435,9 @@ class NeuralClickModel(ClickModel):
         if not isinstance(profile, bool):
             raise ValueError(f"profile={profile!r}: expected true or false")
         self.profile = profile
+        if not isinstance(match, bool):
+            raise ValueError(f"match={match!r}: expected true or false")
+        self.match = match
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise ValueError(f"seed={seed!r}: expected an int")
         if device not in DEVICES:
@@ -800,7 +829,7 @@ class NeuralClickModel(ClickModel):
         (with the examination logits fixed at ``exam_logits`` when given)."""
         gen = torch.Generator().manual_seed(seed)
         n_items = train.n_items if self.item_bias else 0
-        module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile)
+        module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
         module.reset(gen)
         if exam_logits is not None:
             with torch.no_grad():
@@ -943,7 +972,7 @@ class NeuralClickModel(ClickModel):
         n_items = len(self.items) if self.item_bias else 0
         self.modules, self._stacked = [], None
         for m in range(self.ensemble):
-            module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile)
+            module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
             prefix = f"weight.{m}."
             module.load_state_dict(
                 {
@@ -975,6 +1004,7 @@ class NeuralClickModel(ClickModel):
             "ensemble": self.ensemble,
             "mlp_epochs": self.mlp_epochs,
             "profile": self.profile,
+            "match": self.match,
             "seed": self.seed,
             "device": self.device,
         }

@@ -319,13 +319,17 @@ def test_neural_profile_is_an_input_of_its_own_and_travels(world, tmp_path: Path
     np.testing.assert_array_equal(after[~mine], before[~mine])
 
 
-@pytest.mark.parametrize("profile", [False, True])
-def test_neural_serves_its_members_in_one_pass(world, profile: bool) -> None:
+@pytest.mark.parametrize(("profile", "match"), [(False, False), (True, False), (True, True)])
+def test_neural_serves_its_members_in_one_pass(
+    world, profile: bool, match: bool, tmp_path: Path
+) -> None:
     """The stacked forward that serves the ensemble, and each member's split first layer, equal
-    the MLP on its documented input ``[q, u, i, q*i, u*i(, p, p*i)]`` built per candidate:
-    with the per-item biases, the calibration shifts, padding slots and a history."""
+    the MLP on its documented input ``[q, u, i, q*i, u*i(, p, p*i)(, q.i, u.i(, p.i))]`` built
+    per candidate: with the per-item biases, the calibration shifts, padding slots and a
+    history."""
     train, test, _ = world
-    model = NeuralClickModel(**FAST_NEURAL, profile=profile, item_stats=True).fit(train)
+    model = NeuralClickModel(**FAST_NEURAL, profile=profile, match=match, item_stats=True)
+    model.fit(train)
     assert len(model.modules) == 2 and any(float(m.calibration[1]) for m in model.modules)
     context = model.context(test)
     requests = np.arange(0, test.n_requests, 7)
@@ -344,6 +348,8 @@ def test_neural_serves_its_members_in_one_pass(world, profile: bool) -> None:
     if profile:
         p = expand(model.user_profiles[test.request_user[requests]])
         inputs += [p, p * i]
+    if match:  # the dot products of the query, state and profile with the item
+        inputs += [(x * i).sum(-1, keepdim=True) for x in ([q, u, p] if profile else [q, u])]
     with torch.no_grad():
         members = []
         for m in model.modules:
@@ -352,6 +358,13 @@ def test_neural_serves_its_members_in_one_pass(world, profile: bool) -> None:
     expected = torch.stack(members).mean(0).double().numpy()
     np.testing.assert_allclose(served, np.where(rankings >= 0, expected, 0.0), atol=2e-6)
     assert (served[rankings < 0] == 0).all() and served[rankings >= 0].min() > 0
+    model.save(tmp_path / "neural")  # the saved model rebuilds the same first layers
+    loaded = ClickModel.load(tmp_path / "neural")
+    np.testing.assert_array_equal(
+        loaded.attractiveness(loaded.context(test), requests, rankings, history), served
+    )
+    with pytest.raises(ValueError, match="match='yes': expected true or false"):
+        NeuralClickModel(match="yes")
 
 
 def test_neural_uses_the_current_history(world, fitted) -> None:
