@@ -89,8 +89,9 @@ class _Scorer(nn.Module):
     item to its features.
 
     The first layer is one ``Linear`` over all inputs, computed in two parts: ``[q, u, p]``
-    once per request and ``[i, q*i, u*i, p*i]`` once per candidate (:meth:`first_layer`), so a
-    request's own inputs are not repeated for each of its candidates.
+    once per request and ``[i, q*i, u*i, p*i]`` (and the dot products) once per candidate
+    (:meth:`first_layer`), so a request's own inputs are not repeated for each of its
+    candidates.
     """
 
     def __init__(
@@ -113,7 +114,8 @@ class _Scorer(nn.Module):
 
     def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first layer's weight as ``(per_request [H, 2|3 D], per_candidate [H, 3|4 D])``:
-        the columns that read ``[q, u(, p)]`` and those that read ``[i, q*i, u*i(, p*i)]``."""
+        the columns that read ``[q, u(, p)]`` and those that read ``[i, q*i, u*i(, p*i)]``
+        (with ``match``, followed by the 2|3 columns of the dot products)."""
         weight = self.mlp[0].weight
         n_blocks = 7 if self.profile else 5
         blocks = weight[:, : n_blocks * self.dim].split(self.dim, dim=1)
