@@ -575,6 +575,11 @@ class NeuralClickModel(ClickModel):
         state = self.pooling.pool(self.items, history, self.user_profiles[users])
         return state + self.user_features[users]
 
+    def _new_scorer(self) -> _Scorer:
+        """An unfitted member shaped by the model's tables and settings (fit and load alike)."""
+        n_items = len(self.items) if self.item_bias else 0
+        return _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
+
     def _check_tables(self, log: SessionLog) -> None:
         EncodedLog(
             self.items, self.queries, self.user_profiles, "", self.encoder_fingerprint or ""
@@ -830,8 +835,7 @@ class NeuralClickModel(ClickModel):
         """One member: maximise the likelihood of ``batch`` from the initialisation of ``seed``
         (with the examination logits fixed at ``exam_logits`` when given)."""
         gen = torch.Generator().manual_seed(seed)
-        n_items = train.n_items if self.item_bias else 0
-        module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
+        module = self._new_scorer()
         module.reset(gen)
         if exam_logits is not None:
             with torch.no_grad():
@@ -971,10 +975,9 @@ class NeuralClickModel(ClickModel):
             arrays.get("user_features", np.zeros_like(self.user_profiles)), dtype=np.float32
         )
         self.encoder_fingerprint = str(arrays["encoder_fingerprint"]) or None
-        n_items = len(self.items) if self.item_bias else 0
         self.modules, self._stacked = [], None
         for m in range(self.ensemble):
-            module = _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
+            module = self._new_scorer()
             prefix = f"weight.{m}."
             module.load_state_dict(
                 {
