@@ -95,9 +95,17 @@ class _Scorer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, hidden: int, n_items: int = 0, profile: bool = False, match: bool = False
+        self,
+        dim: int,
+        hidden: int,
+        n_items: int = 0,
+        profile: bool = False,
+        match: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout = dropout
+        self.noise: torch.Generator | None = None  # dropout masks' generator, while fitted
         self.item_bias = nn.Embedding(n_items, 1) if n_items > 0 else None
         self.profile, self.match, self.dim = profile, match, dim
         inputs = (7 if profile else 5) * dim  # [q, u, i, q*i, u*i] (+ [p, p*i])
@@ -145,10 +153,20 @@ class _Scorer(nn.Module):
         )
         hidden = per_request @ request.T + self.mlp[0].bias  # [B, H]
         hidden = per_candidate @ candidate.T + hidden[:, None, :]
-        logit = self.mlp[1:](hidden).squeeze(-1)
+        for layer in self.mlp[1:]:
+            hidden = layer(hidden)
+            if self.training and self.dropout > 0 and isinstance(layer, nn.ReLU):
+                hidden = self._drop(hidden)  # after each hidden layer, while fitting
+        logit = hidden.squeeze(-1)
         if self.item_bias is not None:
             logit = logit + self.item_bias(codes).squeeze(-1)
         return self.calibration[0] * logit + self.calibration[1]
+
+    def _drop(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout with masks from ``self.noise`` (the member's own generator, set
+        while it is fitted: a seeded fit draws the same masks on every run)."""
+        keep = torch.rand(hidden.shape, generator=self.noise, device=hidden.device)
+        return hidden * (keep >= self.dropout) / (1.0 - self.dropout)
 
     def reset(self, generator: torch.Generator) -> None:
         """Deterministic initialisation from a local generator (PyTorch's default scheme)."""
@@ -324,6 +342,8 @@ class NeuralClickModel(ClickModel):
         lr: Adam learning rate of the MLP, > 0 (10x for the examination logits).
         batch_size: impressions per minibatch, >= 1.
         weight_decay: Adam weight decay, >= 0.
+        dropout: probability of dropping each hidden unit of the MLP while fitting, in [0, 1)
+            (from each member's own seeded stream; none when serving).
         item_bias: learn a bias per item (backoff: an item never logged has bias 0).
         bias_decay: Adam weight decay of the item biases, >= 0 (shrinks rarely seen items).
         structure: ``pbm`` (examination per position), ``cascade`` (top-down until the first
@@ -394,6 +414,7 @@ class NeuralClickModel(ClickModel):
         lr: float = 2e-3,
         batch_size: int = 512,
         weight_decay: float = 0.0,
+        dropout: float = 0.0,
         item_bias: bool = True,
         bias_decay: float = 1e-4,
         structure: str = "auto",
@@ -419,6 +440,10 @@ class NeuralClickModel(ClickModel):
             _check_positive(arg, value, integer=True)
         _check_positive("lr", lr)
         _check_positive("weight_decay", weight_decay, allow_zero=True)
+        number = isinstance(dropout, int | float) and not isinstance(dropout, bool)
+        if not number or not 0 <= dropout < 1:
+            raise ValueError(f"dropout={dropout!r}: expected a probability in [0, 1)")
+        self.dropout = float(dropout)
         _check_positive("bias_decay", bias_decay, allow_zero=True)
         if structure not in (*STRUCTURES, "auto"):
             raise ValueError(f"structure={structure!r}: expected one of pbm, cascade, auto")
@@ -578,7 +603,9 @@ class NeuralClickModel(ClickModel):
     def _new_scorer(self) -> _Scorer:
         """An unfitted member shaped by the model's tables and settings (fit and load alike)."""
         n_items = len(self.items) if self.item_bias else 0
-        return _Scorer(self.items.shape[1], self.hidden, n_items, self.profile, self.match)
+        return _Scorer(
+            self.items.shape[1], self.hidden, n_items, self.profile, self.match, self.dropout
+        )
 
     def _check_tables(self, log: SessionLog) -> None:
         EncodedLog(
@@ -855,6 +882,8 @@ class NeuralClickModel(ClickModel):
         opt = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
         n = train.n_requests
         rows = max(1, self.batch_size // batch.width)  # ~batch_size impressions
+        if self.dropout > 0:  # its own stream, apart from the initialisation's and the order's
+            module.noise = torch.Generator(device=device).manual_seed(seed + 2**31)
         module.train()
         for epoch in range(self.epochs):
             if epoch == self.mlp_epochs:  # the MLP stops; the item biases go on learning
@@ -868,6 +897,7 @@ class NeuralClickModel(ClickModel):
                 opt.step()
             bar.update()
         module.eval()
+        module.noise = None
         return module.cpu()
 
     # ------------------------------------------------------------------ inference
@@ -996,6 +1026,7 @@ class NeuralClickModel(ClickModel):
             "lr": self.lr,
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
+            "dropout": self.dropout,
             "item_bias": self.item_bias,
             "bias_decay": self.bias_decay,
             "structure": self.structure_mode,

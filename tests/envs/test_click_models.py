@@ -497,6 +497,32 @@ def test_neural_mlp_stops_after_mlp_epochs_while_the_item_biases_learn_on(small_
         NeuralClickModel(mlp_epochs=0)
 
 
+def test_neural_dropout_is_seeded_and_acts_only_while_fitting(small_world) -> None:
+    """Dropout masks come from the member's own seeded stream: a seed gives one fit, the masks
+    change it, and a fitted member (eval mode) scores the same candidates the same way."""
+    log, _ = small_world
+    small = {"hidden": 8, "epochs": 2, "structure": "pbm", "ensemble": 1, "seed": 3}
+    a = NeuralClickModel(**small, dropout=0.5).fit(log)
+    b = NeuralClickModel(**small, dropout=0.5).fit(log)
+    plain = NeuralClickModel(**small).fit(log)
+    assert a.train_log_likelihood == b.train_log_likelihood != plain.train_log_likelihood
+    member = a.modules[0]
+    assert not member.training and member.noise is None
+    context, requests = a.context(log), np.arange(20)
+    rankings = np.tile(np.arange(6), (20, 1))
+    first = a.attractiveness(context, requests, rankings)
+    np.testing.assert_array_equal(first, a.attractiveness(context, requests, rankings))
+    # in training mode half the hidden units are dropped and the rest doubled
+    hidden = torch.ones(4, 5, 1000)
+    member.noise = torch.Generator().manual_seed(0)
+    dropped = member._drop(hidden)
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}
+    assert abs(float((dropped == 0).float().mean()) - 0.5) < 0.02
+    for bad in (1.0, -0.1, "0.2", True):
+        with pytest.raises(ValueError, match=r"dropout=.*: expected a probability in \[0, 1\)"):
+            NeuralClickModel(dropout=bad)
+
+
 @pytest.mark.parametrize(
     "name", ["pbm", "cascade", "dcm", "neural", "neural_train", "logged", "truth"]
 )
