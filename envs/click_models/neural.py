@@ -84,6 +84,9 @@ class _Scorer(nn.Module):
     (with ``profile``, the user's profile vector ``p`` joins the inputs: ``[.., p, p*i]``; with
     ``match``, the dot products ``q.i, u.i(, p.i)`` end them).
 
+    With ``dropout`` each hidden unit is dropped after each hidden layer while the member is
+    fitted (:meth:`_drop`); serving (eval mode) uses every unit.
+
     The per-item bias (``n_items > 0``) learns what an item's text does not say (its quality);
     it starts at 0, so an item never logged keeps the text-only estimate: a backoff from the
     item to its features.
