@@ -4,9 +4,9 @@ Each baseline is a config (``conf/agent/<name>.yaml`` names its class as ``_targ
 settings); ``fit(train, encoded)`` gives it what it reads from the data (counts, embedding
 tables) and returns it, ready to evaluate.
 
-A policy for :func:`agents.evaluation.evaluate` is any object with ``name: str``, ``obs_mode: str``
-and ``act(obs, env) -> int64[B]`` (the candidate index to place now, ``slot`` action mode).
-Baselines derive ``act`` from ``scores(obs, env) -> float64[B, K]``: the masked argmax
+A policy for :func:`rankgym.agents.evaluation.evaluate` is any object with ``name: str``,
+``obs_mode: str`` and ``act(obs, env) -> int64[B]`` (the candidate index to place now, ``slot``
+action mode). Baselines derive ``act`` from ``scores(obs, env) -> float64[B, K]``: the masked argmax
 (candidates with ``mask == 0`` get ``-inf``; ties go to the lowest index), so a baseline never
 picks a masked candidate and builds its slate greedily, best first. Every baseline reads
 ``ids`` observations (integer codes); embedding tables are held by the policy.
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from encoders.encoded_log import EncodedLog
-from envs.logs import SessionLog
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.logs import SessionLog
 
 if TYPE_CHECKING:
-    from envs.vector import BatchedReplayEnv
+    from rankgym.envs.vector import BatchedReplayEnv
 
 
 def masked_argmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -170,7 +170,7 @@ class CosinePolicy(ScoringPolicy):
             ``item_features`` when ``features``); or :meth:`fit` takes them from the encoded
             log.
         features: add ``cos(pooled history features, item features)`` over the dataset's
-            item feature table (:mod:`encoders.features`): the content signal of datasets
+            item feature table (:mod:`rankgym.encoders.features`): the content signal of datasets
             whose items are described by features rather than text (OBD).
     """
 

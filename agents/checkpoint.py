@@ -25,7 +25,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from envs.logs.atomic import atomic_directory
+from rankgym.logs.atomic import atomic_directory
 
 CHECKPOINT = "last"
 FORMAT = 1

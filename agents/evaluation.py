@@ -1,14 +1,14 @@
 """Evaluation protocol: replay every test session once under a reward model, with bootstrap CIs.
 
-:func:`evaluate` runs a policy (see :mod:`agents.baselines` for the contract) on a
-:class:`~envs.vector.BatchedReplayEnv` over the test log, queueing each test episode exactly once,
-and reports per-request means of
+:func:`evaluate` runs a policy (see :mod:`rankgym.agents.baselines` for the contract) on a
+:class:`~rankgym.envs.vector.BatchedReplayEnv` over the test log, queueing each test episode
+exactly once, and reports per-request means of
 
 * ``expected_clicks``: sum of the reward model's click probabilities over the slate;
 * ``ctr@1``: click probability of the top position;
 * ``ndcg@{slate_size}``: NDCG of the slate against the reward model's attractiveness;
 * ``mrr``: expected reciprocal rank of the first click under the reward model's structure
-  (:func:`envs.metrics.first_click_probs`);
+  (:func:`rankgym.envs.metrics.first_click_probs`);
 * ``true_expected_clicks`` (with a ground truth): expected clicks of the same slates under the
   synthetic world's true click model.
 
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from encoders.encoded_log import EncodedLog
-from envs.click_models.base import ClickModel
-from envs.logs import SessionLog
-from envs.logs.ground_truth import GroundTruth
-from envs.metrics import expected_reciprocal_rank
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.envs.click_models.base import ClickModel
+from rankgym.envs.metrics import expected_reciprocal_rank
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
+from rankgym.logs import SessionLog
+from rankgym.logs.ground_truth import GroundTruth
 
 
 @dataclass

@@ -8,8 +8,8 @@
   the user's own, then the user's learned vector), ``candidates`` ``[B, N, d]``,
   ``candidate_features`` ``[B, N, F_i]``, ``bias`` ``[B, N]`` (the item table's learned bias),
   ``mask`` ``bool[B, N]`` and ``positions`` ``int64[P]``. Outputs: ``scores`` ``[B, P, N]``
-  (masked candidates score :data:`~agents.scorer.MASKED`) and ``parts`` ``[B, P, N, 4]``, the
-  additive parts of each score (:data:`agents.ranker.PARTS`).
+  (masked candidates score :data:`~rankgym.agents.scorer.MASKED`) and ``parts`` ``[B, P, N, 4]``,
+  the additive parts of each score (:data:`rankgym.agents.ranker.PARTS`).
 * the tables: ``items.json`` (item ids; an item's code is its index), ``items.npy``,
   ``item_bias.npy``, ``item_features.npy``, ``queries.json`` + ``queries.npy`` (the known
   queries' vectors), ``users.json`` + ``user_features.npy`` when the policy reads user features,
@@ -19,9 +19,9 @@
   new items are encoded at serving time without torch), or ``hashing.json`` (the hashing
   encoder is numpy: its parameters are enough);
 * ``manifest.json``: format, policy and run, encoder, dims, slate semantics, pooling, library
-  versions and the sha256 of every file, all checked by :meth:`agents.ranker.Ranker.load`.
+  versions and the sha256 of every file, all checked by :meth:`rankgym.agents.ranker.Ranker.load`.
 
-Trained SB3 policies (PPO, A2C, DQN) export their :class:`~agents.scorer.CandidateScorer`;
+Trained SB3 policies (PPO, A2C, DQN) export their :class:`~rankgym.agents.scorer.CandidateScorer`;
 their score depends on the position, so the ranker fills a slate greedily slot by slot, as the
 environment does. The ``cosine`` and ``popularity`` baselines export as graphs of their own
 formula, ranked by sorting, so an A/B test compares them with the same serving code.
@@ -45,14 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
-from agents.ranker import FORMAT, FORMAT_VERSION, MANIFEST, SCORER_INPUTS, file_sha256
-from agents.scorer import MASKED, CandidateScorer
-from encoders.encoded_log import EncodedLog
-from encoders.hashing import HashingEncoder
-from encoders.transformer import TransformerEncoder, pool_tokens
-from envs.logs.atomic import atomic_directory
-from envs.replay import ReplayConfig, user_feature_table
+from rankgym.agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
+from rankgym.agents.ranker import FORMAT, FORMAT_VERSION, MANIFEST, SCORER_INPUTS, file_sha256
+from rankgym.agents.scorer import MASKED, CandidateScorer
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.encoders.transformer import TransformerEncoder, pool_tokens
+from rankgym.envs.replay import ReplayConfig, user_feature_table
+from rankgym.logs.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class _PolicyGraph(nn.Module):
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm; zero rows stay zero (as ``agents.baselines._unit_rows``)."""
+    """Rows scaled to unit norm; zero rows stay zero (as
+    ``rankgym.agents.baselines._unit_rows``)."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 

@@ -15,29 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.baselines import (
+from rankgym.agents.baselines import (
     CosinePolicy,
     LoggedPolicy,
     PopularityPolicy,
     RandomPolicy,
     ScoringPolicy,
 )
-from agents.evaluation import evaluate
-from agents.ope import (
+from rankgym.agents.evaluation import evaluate
+from rankgym.agents.ope import (
     LoggedSlates,
     OPEEstimate,
     TargetProbs,
     available_estimators,
     estimate,
 )
-from encoders.encoded_log import EncodedLog
-from envs.click_models.base import ClickModel, LogContext
-from envs.logs import SessionLog
-from envs.logs.ground_truth import GroundTruth
-from envs.replay import ReplayConfig
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.envs.click_models.base import ClickModel, LogContext
+from rankgym.envs.replay import ReplayConfig
+from rankgym.logs import SessionLog
+from rankgym.logs.ground_truth import GroundTruth
 
 if TYPE_CHECKING:
-    from envs.vector import BatchedReplayEnv
+    from rankgym.envs.vector import BatchedReplayEnv
 
 MIN_GAP = 0.05  # pairs of policies whose true values differ by more than this (relative)
 
@@ -337,7 +337,7 @@ def ope_zoo(
 ) -> dict[str, dict[str, OPEEstimate]]:
     """Off-policy estimates of every policy's slates: ``{method: {policy: estimate}}``.
 
-    Methods: every propensity estimator the log allows (:data:`agents.ope.ESTIMATORS`), and
+    Methods: every propensity estimator the log allows (:data:`rankgym.agents.ope.ESTIMATORS`), and
     ``dr(<model>)`` / ``idr(<model>)`` for each fitted model in ``models`` (the doubly robust
     estimators with that model as control variate; a model that replays the log's own clicks
     is skipped). Policies named in ``exclude`` (those that read the logged ranking) are not

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agents.evaluation import bootstrap_intervals
-from envs.logs import SessionLog
+from rankgym.agents.evaluation import bootstrap_intervals
+from rankgym.logs import SessionLog
 
 __all__ = [
     "ESTIMATORS",

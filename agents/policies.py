@@ -33,7 +33,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, PyTor
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.scorer import MASKED, CandidateScorer
+from rankgym.agents.scorer import MASKED, CandidateScorer
 
 
 def masked_random_actions(mask: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -300,7 +300,7 @@ class PositionRolloutBuffer(DictRolloutBuffer):
 
     Args:
         slot_rewards: returns the last env step's ``[n_envs, slate_size]`` rewards per
-            position (:meth:`envs.vector.BatchedReplayEnv.slot_rewards`).
+            position (:meth:`rankgym.envs.vector.BatchedReplayEnv.slot_rewards`).
         slate_size: positions per request.
         position_discount: in ``[0, 1]``.
         (the rest): :class:`~stable_baselines3.common.buffers.DictRolloutBuffer`'s.

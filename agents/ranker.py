@@ -1,4 +1,4 @@
-"""Ranker: an exported policy (``agents.export``) ranking requests with numpy + onnxruntime.
+"""Ranker: an exported policy (``rankgym.agents.export``) ranking requests with numpy + onnxruntime.
 
 Serving code imports this module only: it needs numpy, onnxruntime and (for an exported
 transformer encoder) ``tokenizers``, and never imports torch, stable-baselines3 or gymnasium,
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from encoders.pooling import pooling_weights
+from rankgym.encoders.pooling import pooling_weights
 
 FORMAT = "rankgym-ranker"  # what agents.export writes (it imports these from here)
 FORMAT_VERSION = 1
@@ -106,7 +106,7 @@ class Ranker:
         cls, directory: str | os.PathLike[str], max_candidates: int | None = None,
         threads: int | None = None,
     ) -> Ranker:  # fmt: skip
-        """Load and verify a ranker directory written by ``experiments.export``.
+        """Load and verify a ranker directory written by ``rankgym export``.
 
         Every file the manifest lists must be there with its sha256, the tables must have the
         manifest's shapes and the scorer the expected inputs; any mismatch is a one-line
@@ -540,7 +540,7 @@ def _load_encoder(root: Path, manifest: dict, options: ort.SessionOptions) -> An
     spec = manifest["encoder"]
     d = manifest["dims"]["embedding"]
     if spec.get("kind") == "hashing":
-        from encoders.hashing import HashingEncoder
+        from rankgym.encoders.hashing import HashingEncoder
 
         params = json.loads((root / "hashing.json").read_text())
         try:

@@ -37,7 +37,7 @@ class CandidateScorer(nn.Module):
     observation's ``user_weights`` (the env's pooling), and a learned
     per-item bias (``item_bias``) can capture what the texts do not say (quality, popularity).
 
-    Feature tables (the dataset's feature columns, :mod:`encoders.features`) join the text:
+    Feature tables (the dataset's feature columns, :mod:`rankgym.encoders.features`) join the text:
     an item's features are concatenated to its embedding before ``W_i``, the user's features to
     ``[query, user]`` before ``W_c``; the history is pooled over ``[embedding, features]``, so
     a user state exists for items described by features only.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.baselines import ScoringPolicy
-from agents.scorer import CandidateScorer
-from envs.vector import BatchedReplayEnv
+from rankgym.agents.baselines import ScoringPolicy
+from rankgym.agents.scorer import CandidateScorer
+from rankgym.envs.vector import BatchedReplayEnv
 
 
 class SupervisedPolicy(ScoringPolicy):

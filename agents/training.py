@@ -1,6 +1,6 @@
 """Building and training SB3 ranking agents: plain arguments in, no Hydra objects.
 
-:class:`SB3Agent` is what ``conf/agent/{ppo,a2c,dqn}.yaml`` instantiate; ``experiments.train``
+:class:`SB3Agent` is what ``conf/agent/{ppo,a2c,dqn}.yaml`` instantiate; ``rankgym train``
 composes the config and calls it; a notebook can call these directly.
 """
 
@@ -32,8 +32,8 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.policies import (
+from rankgym.agents.checkpoint import load_checkpoint, save_checkpoint
+from rankgym.agents.policies import (
     CREDITS,
     MaskedDQN,
     PlacedCandidateReplayBuffer,
@@ -42,7 +42,7 @@ from agents.policies import (
     RankingDQNPolicy,
     RankingSlatePolicy,
 )
-from agents.scorer import CandidateScorer
+from rankgym.agents.scorer import CandidateScorer
 
 STEP_KEY = "time/total_timesteps"  # every progress.csv row carries its step
 # algorithm name -> (SB3 class, the masked candidate-scoring policy it trains)
@@ -101,12 +101,12 @@ class SB3Agent:
             env ``action_mode=scores``); ``False``: one step places one candidate (``slot``).
         credit: a slate agent's credit assignment: ``slate`` (one advantage per slate) or
             ``position`` (each position's choice credited with the clicks from there on,
-            :class:`~agents.policies.PositionRolloutBuffer`).
+            :class:`~rankgym.agents.policies.PositionRolloutBuffer`).
         position_discount: with ``credit=position``, the weight of the clicks ``q - p``
             positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
         lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
             (from it down to 0 at ``total_timesteps``; a resumed run continues the decay).
-        q_model: DQN's Q-values (:class:`~agents.policies.RankingQNetwork`): ``additive``
+        q_model: DQN's Q-values (:class:`~rankgym.agents.policies.RankingQNetwork`): ``additive``
             (the position joins the context: a ranking per position) or ``factorized``
             (a learned examination per position times one attractiveness per candidate).
         precision: ``fp32``; ``bf16``: mixed precision while learning (rollouts and updates;
@@ -214,7 +214,7 @@ def learner_precision(model: BaseAlgorithm, precision: str) -> Iterator[None]:
 
 @contextmanager
 def scorer_precision(model: BaseAlgorithm, bf16: bool) -> Iterator[None]:
-    """Set every :class:`~agents.scorer.CandidateScorer` of ``model``'s policy to compute in
+    """Set every :class:`~rankgym.agents.scorer.CandidateScorer` of ``model``'s policy to compute in
     bfloat16 (``bf16``) or float32 within this context; their previous settings after it."""
     scorers = [m for m in model.policy.modules() if isinstance(m, CandidateScorer)]
     before = [scorer.bf16 for scorer in scorers]
@@ -369,8 +369,8 @@ def load_agent(
 ) -> BaseAlgorithm:
     """An agent built as :func:`build_agent` builds it, with the checkpoint ``path`` loaded.
 
-    Nothing is unpickled (see :mod:`agents.checkpoint`); ``hyperparams`` and ``scorer`` must be
-    those of the run that wrote the checkpoint.
+    Nothing is unpickled (see :mod:`rankgym.agents.checkpoint`); ``hyperparams`` and ``scorer``
+    must be those of the run that wrote the checkpoint.
     """
     model = build_agent(
         algorithm, venv, seed, device, hyperparams, scorer, slate, credit, position_discount,
@@ -437,7 +437,8 @@ class EvalCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Save ``directory/last/`` (:mod:`agents.checkpoint`) every ``freq`` timesteps, atomically.
+    """Save ``directory/last/`` (:mod:`rankgym.agents.checkpoint`) every ``freq`` timesteps,
+    atomically.
 
     On-policy agents (PPO, A2C) are saved when a rollout starts, after the previous update and
     its logs: a checkpoint taken mid-rollout would lose the steps collected since the update.

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.base import TextEncoder
-from encoders.features import feature_table
-from encoders.store import EmbeddingStore
-from envs.logs import SessionLog
+from rankgym.encoders.base import TextEncoder
+from rankgym.encoders.features import feature_table
+from rankgym.encoders.store import EmbeddingStore
+from rankgym.logs import SessionLog
 
 
 @dataclass(eq=False)
@@ -28,7 +28,7 @@ class EncodedLog:
         fingerprint: the encoder's fingerprint; later artifacts (reward models, rankers) record it
             and refuse tables made by another encoder.
         item_features: ``float32[I, F_i]`` the log's item feature columns as numbers
-            (:func:`encoders.features.feature_table`; ``F_i = 0`` without feature columns).
+            (:func:`rankgym.encoders.features.feature_table`; ``F_i = 0`` without feature columns).
         user_features: ``float32[U, F_u]`` likewise for users.
     """
 

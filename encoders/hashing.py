@@ -21,7 +21,7 @@ from itertools import chain
 
 import numpy as np
 
-from encoders.base import digest
+from rankgym.encoders.base import digest
 
 _TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode-aware), "_" splits
 _WORD_SALT = 0x5BD1E995  # start value xor for word unigrams, so "<ab>" word != "<ab>" n-gram

@@ -28,8 +28,8 @@ from typing import BinaryIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from encoders.base import TextEncoder
-from envs.logs.atomic import atomic_file, file_lock, process_alive, remove_stale_temporaries
+from rankgym.encoders.base import TextEncoder
+from rankgym.logs.atomic import atomic_file, file_lock, process_alive, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from encoders.transformer import TransformerEncoder
+from rankgym.encoders.transformer import TransformerEncoder
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -19,7 +19,7 @@ def tiny_vocab(words: list[str] | None = None) -> list[str]:
     """
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     if words is None:
-        from envs.logs.synthetic import BRANDS, CATEGORIES, COLOURS
+        from rankgym.logs.synthetic import BRANDS, CATEGORIES, COLOURS
 
         words = sorted(
             {w for c, (nouns, syns, mods) in CATEGORIES.items()

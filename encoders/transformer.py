@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from encoders.base import digest
+from rankgym.encoders.base import digest
 
 POOLING = ("mean", "cls")
 DEVICES = ("auto", "cpu", "cuda")
@@ -185,7 +185,8 @@ def pool_tokens(
 ) -> torch.Tensor:
     """``float32[B, d]`` text embeddings from token states ``[B, T, d]`` and their mask
     (``mean`` over unmasked tokens, or the ``cls`` token), L2-normalised when ``normalize``;
-    what :class:`TransformerEncoder` and its ONNX export (``agents.export``) both compute."""
+    what :class:`TransformerEncoder` and its ONNX export (``rankgym.agents.export``) both
+    compute."""
     if pooling == "mean":
         weights = attention.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

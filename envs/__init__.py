@@ -1,4 +1,4 @@
-"""Environments over logged sessions; ``envs.logs`` holds the data layer.
+"""Environments over logged sessions; ``rankgym.logs`` holds the data layer.
 
 Importing ``envs`` registers the Gymnasium ids under ``rankgym/``.
 """
@@ -10,5 +10,5 @@ RANKGYM_ENV_IDS = ("rankgym/SessionReplay-v0",)
 if "rankgym/SessionReplay-v0" not in gymnasium.registry:
     gymnasium.register(
         id="rankgym/SessionReplay-v0",
-        entry_point="envs.session_replay:make_synthetic_env",
+        entry_point="rankgym.envs.session_replay:make_synthetic_env",
     )

@@ -1,5 +1,5 @@
 """Ranking metrics of slates, in one place: the environments' request infos and the evaluation
-protocol (:mod:`agents.evaluation`) both compute them here."""
+protocol (:mod:`rankgym.agents.evaluation`) both compute them here."""
 
 from __future__ import annotations
 

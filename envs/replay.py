@@ -1,9 +1,10 @@
 """The replay engine: the state machine that replays logged sessions under a click model.
 
 It is written once, for a batch of ``B >= 1`` sessions stepped together in array operations.
-:class:`~envs.session_replay.SessionReplayEnv` (Gymnasium) is a batch of one and
-:class:`~envs.vector.BatchedReplayEnv` (an SB3 ``VecEnv``) a batch of many; both are thin adapters
-that add their API (seeding, auto-reset, infos), so "batched == single" holds by construction.
+:class:`~rankgym.envs.session_replay.SessionReplayEnv` (Gymnasium) is a batch of one and
+:class:`~rankgym.envs.vector.BatchedReplayEnv` (an SB3 ``VecEnv``) a batch of many; both are thin
+adapters that add their API (seeding, auto-reset, infos), so "batched == single" holds by
+construction.
 
 * :class:`ReplayConfig`: the options (``conf/env/*.yaml``).
 * :class:`ReplayData`: what replaying a log needs, computed once: candidates, the reward model's
@@ -24,18 +25,18 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from encoders.encoded_log import EncodedLog
-from encoders.hashing import splitmix64
-from encoders.pooling import POOLING_METHODS, UserPooling, append_history, pad_histories
-from envs.click_models.base import (
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.encoders.hashing import splitmix64
+from rankgym.encoders.pooling import POOLING_METHODS, UserPooling, append_history, pad_histories
+from rankgym.envs.click_models.base import (
     MAX_POSITIONS,
     ClickModel,
     LogContext,
     sample_slot_click,
     slot_click_prob,
 )
-from envs.logs import SessionLog
-from envs.metrics import ndcg_batch
+from rankgym.envs.metrics import ndcg_batch
+from rankgym.logs import SessionLog
 
 ACTION_MODES = ("slot", "scores", "top1")
 OBS_MODES = ("embeddings", "ids")
@@ -66,7 +67,7 @@ class ReplayConfig:
         episode: ``session`` (one logged session) or ``user`` (all of a user's requests in time
             order).
         history_len: user-history items kept for the user state (most recent).
-        pooling, decay, last_k: user-state pooling (``encoders.pooling``); they reach the
+        pooling, decay, last_k: user-state pooling (``rankgym.encoders.pooling``); they reach the
             observation, the baselines and click models that read the user state.
         profile_weight: weight of the user's profile text in the state (embeddings mode: an
             ``ids`` observation carries item codes only).

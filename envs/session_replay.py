@@ -1,7 +1,7 @@
 """SessionReplayEnv: a Gymnasium environment that replays logged sessions under a click model.
 
-It is the replay engine (:mod:`envs.replay`) run on a batch of one session, behind Gymnasium's
-API; :class:`~envs.vector.BatchedReplayEnv` is the same engine on many.
+It is the replay engine (:mod:`rankgym.envs.replay`) run on a batch of one session, behind
+Gymnasium's API; :class:`~rankgym.envs.vector.BatchedReplayEnv` is the same engine on many.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from encoders.encoded_log import EncodedLog
-from envs.click_models.base import ClickModel
-from envs.logs import SessionLog
-from envs.replay import ReplayConfig, ReplayData, ReplayEngine, new_key
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.envs.click_models.base import ClickModel
+from rankgym.envs.replay import ReplayConfig, ReplayData, ReplayEngine, new_key
+from rankgym.logs import SessionLog
 
 
 class SessionReplayEnv(gym.Env):
@@ -132,20 +132,20 @@ def synthetic_world(
     seed: int = 0, scale: float = 1.0, encoder: str = "hashing"
 ) -> tuple[SessionLog, EncodedLog, Any]:
     """A synthetic world, its embeddings and ground truth, cached per process."""
-    from encoders.encoded_log import encode_log
-    from envs.logs.synthetic import SyntheticWorld
+    from rankgym.encoders.encoded_log import encode_log
+    from rankgym.logs.synthetic import SyntheticWorld
 
     log, truth = SyntheticWorld(seed=seed, scale=scale).generate()
     if encoder == "hashing":
-        from encoders.hashing import HashingEncoder
+        from rankgym.encoders.hashing import HashingEncoder
 
         text_encoder = HashingEncoder()
     elif encoder == "minilm":
-        from encoders.transformer import TransformerEncoder
+        from rankgym.encoders.transformer import TransformerEncoder
 
         text_encoder = TransformerEncoder(progress=False)
     elif encoder == "tiny":
-        from encoders.tiny import tiny_bert_encoder
+        from rankgym.encoders.tiny import tiny_bert_encoder
 
         text_encoder = tiny_bert_encoder()
     else:
@@ -160,7 +160,7 @@ def make_synthetic_env(
 
     Keyword options are :class:`ReplayConfig` fields (``slate_size=5``, ``obs_mode="ids"``...).
     """
-    from envs.click_models.simple import TruthClickModel
+    from rankgym.envs.click_models.simple import TruthClickModel
 
     allowed = set(asdict(ReplayConfig()))
     unknown = sorted(set(options) - allowed)

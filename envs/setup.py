@@ -1,6 +1,6 @@
 """One run setup: dataset, split, embeddings, fitted reward model and ground truth, cached.
 
-Every entry point that trains, evaluates or reports on policies (``experiments.train`` and the
+Every entry point that trains, evaluates or reports on policies (``rankgym train`` and the
 tools built on it) calls :func:`setup_run` with objects it instantiated from its config, so they
 all see the same data, the same split and the same fitted reward model. Plain arguments in, no
 Hydra objects: a notebook can call it too.
@@ -20,19 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.base import TextEncoder, digest
-from encoders.encoded_log import EncodedLog, encode_log
-from encoders.store import EmbeddingStore
-from envs.click_models.base import ClickModel, log_fingerprint
-from envs.logs import SessionLog
-from envs.logs.atomic import atomic_directory, check_replaceable, file_lock
-from envs.logs.ground_truth import TRUTH_DIR, GroundTruth
-from envs.logs.source import LogSource
-from envs.replay import ReplayConfig
+from rankgym.encoders.base import TextEncoder, digest
+from rankgym.encoders.encoded_log import EncodedLog, encode_log
+from rankgym.encoders.store import EmbeddingStore
+from rankgym.envs.click_models.base import ClickModel, log_fingerprint
+from rankgym.envs.replay import ReplayConfig
+from rankgym.logs import SessionLog
+from rankgym.logs.atomic import atomic_directory, check_replaceable, file_lock
+from rankgym.logs.ground_truth import TRUTH_DIR, GroundTruth
+from rankgym.logs.source import LogSource
 
 log = logging.getLogger(__name__)
 SPLIT_BY = ("session", "time")
-PACKAGES = ("envs", "encoders", "agents")  # rankgym's code (model_sources)
+PACKAGES = ("rankgym",)  # rankgym's code (model_sources)
 
 
 @dataclass(frozen=True)

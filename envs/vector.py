@@ -1,8 +1,8 @@
 """BatchedReplayEnv: B session replays stepped at once, as an SB3 ``VecEnv``.
 
-It is the replay engine (:mod:`envs.replay`) on ``num_envs`` rows behind SB3's ``VecEnv`` API,
-with the semantics of ``num_envs`` :class:`~envs.session_replay.SessionReplayEnv` s run by
-``DummyVecEnv`` (sub-env ``i`` seeded with ``seed + i``): same observations, rewards, episode
+It is the replay engine (:mod:`rankgym.envs.replay`) on ``num_envs`` rows behind SB3's ``VecEnv``
+API, with the semantics of ``num_envs`` :class:`~rankgym.envs.session_replay.SessionReplayEnv` s
+run by ``DummyVecEnv`` (sub-env ``i`` seeded with ``seed + i``): same observations, rewards, episode
 ends and auto-reset (``terminal_observation`` in infos). Both envs run the same engine, so the
 equality holds by construction; a test checks it for every reward model.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn
 
-from encoders.encoded_log import EncodedLog
-from envs.click_models.base import ClickModel
-from envs.logs import SessionLog
-from envs.replay import ReplayConfig, ReplayData, ReplayEngine, new_key
+from rankgym.encoders.encoded_log import EncodedLog
+from rankgym.envs.click_models.base import ClickModel
+from rankgym.envs.replay import ReplayConfig, ReplayData, ReplayEngine, new_key
+from rankgym.logs import SessionLog
 
 
 class BatchedReplayEnv(VecEnv):

@@ -2,13 +2,13 @@
 
 Usage::
 
-    python -m experiments.bench data [--scales 1 10] [--repeats 5] [--json out.json]
-    python -m experiments.bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
-    python -m experiments.bench env [--num-envs 1024] [--steps 200]
-    python -m experiments.bench train [--slates 20000] [--agents dqn_v1 dqn] [--repeats 3]
-    python -m experiments.bench serve [--run outputs/train/RUN] [--requests 200]
-    python -m experiments.bench sweep [--jobs 4] [--timesteps 30000]
-    python -m experiments.bench simulator [--requests 1024] [--repeats 5]
+    rankgym bench data [--scales 1 10] [--repeats 5] [--json out.json]
+    rankgym bench encoders [--texts 4000] [--repeats 3] [--batch-size 64]
+    rankgym bench env [--num-envs 1024] [--steps 200]
+    rankgym bench train [--slates 20000] [--agents ppo dqn] [--repeats 3]
+    rankgym bench serve [--run outputs/train/RUN] [--requests 200]
+    rankgym bench sweep [--jobs 4] [--timesteps 30000]
+    rankgym bench simulator [--requests 1024] [--repeats 5]
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -30,12 +30,12 @@ batched env, per step; batched slot-steps/s in ``ids`` and ``embeddings`` modes 
 without per-request infos); bytes per stored transition in each observation mode.
 
 ``train``: SB3 agents (``conf/agent/<name>.yaml`` settings, ``ids`` observations; by default
-``ppo_v1``, ``dqn_v1``, ``ppo``, ``dqn``) training on the batched env over the default world's
+``ppo`` and ``dqn``) training on the batched env over the default world's
 training sessions (hashing encoder), one after the other in one process: slates per second
 (requests fully ranked and learned from, so slot-by-slot and whole-slate agents compare fairly),
 timesteps per second (timesteps / wall time, not SB3's ``time/fps``), the share of the wall time
-inside the env (``reset``/``step`` timed around the env's own methods), each agent's ratio to
-the ``*_v1`` agent of its algorithm, and with ``--profile`` the top functions by own time.
+inside the env (``reset``/``step`` timed around the env's own methods), and with ``--profile``
+the top functions by own time.
 ``--repeats`` runs the agents in rounds (reversed every other round) and reports medians.
 
 ``serve``: a PPO policy (``--run``'s, or one trained for ``--timesteps`` on the default
@@ -79,8 +79,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from envs.logs import SessionLog
-from envs.logs.synthetic import SyntheticWorld
+from rankgym.logs import SessionLog
+from rankgym.logs.synthetic import SyntheticWorld
 
 FILES = ("impressions.parquet", "items.parquet", "users.parquet")
 
@@ -165,7 +165,7 @@ def bench_data(scales: list[float], repeats: int) -> dict[str, Any]:
 
 def bench_propensities(repeats: int, n_requests: int = 10_510, draws: int = 200) -> dict[str, Any]:
     """Exact Plackett-Luce item-position marginals vs a Monte Carlo estimate, same requests."""
-    from envs.logs.plackett_luce import _monte_carlo, position_marginals
+    from rankgym.logs.plackett_luce import _monte_carlo, position_marginals
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(6, 13, n_requests)
@@ -201,9 +201,9 @@ def bench_encoders(n_texts: int, repeats: int, batch_size: int) -> dict[str, Any
     """Ours vs sentence-transformers, the store's second pass, and the hashing encoder."""
     from sentence_transformers import SentenceTransformer
 
-    from encoders.hashing import HashingEncoder
-    from encoders.store import EmbeddingStore
-    from encoders.transformer import TransformerEncoder
+    from rankgym.encoders.hashing import HashingEncoder
+    from rankgym.encoders.store import EmbeddingStore
+    from rankgym.encoders.transformer import TransformerEncoder
 
     log, _ = SyntheticWorld().generate()
     corpus = list(log.item_texts) + list(log.query_texts[log.query_texts != ""])
@@ -267,10 +267,10 @@ def bench_env(num_envs: int, steps: int) -> dict[str, Any]:
     """Single env, DummyVecEnv and the batched env on the same world and random actions."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from envs.click_models.simple import TruthClickModel
-    from envs.replay import ReplayConfig
-    from envs.session_replay import SessionReplayEnv, synthetic_world
-    from envs.vector import BatchedReplayEnv
+    from rankgym.envs.click_models.simple import TruthClickModel
+    from rankgym.envs.replay import ReplayConfig
+    from rankgym.envs.session_replay import SessionReplayEnv, synthetic_world
+    from rankgym.envs.vector import BatchedReplayEnv
 
     log, encoded, truth = synthetic_world(0, 1.0, "hashing")
     k = 20
@@ -337,7 +337,7 @@ def bench_train(
     round (so that drift hits them alike); each figure is then the median over the rounds,
     the ratio that of the medians, and ``runs`` lists every round's figures.
     """
-    from envs.session_replay import synthetic_world
+    from rankgym.envs.session_replay import synthetic_world
 
     log, encoded, truth = synthetic_world(0, 1.0, "hashing")
     train, _ = log.split(0.2, seed=0)
@@ -358,10 +358,6 @@ def bench_train(
                                for run in runs[name]]  # fmt: skip
         results[name] = summary
     for name in agents:
-        base = f"{results[name]['algorithm']}_v1"
-        if base in results and name != base:
-            ratio = results[name]["slates_per_s"] / results[base]["slates_per_s"]
-            results[name][f"slates_per_s_vs_{base}"] = round(ratio, 1)
         print(f"{name}: {results[name]}")
     return results
 
@@ -378,9 +374,9 @@ def _train_once(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from envs.click_models.simple import TruthClickModel
-    from envs.replay import ReplayConfig
-    from envs.vector import BatchedReplayEnv
+    from rankgym.envs.click_models.simple import TruthClickModel
+    from rankgym.envs.replay import ReplayConfig
+    from rankgym.envs.vector import BatchedReplayEnv
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     agent = instantiate(OmegaConf.load(conf / "agent" / f"{name}.yaml"))
@@ -452,7 +448,7 @@ def _profile_rows(text: str, wall: float) -> list[str]:
 
 class _TorchSession:
     """An onnxruntime-like ``run`` over the torch graph the ONNX file was exported from, so a
-    :class:`~agents.ranker.Ranker` can be timed with torch in place of onnxruntime."""
+    :class:`~rankgym.agents.ranker.Ranker` can be timed with torch in place of onnxruntime."""
 
     def __init__(self, graph: Any) -> None:
         self.graph = graph
@@ -460,7 +456,7 @@ class _TorchSession:
     def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        from agents.ranker import SCORER_INPUTS
+        from rankgym.agents.ranker import SCORER_INPUTS
 
         with torch.inference_mode():
             result = self.graph(*(torch.from_numpy(feeds[n]) for n in SCORER_INPUTS))
@@ -488,21 +484,20 @@ def _serve_requests(
 def _ranker_policy(run: Path | None, timesteps: int, work: Path) -> tuple[Any, Any, Any, Path]:
     """A trained PPO (the run's, or one trained now on the default experiment), its setup, the
     run's encoder, and its export under ``work``."""
-    from experiments.export import export_policy, load_run_policy
-    from experiments.train import instantiate, setup
+    from rankgym.experiments.runs import export_policy, instantiate, load_run_policy, setup
 
     if run is not None:
         cfg, s, policy = load_run_policy(run)
     else:
         from hydra import compose, initialize_config_dir
 
-        from agents.baselines import SB3Policy
+        from rankgym.agents.baselines import SB3Policy
 
         with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), None):
             cfg = compose("config")
         s = setup(cfg)
         agent = instantiate(cfg.agent, "agent ppo")
-        from envs.vector import BatchedReplayEnv
+        from rankgym.envs.vector import BatchedReplayEnv
 
         venv = BatchedReplayEnv(s.train, s.encoded, s.reward, s.env, num_envs=agent.num_envs,
                                 device="cpu", request_infos=False)  # fmt: skip
@@ -523,8 +518,8 @@ def bench_serve(requests: int, run: Path | None, timesteps: int, http_requests: 
 
     import torch
 
-    from agents.export import _PolicyGraph, policy_scorer
-    from agents.ranker import Ranker
+    from rankgym.agents.export import _PolicyGraph, policy_scorer
+    from rankgym.agents.ranker import Ranker
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     policy, s, encoder, out = _ranker_policy(run, timesteps, work)
@@ -568,7 +563,9 @@ def bench_serve(requests: int, run: Path | None, timesteps: int, http_requests: 
     probe = ("import time; t = time.perf_counter(); {code}; "
              "print(time.perf_counter() - t)")  # fmt: skip
     codes = {
-        "ranker_import_load_s": f"from agents.ranker import Ranker; Ranker.load({str(out)!r})",
+        "ranker_import_load_s": (
+            f"from rankgym.agents.ranker import Ranker; Ranker.load({str(out)!r})"
+        ),
         "torch_sb3_transformers_import_s": "import torch, stable_baselines3, transformers",
     }
     root = Path(__file__).resolve().parents[1]
@@ -596,7 +593,7 @@ def _bench_http(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "experiments.serve", f"ranker={out}", f"port={port}",
+        [sys.executable, "-m", "rankgym.experiments.serve", f"ranker={out}", f"port={port}",
          "log_level=warning", f"hydra.run.dir={out.parent / 'serve'}"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -667,12 +664,12 @@ def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
               "seed=" + ",".join(str(i) for i in range(jobs))]  # fmt: skip
     # the dataset and its embeddings first, so every setting times the jobs alone
     warm = [*common[:3], "agent=cosine", f"hydra.run.dir={work}/warm"]
-    subprocess.run([sys.executable, "-m", "experiments.train", *warm], cwd=root, check=True,
+    subprocess.run([sys.executable, "-m", "rankgym.experiments.train", *warm], cwd=root, check=True,
                    capture_output=True)  # fmt: skip
     results: dict[str, Any] = {"jobs": jobs, "timesteps": timesteps, "cpus": os.cpu_count()}
     for n, (name, extra) in enumerate(settings.items()):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "experiments.train", "-m", *common, *extra,
+        subprocess.run([sys.executable, "-m", "rankgym.experiments.train", "-m", *common, *extra,
                         f"hydra.sweep.dir={work}/sweep{n}"], cwd=root, check=True,
                        capture_output=True)  # fmt: skip
         wall = time.perf_counter() - start
@@ -732,10 +729,10 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from envs.click_models.simple import TruthClickModel
-    from envs.replay import ReplayConfig
-    from envs.session_replay import synthetic_world
-    from envs.vector import BatchedReplayEnv
+    from rankgym.envs.click_models.simple import TruthClickModel
+    from rankgym.envs.replay import ReplayConfig
+    from rankgym.envs.session_replay import synthetic_world
+    from rankgym.envs.vector import BatchedReplayEnv
 
     log, encoded, truth = synthetic_world(0, 1.0, "hashing")
     node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/reward/neural.yaml")
@@ -772,7 +769,7 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
     )
 
     # fitting: one member, 2 epochs, the split first layer against the concatenated one
-    from envs.click_models import neural
+    from rankgym.envs.click_models import neural
 
     fit_times: dict[str, list[float]] = {"split": [], "concatenated": []}
     split_forward = neural._Scorer.forward
@@ -822,7 +819,7 @@ def torch_threads() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one benchmark."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="rankgym bench", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
     data = sub.add_parser("data", help="synthetic generation and SessionLog.read vs pandas")
     data.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
@@ -850,7 +847,7 @@ def main(argv: list[str] | None = None) -> None:
     tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
     tr.add_argument("--timesteps", type=int, default=40000, help="env steps per agent")
     tr.add_argument("--slates", type=int, default=None, help="requests per agent (not steps)")
-    tr.add_argument("--agents", nargs="+", default=["ppo_v1", "dqn_v1", "ppo", "dqn"])
+    tr.add_argument("--agents", nargs="+", default=["ppo", "dqn"])
     tr.add_argument("--profile", action="store_true", help="cProfile each agent's training")
     tr.add_argument("--repeats", type=int, default=1,
                     help="rounds of all agents; figures are medians over them")  # fmt: skip

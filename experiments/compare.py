@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m experiments.compare outputs/train-multirun/2026-11-23_01-40-00
-    python -m experiments.compare <sweep dir> reference=cosine group_by=[agent,encoder] \\
+    rankgym compare outputs/train-multirun/2026-11-23_01-40-00
+    rankgym compare <sweep dir> reference=cosine group_by=[agent,encoder] \\
         metric=true_expected_clicks
 
 Every ``metrics.json`` below the directory is one run; runs are grouped by ``group_by`` (config
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from experiments.sweeps import ERROR_FILE
+from rankgym.experiments.sweeps import ERROR_FILE
 
 DEFAULT_METRICS = ("true_expected_clicks", "expected_clicks", "ctr@1", "ndcg@10", "mrr")
 # two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
@@ -184,13 +184,13 @@ def paired_difference(
     """``a - b`` in ``metric`` per request, on the requests both hold.
 
     Returns the mean difference per request, its 95% percentile bootstrap interval (whole
-    sessions resampled, the evaluation's own :func:`agents.evaluation.bootstrap_intervals`),
+    sessions resampled, the evaluation's own :func:`rankgym.agents.evaluation.bootstrap_intervals`),
     the two-sided p-value of a paired t-test on the per-session totals of the difference
     (sessions are the independent units; 1.0 when every difference is 0), and the counts.
     """
     from scipy import stats
 
-    from agents.evaluation import bootstrap_intervals
+    from rankgym.agents.evaluation import bootstrap_intervals
 
     both = a.merge(b, on=["request", "session"], suffixes=("_a", "_b"))
     if both.empty:
@@ -374,7 +374,7 @@ def plot_optuna(root: Path) -> list[tuple[str, str]]:
 def two_opinions(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """Per policy, the mean over seeds of the simulator's value, each off-policy estimate and
     its support, and the true value when there is one (empty without ``ope_*`` metrics)."""
-    from agents.ope import ESTIMATORS
+    from rankgym.agents.ope import ESTIMATORS
 
     names = [n for n in ESTIMATORS if any(f"ope_{n}" in r for r in runs)]
     if not names:
@@ -398,7 +398,7 @@ def two_opinions(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 def opinions_markdown(table: pd.DataFrame) -> str:
     """The two-opinions table as Markdown (estimates with their support in parentheses)."""
-    from agents.ope import ESTIMATORS
+    from rankgym.agents.ope import ESTIMATORS
 
     plain = [c for c in ("true_expected_clicks", "expected_clicks", "logged_clicks") if c in table]
     names = [n for n in ESTIMATORS if n in table]
@@ -488,7 +488,7 @@ def report(root: Path, metrics: tuple[str, ...], options: dict[str, Any]) -> str
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, write the report, print it."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.compare",
+        prog="rankgym compare",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -2,18 +2,18 @@
 
 Usage::
 
-    python -m experiments.evaluate 'runs=[outputs/sim/ppo-s0,outputs/sim/ppo-s1]' reward=neural
-    python -m experiments.evaluate "runs=[outputs/train-multirun/DATE]" reward=pbm out=out/pbm
-    python -m experiments.compare out/pbm metric=expected_clicks
+    rankgym evaluate 'runs=[outputs/sim/ppo-s0,outputs/sim/ppo-s1]' reward=neural
+    rankgym evaluate "runs=[outputs/train-multirun/DATE]" reward=pbm out=out/pbm
+    rankgym compare out/pbm metric=expected_clicks
 
 A policy is judged in another reward model than the one it was trained in: on real logs,
 where there is no truth to ask, a fitted simulator's opinion beside the off-policy estimates
 (a simulator overrates policies trained in it or in a sibling of it: README, "Can I trust the
 simulator?"). Each run (a run directory, or a sweep directory: every finished run below
 it) is rebuilt from its own ``run_config.yaml``: its data, split, embeddings and policy
-(:func:`experiments.export.load_run_policy`); the chosen ``reward`` is fitted on the run's
+(:func:`rankgym.experiments.export.load_run_policy`); the chosen ``reward`` is fitted on the run's
 training sessions (cached like any fit) and the policy evaluated on the run's test sessions
-(``sessions=valid``: its valid sessions), as ``experiments.train`` evaluates it.
+(``sessions=valid``: its valid sessions), as ``rankgym train`` evaluates it.
 
 Written under ``out``, one directory per run (named by its path below the directory given):
 
@@ -22,7 +22,7 @@ Written under ``out``, one directory per run (named by its path below the direct
   has a truth, the off-policy estimates where the log has propensities, and ``reward_model``,
   ``trained_in``, ``run``;
 * ``per_request.parquet`` and ``run_config.yaml`` (the run's, with the reward replaced), so
-  ``experiments.compare <out>`` pairs the runs request by request as it pairs a sweep.
+  ``rankgym.experiments.compare <out>`` pairs the runs request by request as it pairs a sweep.
 
 Each run's directory is written whole or not at all; a run that fails is named at the end (exit
 status 2) and the others are still valued.
@@ -39,10 +39,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents.evaluation import evaluate
-from envs.logs.atomic import atomic_directory
-from experiments.export import load_run_policy
-from experiments.sweeps import fail, run_job
+from rankgym.agents.evaluation import evaluate
+from rankgym.experiments.runs import load_run_policy
+from rankgym.experiments.sweeps import fail, run_job
+from rankgym.logs.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 SESSIONS = ("test", "valid")
@@ -83,7 +83,8 @@ def value_run(
     run_dir: Path, reward: DictConfig, reward_name: str, sessions: str, out: Path
 ) -> dict[str, Any]:
     """Value the run at ``run_dir`` under ``reward``; write ``out`` (see the module docstring)."""
-    from experiments.train import RUN_CONFIG, off_policy, write_metrics, write_per_request
+    from rankgym.experiments.runs import RUN_CONFIG
+    from rankgym.experiments.train import off_policy, write_metrics, write_per_request
 
     trained_in = json.loads((run_dir / MARKER).read_text()).get("reward_model")
     cfg, s, policy = load_run_policy(run_dir, reward)
@@ -139,7 +140,7 @@ def run(cfg: DictConfig) -> list[str]:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (``conf/evaluate.yaml``)."""
     failed = run_job(lambda: run(cfg))
-    print(f"written to {cfg.out}\ncompare them: python -m experiments.compare {cfg.out} "
+    print(f"written to {cfg.out}\ncompare them: rankgym compare {cfg.out} "
           "metric=expected_clicks")  # fmt: skip
     if failed:
         fail(RuntimeError(f"{len(failed)} run(s) failed (see the log above): {', '.join(failed)}"))

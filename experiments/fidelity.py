@@ -2,16 +2,16 @@
 
 Usage::
 
-    python -m experiments.fidelity                                  # default world, hashing
-    python -m experiments.fidelity dataset.click_model=cascade out=data/synthetic-cascade
-    python -m experiments.fidelity 'fidelity.rewards=[pbm,neural]' 'fidelity.runs=[outputs/x]'
+    rankgym fidelity                                  # default world, hashing
+    rankgym fidelity dataset.click_model=cascade out=data/synthetic-cascade
+    rankgym fidelity 'fidelity.rewards=[pbm,neural]' 'fidelity.runs=[outputs/x]'
 
 On the held-out sessions of a dataset with a ground truth, every zoo policy
-(:func:`agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is valued
-under the truth and under each reward model of ``fidelity.rewards`` (fitted on the training
-sessions, as ``experiments.train`` fits them) and, on logs with propensities
-(``fidelity.ope``), by every off-policy estimator of :mod:`agents.ope` on the same slates (the
-second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms, and the doubly robust
+(:func:`rankgym.agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is
+valued under the truth and under each reward model of ``fidelity.rewards`` (fitted on the training
+sessions, as ``rankgym train`` fits them) and, on logs with propensities
+(``fidelity.ope``), by every off-policy estimator of :mod:`rankgym.agents.ope` on the same slates
+(the second opinion: ``ips``, ``iips``, ``rips``, their self-normalised forms, and the doubly robust
 ``dr(<model>)`` and ``idr(<model>)`` with each fitted model).
 The run directory gets ``fidelity.md`` (the summary, whether the best simulator and the best
 estimator agree, and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman,
@@ -39,9 +39,9 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents.baselines import SB3Policy
-from agents.checkpoint import CHECKPOINT
-from agents.fidelity import (
+from rankgym.agents.baselines import SB3Policy
+from rankgym.agents.checkpoint import CHECKPOINT
+from rankgym.agents.fidelity import (
     MIN_GAP,
     TRUTH_RANKED,
     agreement,
@@ -52,13 +52,13 @@ from agents.fidelity import (
     relative_errors,
     value_zoo,
 )
-from agents.ope import OPEEstimate
-from agents.training import SB3Agent
-from envs.click_models.simple import TruthClickModel
-from envs.setup import RunSetup, fit_reward_model
-from envs.vector import BatchedReplayEnv
-from experiments.sweeps import run_job
-from experiments.train import instantiate, setup
+from rankgym.agents.ope import OPEEstimate
+from rankgym.agents.training import SB3Agent
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.setup import RunSetup, fit_reward_model
+from rankgym.envs.vector import BatchedReplayEnv
+from rankgym.experiments.runs import instantiate, setup
+from rankgym.experiments.sweeps import run_job
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -111,7 +111,7 @@ def report(
     """(policy x method values, one agreement row per method).
 
     ``rel_error_observable`` is the mean relative error over the policies that do not rank by
-    the truth (:data:`~agents.fidelity.TRUTH_RANKED`): those select on what the log's
+    the truth (:data:`~rankgym.agents.fidelity.TRUTH_RANKED`): those select on what the log's
     features show, while the truth's oracle and its variants select on what no fitted model
     sees, so their values regress towards the mean (BENCHMARKS.md).
 
@@ -229,8 +229,13 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
 def run(cfg: DictConfig) -> pd.DataFrame:
     """The fidelity report of ``cfg``'s dataset; returns the per-method summary."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if OmegaConf.select(cfg, "reward._target_") != "envs.click_models.simple.TruthClickModel":
-        raise ValueError("experiments.fidelity values policies under the truth: keep reward=truth")
+    if (
+        OmegaConf.select(cfg, "reward._target_")
+        != "rankgym.envs.click_models.simple.TruthClickModel"
+    ):
+        raise ValueError(
+            "rankgym.experiments.fidelity values policies under the truth: keep reward=truth"
+        )
     check_rewards(list(cfg.fidelity.rewards))
     clip = cfg.fidelity.clip
     if clip is not None and not (isinstance(clip, int | float) and clip > 0):
@@ -290,7 +295,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``python -m experiments.fidelity``."""
+    """Hydra entry point of ``rankgym fidelity``."""
     summary = run_job(lambda: run(cfg))
     if summary is None:  # a failed sweep job, recorded in its error.txt
         return

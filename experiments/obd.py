@@ -2,19 +2,20 @@
 
 Usage::
 
-    python -m experiments.obd [--campaigns all men] [--out outputs/obd] [--timesteps 100000]
-    python -m experiments.obd --path /data/open_bandit_dataset   # the full dataset
-    python -m experiments.obd --campaigns all men women --no-policies --out outputs/obd-bts
+    rankgym obd [--campaigns all men] [--out outputs/obd] [--timesteps 100000]
+    rankgym obd --path /data/open_bandit_dataset   # the full dataset
+    rankgym obd --campaigns all men women --no-policies --out outputs/obd-bts
 
 1. **OPE against an on-policy truth** (:func:`bts_from_random`), as the Open Bandit paper does:
    the Bernoulli Thompson sampling (BTS) policy's click rate per slot is estimated from the
-   uniform-random logs with ``iips`` / ``sniips`` (:mod:`agents.ope`; BTS's item-position
-   probabilities by Monte Carlo from its ZOZOTOWN prior, ``envs.logs.obd.bernoulli_ts_marginals``)
-   and compared with the BTS logs' own click rate. OBD records item-position propensities
-   only (``action_prob``), so the prefix estimators (``ips``, ``rips``, ``dr``) do not apply.
+   uniform-random logs with ``iips`` / ``sniips`` (:mod:`rankgym.agents.ope`; BTS's item-position
+   probabilities by Monte Carlo from its ZOZOTOWN prior,
+   ``rankgym.logs.obd.bernoulli_ts_marginals``) and compared with the BTS logs' own click rate. OBD
+   records item-position propensities only (``action_prob``), so the prefix estimators (``ips``,
+   ``rips``, ``dr``) do not apply.
 2. **Trained policies.** For each campaign, on the uniform-random logs (``experiment=obd``: the
    catalog ranked into 3 positions, the neural click model fitted on the training sessions), it
-   runs ``experiments.train`` for PPO and the ``random``, ``popularity`` and ``cosine`` (with
+   runs ``rankgym train`` for PPO and the ``random``, ``popularity`` and ``cosine`` (with
    features) baselines, each in its own run directory, and collects from their ``metrics.json``
    ``ope_iips`` (clicks at the logged slot: a click rate per slot, unbiased under uniform
    logging for any policy, with its interval, resolution, support and ESS) beside ``ope_dm``
@@ -36,8 +37,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from agents.ope import LoggedSlates, TargetProbs, estimate, logged_clicks
-from envs.logs.obd import CAMPAIGNS, OBDSource, bernoulli_ts_marginals, bernoulli_ts_prior
+from rankgym.agents.ope import LoggedSlates, TargetProbs, estimate, logged_clicks
+from rankgym.logs.obd import CAMPAIGNS, OBDSource, bernoulli_ts_marginals, bernoulli_ts_prior
 
 SLOTS = 3
 
@@ -52,12 +53,12 @@ AGENTS = {
 def run_agent(
     out: Path, campaign: str, label: str, overrides: list[str], extra: list[str]
 ) -> dict[str, Any]:
-    """``metrics.json`` of one ``experiments.train`` run (reused when it is there)."""
+    """``metrics.json`` of one ``rankgym train`` run (reused when it is there)."""
     run_dir = out / campaign / label.split()[0]
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         cmd = [
-            sys.executable, "-m", "experiments.train", "experiment=obd",
+            sys.executable, "-m", "rankgym.experiments.train", "experiment=obd",
             f"dataset.campaign={campaign}", *overrides, *extra, f"hydra.run.dir={run_dir}",
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -126,7 +127,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _from_metrics(m: dict[str, Any], key: str) -> Any:
     """An estimate stored in ``metrics.json`` under ``key`` (``key``, ``key_ci_low``, ...)."""
-    from agents.ope import OPEEstimate
+    from rankgym.agents.ope import OPEEstimate
 
     fields = ("ci_low", "ci_high", "n", "support", "ess", "resolution")
     return OPEEstimate(m[key], *(m[f"{key}_{f}"] for f in fields))
@@ -134,7 +135,7 @@ def _from_metrics(m: dict[str, Any], key: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the estimates and the policies, write the tables."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.obd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="rankgym obd", description=__doc__)
     parser.add_argument("--campaigns", nargs="+", default=["all", "men"], choices=CAMPAIGNS)
     parser.add_argument("--out", type=Path, default=Path("outputs/obd"))
     parser.add_argument("--timesteps", type=int, default=100_000, help="PPO training steps")

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python -m experiments.prepare                                  # the synthetic world
-    python -m experiments.prepare dataset=obd out=data/obd          # Open Bandit sample
-    python -m experiments.prepare dataset=mind dataset.path=MINDsmall_train
-    python -m experiments.prepare dataset=table dataset.impressions=log.csv
-    python -m experiments.prepare encode=true                       # + BERT embeddings (cached)
-    python -m experiments.prepare encode=true encoder=hashing
+    rankgym prepare                                  # the synthetic world
+    rankgym prepare dataset=obd out=data/obd          # Open Bandit sample
+    rankgym prepare dataset=mind dataset.path=MINDsmall_train
+    rankgym prepare dataset=table dataset.impressions=log.csv
+    rankgym prepare encode=true                       # + BERT embeddings (cached)
+    rankgym prepare encode=true encoder=hashing
 
 Bad input ends the run with one readable line on stderr and exit status 2; nothing is written.
 """
@@ -21,9 +21,9 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from encoders.encoded_log import encode_log
-from envs.logs.atomic import check_replaceable
-from experiments.sweeps import run_job
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.experiments.sweeps import run_job
+from rankgym.logs.atomic import check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def prepare(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``python -m experiments.prepare``."""
+    """Hydra entry point of ``rankgym prepare``."""
     stats = run_job(lambda: prepare(cfg))
     if stats is not None:
         print(json.dumps(stats, indent=2))

@@ -2,16 +2,16 @@
 
 Usage::
 
-    python -m experiments.serve ranker=outputs/train/RUN/ranker port=8000
+    rankgym serve ranker=outputs/train/RUN/ranker port=8000
     curl -s localhost:8000/rank -H 'content-type: application/json' \\
       -d '{"query": "usb-c charger", "user_history": ["i0042"], "candidates": ["i0007", "i0913"]}'
 
 FastAPI on uvicorn: a standard ASGI stack whose request models (pydantic) validate every field,
 reject unknown ones and document themselves at ``/docs``. The process imports the
-:class:`~agents.ranker.Ranker` only, never torch. Bad input is a 4xx with a one-line ``error``:
-malformed JSON 400, an oversized body 413, a field of the wrong type or an unknown field 422, a
-request the ranker refuses (unknown item without a text, too many candidates...) 422; anything
-else is a 500 with the error's first line, and the server keeps serving.
+:class:`~rankgym.agents.ranker.Ranker` only, never torch. Bad input is a 4xx with a one-line
+``error``: malformed JSON 400, an oversized body 413, a field of the wrong type or an unknown field
+422, a request the ranker refuses (unknown item without a text, too many candidates...) 422;
+anything else is a 500 with the error's first line, and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from agents.ranker import Ranker, RankerError
+from rankgym.agents.ranker import Ranker, RankerError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20

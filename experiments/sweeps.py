@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from envs.logs import LogValidationError
+from rankgym.logs import LogValidationError
 
 ERROR_FILE = "error.txt"
 log = logging.getLogger(__name__)

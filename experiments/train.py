@@ -2,27 +2,27 @@
 
 Usage::
 
-    python -m experiments.train                                   # PPO on the synthetic world
-    python -m experiments.train agent=dqn encoder=hashing seed=3
-    python -m experiments.train agent=cosine                      # a baseline: evaluated only
-    python -m experiments.train -m agent=ppo,dqn,cosine seed=0,1,2  # a sweep
-    python -m experiments.train hydra.run.dir=outputs/train/RUN resume=true   # after a kill
+    rankgym train                                   # PPO on the synthetic world
+    rankgym train agent=dqn encoder=hashing seed=3
+    rankgym train agent=cosine                      # a baseline: evaluated only
+    rankgym train -m agent=ppo,dqn,cosine seed=0,1,2  # a sweep
+    rankgym train hydra.run.dir=outputs/train/RUN resume=true   # after a kill
 
 Steps: prepare the dataset (reused when ``out`` already holds it with the same parameters),
 split it, embed its texts (cached by the embedding store), fit the reward model on the training
 split (cached by dataset, split, encoder and settings), train on a batched env over the training
 sessions with periodic evaluation on held-out sessions, then evaluate on all held-out sessions
 (plus, on logs with propensities, off-policy estimates of the policy's clicks per request beside
-the log's own: ``ope_iips``, ``ope_rips``, ..., ``logged_clicks``, :mod:`agents.ope`).
+the log's own: ``ope_iips``, ``ope_rips``, ..., ``logged_clicks``, :mod:`rankgym.agents.ope`).
 The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/`` plus
-``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/`` (:mod:`agents.checkpoint`:
-nothing in it is unpickled when a run resumes); with ``export=true`` also ``ranker/``, the
-policy as a servable ranker (:mod:`experiments.export`).
+``eval/*`` and hparams), ``metrics.json`` and ``checkpoints/last/``
+(:mod:`rankgym.agents.checkpoint`: nothing in it is unpickled when a run resumes); with
+``export=true`` also ``ranker/``, the policy as a servable ranker
+(:mod:`rankgym.experiments.export`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -37,12 +37,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
-from agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
-from agents.evaluation import EvaluationResult, evaluate
-from agents.ope import logged_clicks, off_policy_estimates
-from agents.supervised import SupervisedAgent
-from agents.training import (
+from rankgym.agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
+from rankgym.agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
+from rankgym.agents.evaluation import EvaluationResult, evaluate
+from rankgym.agents.ope import logged_clicks, off_policy_estimates
+from rankgym.agents.supervised import SupervisedAgent
+from rankgym.agents.training import (
     STEP_KEY,
     CheckpointCallback,
     EvalCallback,
@@ -53,18 +53,26 @@ from agents.training import (
     record_final,
     resolve_precision,
 )
-from envs.click_models.simple import TruthClickModel
-from envs.logs import SessionLog
-from envs.logs.atomic import atomic_file
-from envs.setup import RunSetup, Split, setup_run
-from envs.vector import BatchedReplayEnv
-from experiments.sweeps import (
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.setup import RunSetup
+from rankgym.experiments.runs import (
+    RANKER_DIR,
+    RUN_CONFIG,
+    export_policy,
+    instantiate,
+    load_run_config,
+    setup,
+    training_env,
+)
+from rankgym.experiments.sweeps import (
     check_objective,
     configure_threads,
     objective_key,
     previous_job,
     run_job,
 )
+from rankgym.logs import SessionLog
+from rankgym.logs.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 # ${short_digest:...} names a searched trial's directory after its overrides (conf/hparams_search)
@@ -73,38 +81,18 @@ OmegaConf.register_new_resolver(
 )
 
 
-def instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    """Log the ``_target_`` of a config group, then instantiate it."""
-    log.info("instantiating %s (%s)", what, node._target_)
-    return hydra.utils.instantiate(node, **kwargs)
-
-
-def setup(cfg: DictConfig) -> RunSetup:
-    """The run setup of ``cfg`` (dataset, split, embeddings, fitted reward model)."""
-    return setup_run(
-        source=instantiate(cfg.dataset, f"dataset {cfg.dataset.name}"),
-        out=cfg.out,
-        encoder=instantiate(cfg.encoder, f"encoder {cfg.encoder.name}"),
-        reward=lambda: instantiate(cfg.reward, "reward model"),
-        env=instantiate(cfg.env, "env options"),
-        split=Split(**OmegaConf.to_container(cfg.split, resolve=True)),
-        store=instantiate(cfg.embedding_store, "embedding store"),
-        cache_dir=cfg.paths.cache_dir,
-    )
-
-
 def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
     """How the run's fitted reward model ranks the policy zoo against the truth.
 
     Only where there is a truth and the reward model is another one (``eval.fidelity``): the
-    Kendall tau and mean relative error of :mod:`agents.fidelity`, and the true value of the
+    Kendall tau and mean relative error of :mod:`rankgym.agents.fidelity`, and the true value of the
     policy greedy in the reward model (what training in it can be worth, for the run's own
     value to be read against), on ``eval.sessions`` held-out sessions.
     """
     if not cfg.eval.fidelity or s.truth is None or s.reward.name == "truth":
         return {}
-    from agents.fidelity import agreement, greedy_values, policy_zoo, value_zoo
-    from envs.click_models.simple import TruthClickModel
+    from rankgym.agents.fidelity import agreement, greedy_values, policy_zoo, value_zoo
+    from rankgym.envs.click_models.simple import TruthClickModel
 
     truth = TruthClickModel(truth=s.truth)
     zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(truth, seed=cfg.seed)]
@@ -132,7 +120,7 @@ def off_policy(
     test: SessionLog, result: EvaluationResult, model: Any, bootstrap: int, seed: int
 ) -> dict[str, float]:
     """Off-policy estimates of the evaluated slates' clicks per request at the logged positions
-    (every estimator the log's propensities allow, :mod:`agents.ope`), beside the log's own
+    (every estimator the log's propensities allow, :mod:`rankgym.agents.ope`), beside the log's own
     clicks on the same requests; ``dm``/``dr`` with the run's reward model when it is fitted
     (not the truth). ``{}`` when the log has no propensities."""
     if np.isnan(test.propensity).any():
@@ -165,19 +153,8 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value!r}; allowed: an int >= 1 or null (all)")
 
 
-RUN_CONFIG = "run_config.yaml"  # the run's own resolved config (Hydra rewrites .hydra/ on resume)
 RESUMABLE = ("resume", "total_timesteps", "checkpoint_freq", "eval", "device", "export",
              "torch_threads", "objective")  # fmt: skip
-
-
-def load_run_config(path: Path) -> DictConfig:
-    """A run's ``run_config.yaml``, with what older rankgym versions left out filled in as
-    they ran it (``split.valid_fraction: 0``: runs before the valid split trained on all
-    non-test sessions)."""
-    saved = OmegaConf.load(path)
-    if OmegaConf.select(saved, "split") is not None and "valid_fraction" not in saved.split:
-        OmegaConf.update(saved, "split.valid_fraction", 0.0, force_add=True)
-    return saved
 
 
 def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -192,7 +169,7 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     if not saved_path.is_file():
         raise FileNotFoundError(
             f"{saved_path}: missing; resume=true continues a run directory that "
-            "experiments.train wrote (pass its hydra.run.dir)"
+            "rankgym.experiments.train wrote (pass its hydra.run.dir)"
         )
     saved = load_run_config(saved_path)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -219,7 +196,7 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 def write_per_request(path: Path, result: EvaluationResult, test: SessionLog) -> None:
     """The final evaluation's values per held-out request (``per_request.parquet``): what
-    ``experiments.compare`` pairs across policies, session by session."""
+    ``rankgym compare`` pairs across policies, session by session."""
     import pandas as pd
 
     req = result.per_request["request"]
@@ -356,18 +333,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = write_metrics(tmp, metrics)
     log.info("wrote %s", run_dir / "metrics.json")
     if cfg.get("export"):
-        from experiments.export import RANKER_DIR, export_policy
-
         export_policy(cfg, policy, s, run_dir, run_dir / RANKER_DIR)
     return metrics
-
-
-def training_env(s: RunSetup, agent: SB3Agent | SupervisedAgent, device: str) -> BatchedReplayEnv:
-    """The batched env over the training sessions, in the agent's action mode and with its
-    ``num_envs`` (no per-request infos: training does not read them)."""
-    env = dataclasses.replace(s.env, action_mode=agent.action_mode)
-    return BatchedReplayEnv(s.train, s.encoded, s.reward, env, num_envs=agent.num_envs,
-                            device=device, request_infos=False)  # fmt: skip
 
 
 def train(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from envs.logs import SessionLog
-from envs.logs.ground_truth import GroundTruth
-from envs.logs.synthetic import SyntheticWorld
+from rankgym.logs import SessionLog
+from rankgym.logs.ground_truth import GroundTruth
+from rankgym.logs.synthetic import SyntheticWorld
 
 SMALL_WORLD = {"n_items": 400, "n_users": 120, "n_sessions": 300, "propensity_samples": 50}
 

@@ -1,4 +1,4 @@
-"""experiments.bench: the training benchmark's rounds and medians, and its command line."""
+"""rankgym.experiments.bench: the training benchmark's rounds and medians, and its command line."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import statistics
 
 import pytest
 
-from experiments import bench
+from rankgym.experiments import bench
 
 
-def test_train_benchmark_rounds_report_medians_and_the_ratio_of_medians() -> None:
-    results = bench.bench_train(2000, None, ["ppo_v1", "ppo"], profile=False, repeats=3)
-    for name in ("ppo_v1", "ppo"):
-        runs = results[name]["runs"]
-        assert len(runs) == 3 and all(run["timesteps"] >= 2000 for run in runs)
-        assert results[name]["slates_per_s"] == statistics.median(r["slates_per_s"] for r in runs)
-    ratio = results["ppo"]["slates_per_s"] / results["ppo_v1"]["slates_per_s"]
-    assert results["ppo"]["slates_per_s_vs_ppo_v1"] == round(ratio, 1)
-    assert "slates_per_s_vs_ppo_v1" not in results["ppo_v1"]
+def test_train_benchmark_rounds_report_medians() -> None:
+    results = bench.bench_train(2000, None, ["ppo"], profile=False, repeats=3)
+    runs = results["ppo"]["runs"]
+    assert len(runs) == 3 and all(run["timesteps"] >= 2000 for run in runs)
+    assert results["ppo"]["slates_per_s"] == statistics.median(r["slates_per_s"] for r in runs)
 
 
 @pytest.mark.parametrize("what", ["env", "serve", "sweep"])
@@ -37,7 +33,7 @@ def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> No
 def test_simulator_benchmark_compares_equal_passes_and_restores_the_forward() -> None:
     """The stacked serving pass and its reference give the same probabilities, the split and
     the concatenated first layer are both fitted, and the model's forward is put back."""
-    from envs.click_models.neural import _Scorer
+    from rankgym.envs.click_models.neural import _Scorer
 
     forward = _Scorer.forward
     results = bench.bench_simulator(64, repeats=2, env_steps=3)

@@ -1,10 +1,10 @@
-"""experiments.compare: the per-policy table over seeds and the two-opinions table."""
+"""rankgym.experiments.compare: the per-policy table over seeds and the two-opinions table."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments.compare import opinions_markdown, seed_interval, two_opinions
+from rankgym.experiments.compare import opinions_markdown, seed_interval, two_opinions
 
 
 def run(policy: str, seed: int, sim: float, iips: float, support: float) -> dict:

@@ -11,9 +11,9 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
-from encoders.base import TextEncoder
-from encoders.transformer import default_model_path
-from envs.logs.source import LogSource
+from rankgym.encoders.base import TextEncoder
+from rankgym.encoders.transformer import default_model_path
+from rankgym.logs.source import LogSource
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -78,7 +78,7 @@ def test_bert_needs_a_path_and_bad_values_name_the_key() -> None:
 
 
 def test_env_config_instantiates() -> None:
-    from envs.replay import ReplayConfig
+    from rankgym.envs.replay import ReplayConfig
 
     config = instantiate(make("env.slate_size=5").env)
     assert isinstance(config, ReplayConfig) and config.slate_size == 5
@@ -86,21 +86,21 @@ def test_env_config_instantiates() -> None:
         instantiate(make("env.obs_mode=pixels").env)
 
 
-AGENTS = ["ppo", "a2c", "dqn", "ppo_v1", "dqn_v1", "supervised", "random", "logged",
+AGENTS = ["ppo", "a2c", "dqn", "supervised", "random", "logged",
           "popularity", "cosine", "oracle"]  # fmt: skip
 
 
 @pytest.mark.parametrize("agent", AGENTS)
 def test_every_agent_config_instantiates(agent: str) -> None:
-    from agents.baselines import ScoringPolicy
-    from agents.training import SB3Agent
+    from rankgym.agents.baselines import ScoringPolicy
+    from rankgym.agents.training import SB3Agent
 
     cfg = make(f"agent={agent}", "seed=5")
     assert "_target_" in cfg.agent
     built = instantiate(cfg.agent)
     assert built.name == agent
-    if agent in ("ppo", "a2c", "dqn", "ppo_v1", "dqn_v1"):
-        assert isinstance(built, SB3Agent) and built.algorithm == agent.removesuffix("_v1")
+    if agent in ("ppo", "a2c", "dqn"):
+        assert isinstance(built, SB3Agent) and built.algorithm == agent
         assert built.num_envs >= 1 and {"variant", "hidden"} <= set(built.scorer)
         assert "learning_rate" in built.hyperparams and isinstance(built.hyperparams, dict)
         # the default PPO ranks whole slates; the v1 agents place one candidate per step

@@ -1,4 +1,4 @@
-"""experiments.evaluate: finished runs valued under another reward model, then compared."""
+"""rankgym.experiments.evaluate: finished runs valued under another reward model, then compared."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.export import load_run_policy
+from rankgym.experiments.runs import load_run_policy
 from tests.test_serve import cli
 from tests.test_train import SMALL, train
 
@@ -31,7 +31,9 @@ def value(
     root: Path, out: str, *overrides: str, runs: str = "runs"
 ) -> tuple[int, str, dict[str, dict]]:
     """Run experiments.evaluate on ``root / runs``: (exit status, stderr, {run path: metrics})."""
-    done = cli("experiments.evaluate", f"runs=[{root / runs}]", f"out={root / out}", *overrides)
+    done = cli(
+        "rankgym.experiments.evaluate", f"runs=[{root / runs}]", f"out={root / out}", *overrides
+    )
     found = {
         str(p.parent.relative_to(root / out / (root / runs).name)): json.loads(p.read_text())
         for p in (root / out).rglob("metrics.json")
@@ -69,7 +71,7 @@ def test_a_fitted_model_values_the_runs_and_compare_pairs_them(runs: Path) -> No
         saved = OmegaConf.load(runs / "in-pbm" / "runs" / name / "run_config.yaml")
         assert saved.reward._target_.endswith("PBMClickModel")
         assert saved.out == str(runs / "data")  # interpolations resolved in the run's config
-    done = cli("experiments.compare", str(runs / "in-pbm"), "metric=expected_clicks")
+    done = cli("rankgym.experiments.compare", str(runs / "in-pbm"), "metric=expected_clicks")
     assert done.returncode == 0, done.stderr[-3000:]
     report = (runs / "in-pbm" / "report.md").read_text()
     assert "paired" in report.lower() and "| ppo |" in report
@@ -80,7 +82,7 @@ def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_p
     bad = runs / "runs" / "supervised"
     bad.mkdir(exist_ok=True)
     config = OmegaConf.load(runs / "runs" / "cosine" / "run_config.yaml")
-    config.agent = {"_target_": "agents.supervised.SupervisedAgent", "name": "supervised"}
+    config.agent = {"_target_": "rankgym.agents.supervised.SupervisedAgent", "name": "supervised"}
     OmegaConf.save(config, bad / "run_config.yaml")
     (bad / "metrics.json").write_text("{}")
     try:
@@ -98,5 +100,5 @@ def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_p
         (f"runs=[{tmp_path}]",): "no finished run",
         (f"runs=[{runs / 'runs'}]", "sessions=train"): "sessions='train'; allowed: test, valid",
     }.items():
-        done = cli("experiments.evaluate", *overrides, f"out={tmp_path / 'out'}")
+        done = cli("rankgym.experiments.evaluate", *overrides, f"out={tmp_path / 'out'}")
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

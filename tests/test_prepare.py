@@ -1,4 +1,4 @@
-"""The `python -m experiments.prepare` command line, run for real in a subprocess."""
+"""The `rankgym prepare` command line, run for real in a subprocess."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from envs.logs import SessionLog
-from envs.logs.ground_truth import GroundTruth
+from rankgym.logs import SessionLog
+from rankgym.logs.ground_truth import GroundTruth
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def prepare(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "experiments.prepare", f"paths.root_dir={cwd}", *overrides],
+        [sys.executable, "-m", "rankgym.experiments.prepare", f"paths.root_dir={cwd}", *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -123,7 +123,7 @@ def test_out_never_replaces_a_directory_rankgym_did_not_write(tmp_path: Path) ->
 
 def test_concurrent_writers_of_one_out_both_succeed(tmp_path: Path) -> None:
     out = tmp_path / "shared"
-    args = [sys.executable, "-m", "experiments.prepare", f"paths.root_dir={tmp_path}",
+    args = [sys.executable, "-m", "rankgym.experiments.prepare", f"paths.root_dir={tmp_path}",
             f"out={out}", "dataset.scale=0.05", "dataset.propensity_samples=5"]  # fmt: skip
     for _ in range(3):
         procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

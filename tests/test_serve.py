@@ -1,5 +1,5 @@
-"""From a finished run to a serving ranker: ``export=true``, ``experiments.export`` and the real
-HTTP server (``experiments.serve`` in a subprocess, called over a socket by a real client)."""
+"""From a finished run to a serving ranker: ``export=true``, ``rankgym export`` and the real
+HTTP server (``rankgym serve`` in a subprocess, called over a socket by a real client)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agents.ranker import Ranker
+from rankgym.agents.ranker import Ranker
 from tests.test_train import ROOT, SMALL, train
 
 
@@ -55,7 +55,7 @@ def test_export_cli_for_a_baseline_and_its_refusals(ppo_run: Path, tmp_path: Pat
     done = train(root, "agent=cosine", run="cosine")
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "cosine-ranker"
-    done = cli("experiments.export", f"run={root / 'cosine'}", f"out={out}",
+    done = cli("rankgym.experiments.export", f"run={root / 'cosine'}", f"out={out}",
                "with_encoder=false", f"hydra.run.dir={tmp_path / 'log'}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = Ranker.load(out).manifest
@@ -70,7 +70,7 @@ def test_export_cli_for_a_baseline_and_its_refusals(ppo_run: Path, tmp_path: Pat
     }
     for override, message in refusals.items():
         args = [f"run={root / 'cosine'}", override] if override.startswith("out") else [override]
-        done = cli("experiments.export", *args, f"hydra.run.dir={tmp_path / 'log'}")
+        done = cli("rankgym.experiments.export", *args, f"hydra.run.dir={tmp_path / 'log'}")
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
     done = train(root, "agent=random", "export=true", run="random")
@@ -86,11 +86,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(ppo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m experiments.serve`` on a free port (at most 8 candidates, 64 KiB bodies)."""
+    """``rankgym serve`` on a free port (at most 8 candidates, 64 KiB bodies)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve-log")
     process = subprocess.Popen(
-        [sys.executable, "-m", "experiments.serve", f"ranker={ppo_run / 'ranker'}",
+        [sys.executable, "-m", "rankgym.experiments.serve", f"ranker={ppo_run / 'ranker'}",
          f"port={port}", "max_candidates=8", "max_body_bytes=65536", "log_level=warning",
          f"hydra.run.dir={log}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

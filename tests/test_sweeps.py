@@ -14,21 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.logs.synthetic import SyntheticWorld
-from envs.setup import Split
-from experiments.compare import holm
+from rankgym.envs.setup import Split
+from rankgym.experiments.compare import holm
+from rankgym.logs.synthetic import SyntheticWorld
 from tests.conftest import SMALL_WORLD
 from tests.test_train import ROOT, SMALL, TINY
 
 
 def sweep(tmp: Path, *overrides: str, name: str = "sweep") -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "experiments.train", "-m", f"paths.root_dir={tmp}",
+    args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={tmp}",
             f"out={tmp}/data", f"hydra.sweep.dir={tmp}/{name}", *TINY, *overrides]  # fmt: skip
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def compare(directory: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.compare", str(directory),
+    return subprocess.run([sys.executable, "-m", "rankgym.experiments.compare", str(directory),
                            *overrides], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
 
@@ -62,11 +62,11 @@ def _prepare(args: tuple[str, str]) -> list[str]:
     """One job's run setup (a fresh process), returning what it logged."""
     import logging
 
-    from encoders.hashing import HashingEncoder
-    from encoders.store import EmbeddingStore
-    from envs.click_models.fitted import PBMClickModel
-    from envs.replay import ReplayConfig
-    from envs.setup import setup_run
+    from rankgym.encoders.hashing import HashingEncoder
+    from rankgym.encoders.store import EmbeddingStore
+    from rankgym.envs.click_models.fitted import PBMClickModel
+    from rankgym.envs.replay import ReplayConfig
+    from rankgym.envs.setup import setup_run
 
     out, cache = args
     records: list[str] = []
@@ -248,7 +248,7 @@ def test_optuna_search_maximises_the_valid_objective_and_resumes(tmp_path: Path)
 def test_objective_is_checked_before_the_run() -> None:
     from omegaconf import OmegaConf
 
-    from experiments.sweeps import check_objective, objective_key
+    from rankgym.experiments.sweeps import check_objective, objective_key
 
     check_objective(OmegaConf.create({"objective": "valid_ndcg@10"}))
     with pytest.raises(ValueError, match="objective='valid_true_expected_click'; allowed: auto"):

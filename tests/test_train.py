@@ -1,4 +1,4 @@
-"""`python -m experiments.train` end to end, in a subprocess, on a tiny world and encoder."""
+"""`rankgym train` end to end, in a subprocess, on a tiny world and encoder."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ METRIC_KEYS = {
 
 def train(tmp: Path, *overrides: str, run: str = "run") -> subprocess.CompletedProcess:
     args = [
-        sys.executable, "-m", "experiments.train", f"paths.root_dir={tmp}", f"out={tmp}/data",
-        f"hydra.run.dir={tmp}/{run}", *TINY, *overrides,
+        sys.executable, "-m", "rankgym.experiments.train", f"paths.root_dir={tmp}",
+        f"out={tmp}/data", f"hydra.run.dir={tmp}/{run}", *TINY, *overrides,
     ]  # fmt: skip
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
@@ -112,8 +112,9 @@ def test_obd_trains_as_a_ranking_over_its_catalog(tmp_path: Path, agent: str) ->
     """experiment=obd on the OBD fixture: 80 candidates, 3 slots, features, an IPS estimate."""
     fixture = ROOT / "tests" / "fixtures" / "obd"
     args = [
-        sys.executable, "-m", "experiments.train", "experiment=obd", f"paths.root_dir={tmp_path}",
-        f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", f"dataset.path={fixture}",
+        sys.executable, "-m", "rankgym.experiments.train", "experiment=obd",
+        f"paths.root_dir={tmp_path}", f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run",
+        f"dataset.path={fixture}",
         f"agent={agent}", "reward.epochs=2", "reward.ensemble=1", "total_timesteps=96",
         "eval.bootstrap=20", "split.test_fraction=0.5", *SMALL["ppo"][:2],
     ]  # fmt: skip
@@ -125,7 +126,7 @@ def test_obd_trains_as_a_ranking_over_its_catalog(tmp_path: Path, agent: str) ->
     assert metrics["reward_model"] == "neural" and metrics["invalid_actions"] == 0
     assert "ndcg@3" in metrics and metrics["expected_clicks"] > 0
     # the fixture's uniform logging: 1/80 of the held-out impressions can match at best 3/80
-    from envs.logs import SessionLog
+    from rankgym.logs import SessionLog
 
     data = SessionLog.read(tmp_path / "data")
     _, test = data.split(0.5, seed=0)
@@ -201,7 +202,7 @@ def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Pa
 
     common = ["agent=ppo", "checkpoint_freq=256", "eval.freq=256", *SMALL["ppo"],
               "env.slate_size=5"]  # fmt: skip
-    args = [sys.executable, "-m", "experiments.train", f"paths.root_dir={tmp_path}",
+    args = [sys.executable, "-m", "rankgym.experiments.train", f"paths.root_dir={tmp_path}",
             f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/killed", *TINY, *common,
             "total_timesteps=100000"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -234,7 +235,7 @@ def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Pa
 
 def test_a_failing_job_never_stops_the_sweep(tmp_path: Path) -> None:
     """Job 0 is a user error, job 1 runs anyway; the sweep exits 1 listing the failure."""
-    args = [sys.executable, "-m", "experiments.train", "-m", f"paths.root_dir={tmp_path}",
+    args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={tmp_path}",
             f"out={tmp_path}/data", f"hydra.sweep.dir={tmp_path}/sweep", *TINY, "agent=cosine",
             "env.slate_size=0,5"]  # fmt: skip
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -244,8 +245,8 @@ def test_a_failing_job_never_stops_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     assert (sweep / "0" / "error.txt").read_text().startswith("ValueError: env.slate_size=0")
     assert (sweep / "1" / "metrics.json").is_file()
-    table = subprocess.run([sys.executable, "-m", "experiments.compare", str(sweep)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    compare = [sys.executable, "-m", "rankgym.experiments.compare", str(sweep)]
+    table = subprocess.run(compare, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     head = table.stdout.split("| policy")[0]
     assert "1 run(s) of this sweep are not in the table" in head

@@ -1,9 +1,10 @@
-"""Reward (click) models: attractiveness x position structure; see ``envs.click_models.base``."""
+"""Reward (click) models: attractiveness x position structure; see
+``rankgym.envs.click_models.base``."""
 
-from envs.click_models.base import ClickModel, log_fingerprint
-from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
-from envs.click_models.neural import NeuralClickModel
-from envs.click_models.simple import LoggedClickModel, TruthClickModel
+from rankgym.envs.click_models.base import ClickModel, log_fingerprint
+from rankgym.envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
+from rankgym.envs.click_models.neural import NeuralClickModel
+from rankgym.envs.click_models.simple import LoggedClickModel, TruthClickModel
 
 __all__ = [
     "CascadeClickModel",

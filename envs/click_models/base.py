@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from encoders.pooling import UserPooling
-from envs.logs import SessionLog
+from rankgym.encoders.pooling import UserPooling
+from rankgym.logs import SessionLog
 
 MAX_POSITIONS = 64
 
@@ -77,7 +77,7 @@ class ClickModel:
             skipped item.
         needs_history: ``True`` when attractiveness depends on the user's current history
             (the environment then passes it on every request; the model pools it itself).
-        pooling: the :class:`~encoders.pooling.UserPooling` the model was fitted with, for
+        pooling: the :class:`~rankgym.encoders.pooling.UserPooling` the model was fitted with, for
             models that read the history (the environment must keep and pool it the same way).
         encoder_fingerprint: the text encoder of the embeddings it was fitted on (``None``:
             it reads none of the run's embeddings).
@@ -260,7 +260,7 @@ class ClickModel:
             raise FileNotFoundError(f"{src / 'model.json'}: missing; not a saved reward model")
         meta = json.loads((src / "model.json").read_text())
         module, _, qualname = meta["class"].rpartition(".")
-        if not module.startswith("envs.click_models"):
+        if not module.startswith("rankgym.envs.click_models"):
             raise ValueError(f"{src / 'model.json'}: class {meta['class']!r} is not a click model")
         klass = getattr(importlib.import_module(module), qualname)
         unknown = sorted(set(meta["config"]) - set(inspect.signature(klass).parameters))

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
-from envs.logs import SessionLog
+from rankgym.envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
+from rankgym.logs import SessionLog
 
 
 def _check_positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False) -> None:

@@ -8,24 +8,24 @@ dot products ``q.i, u.i, p.i`` follow. Unlike the pair-counting models it genera
 (query, item) pairs never logged, and it reacts to the user's state and taste.
 
 Text features (``features``): ``lexical`` (default) embeds the log's texts with the
-:class:`~encoders.hashing.HashingEncoder` (hashed words and character n-grams), whatever encoder
-the policy observes; ``encoder`` uses the run's text embeddings
-(:class:`encoders.encoded_log.EncodedLog`). The simulator is then one fixed object that policies
-with different encoders are compared in, and lexical matches (brand names, colours, exact
+:class:`~rankgym.encoders.hashing.HashingEncoder` (hashed words and character n-grams), whatever
+encoder the policy observes; ``encoder`` uses the run's text embeddings
+(:class:`rankgym.encoders.encoded_log.EncodedLog`). The simulator is then one fixed object that
+policies with different encoders are compared in, and lexical matches (brand names, colours, exact
 product words) rank policies closer to the truth than MiniLM's embeddings do (BENCHMARKS.md).
 
 Item statistics (``item_stats``): how often the log showed each item joins its inputs.
 
 Feature columns (``use_features``): the dataset's item and user features
-(:mod:`encoders.features`) join the text vectors, so datasets described by features (OBD) are
-modelled from them, not from fake sentences.
+(:mod:`rankgym.encoders.features`) join the text vectors, so datasets described by features (OBD)
+are modelled from them, not from fake sentences.
 
-User state: the user's history pooled with a :class:`~encoders.pooling.UserPooling` given to
+User state: the user's history pooled with a :class:`~rankgym.encoders.pooling.UserPooling` given to
 :meth:`NeuralClickModel.fit` (the run setup passes the environment's), over the model's own item
 vectors, with the clicks of the session's earlier requests appended as the environment appends
 them: the model is fitted on the states it is served. The environment passes the current
 history; without it the logged request's own history (from the log's
-:class:`~envs.click_models.base.LogContext`) is used.
+:class:`~rankgym.envs.click_models.base.LogContext`) is used.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from encoders.encoded_log import EncodedLog, encode_log
-from encoders.hashing import HashingEncoder
-from encoders.pooling import UserPooling, append_history, pad_histories
-from envs.click_models.base import (
+from rankgym.encoders.encoded_log import EncodedLog, encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.encoders.pooling import UserPooling, append_history, pad_histories
+from rankgym.envs.click_models.base import (
     MAX_POSITIONS,
     ClickModel,
     LogContext,
@@ -48,8 +48,8 @@ from envs.click_models.base import (
     logged_rankings,
     positional_click_probs,
 )
-from envs.click_models.fitted import _check_positive, _PairTable, conditional_examination
-from envs.logs import SessionLog
+from rankgym.envs.click_models.fitted import _check_positive, _PairTable, conditional_examination
+from rankgym.logs import SessionLog
 
 DEVICES = ("cpu", "cuda", "auto")
 EXAMINATION = ("conditional", "learned")
@@ -354,7 +354,8 @@ class NeuralClickModel(ClickModel):
             the higher held-out likelihood, see :meth:`fit`).
         examination: ``learned`` jointly with the attractiveness, or ``conditional``: fixed
             from the pairs the logger showed at several positions (intervention harvesting,
-            :func:`~envs.click_models.fitted.conditional_examination`), anchored at 1 on top.
+            :func:`~rankgym.envs.click_models.fitted.conditional_examination`), anchored at 1 on
+            top.
         calibrate: ``none``; ``level``: fit on 90% of the training sessions, then shift each
             member's attractiveness logit so that its expected clicks of the other 10%'s logged
             rankings equal their observed clicks (the level of pairs never logged is set by how
@@ -378,7 +379,7 @@ class NeuralClickModel(ClickModel):
         features: ``lexical`` (hashed words and n-grams of the log's texts) or ``encoder``
             (the run's text embeddings, given to :meth:`fit`).
         use_features: also read the dataset's item and user feature columns
-            (:mod:`encoders.features`; see :meth:`_set_tables`); no effect without them.
+            (:mod:`rankgym.encoders.features`; see :meth:`_set_tables`); no effect without them.
         ensemble: members fitted from seeds ``seed, seed + 1, ...`` (initialisation and
             minibatch order); the attractiveness is their mean. One fit's overall level moves
             by up to +-20% with the seed alone on the default world (BENCHMARKS.md).

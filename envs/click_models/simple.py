@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext
-from envs.logs import SessionLog
-from envs.logs.errors import LogValidationError
-from envs.logs.ground_truth import TRUTH_DIR, GroundTruth
+from rankgym.envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext
+from rankgym.logs import SessionLog
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.ground_truth import TRUTH_DIR, GroundTruth
 
 
 class LoggedClickModel(ClickModel):

@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from agents.baselines import (
+from rankgym.agents.baselines import (
     CosinePolicy,
     LoggedPolicy,
     OraclePolicy,
@@ -26,14 +26,14 @@ from agents.baselines import (
     SB3Policy,
     masked_argmax,
 )
-from agents.evaluation import EvaluationResult, evaluate
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.base import ClickModel
-from envs.click_models.simple import TruthClickModel
-from envs.metrics import expected_reciprocal_rank
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.agents.evaluation import EvaluationResult, evaluate
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.base import ClickModel
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.metrics import expected_reciprocal_rank
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
 
 CONFIG = ReplayConfig(obs_mode="ids")
 CONF = Path(__file__).resolve().parents[2] / "conf"

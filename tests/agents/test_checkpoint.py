@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.training import build_agent
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.simple import TruthClickModel
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rankgym.agents.training import build_agent
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
 from tests.test_train import SMALL, train
 
 SMALL_DQN = {"learning_starts": 32, "buffer_size": 2000, "batch_size": 16}

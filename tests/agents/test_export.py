@@ -20,18 +20,18 @@ import numpy as np
 import pytest
 import torch
 
-from agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
-from agents.export import export_ranker, policy_scorer
-from agents.ranker import PARTS, Ranker, RankerError
-from agents.training import build_agent
-from encoders.hashing import HashingEncoder
-from encoders.tiny import tiny_bert_encoder
-from envs.click_models.simple import TruthClickModel
-from envs.logs.synthetic import SyntheticWorld
-from envs.replay import ReplayConfig
-from envs.session_replay import SessionReplayEnv
-from envs.setup import RunSetup, Split, setup_run
-from envs.vector import BatchedReplayEnv
+from rankgym.agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
+from rankgym.agents.export import export_ranker, policy_scorer
+from rankgym.agents.ranker import PARTS, Ranker, RankerError
+from rankgym.agents.training import build_agent
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.encoders.tiny import tiny_bert_encoder
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.session_replay import SessionReplayEnv
+from rankgym.envs.setup import RunSetup, Split, setup_run
+from rankgym.envs.vector import BatchedReplayEnv
+from rankgym.logs.synthetic import SyntheticWorld
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = ReplayConfig(obs_mode="ids")  # conf/env/default.yaml
@@ -216,8 +216,8 @@ def test_parity_with_embedding_observations(world: RunSetup, tmp_path: Path) -> 
 def test_parity_on_obd_with_user_features(tmp_path: Path) -> None:
     """OBD: 80 catalog candidates, 3 slots, item and user features (``user_id`` required);
     the fixture's held-out requests are few, each scored at 3 slots x 80 candidates."""
-    from envs.click_models.fitted import PBMClickModel
-    from envs.logs.obd import OBDSource
+    from rankgym.envs.click_models.fitted import PBMClickModel
+    from rankgym.logs.obd import OBDSource
 
     env = ReplayConfig(obs_mode="ids", max_candidates=80, slate_size=3)
     s = setup_run(OBDSource(path=str(ROOT / "tests" / "fixtures" / "obd")), tmp_path / "obd",
@@ -379,7 +379,7 @@ def test_tampered_or_mismatched_directories_are_refused(
 
 
 def test_export_refuses_what_it_cannot_serve(world: RunSetup, tmp_path: Path) -> None:
-    from agents.baselines import RandomPolicy
+    from rankgym.agents.baselines import RandomPolicy
 
     with pytest.raises(ValueError, match="'random' cannot be exported; allowed: ppo"):
         export(world, RandomPolicy(), tmp_path / "r")
@@ -395,7 +395,7 @@ def test_export_refuses_what_it_cannot_serve(world: RunSetup, tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def tiny_ranker(world: RunSetup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """The cosine baseline over a tiny BERT, exported with its encoder as ONNX."""
-    from encoders.encoded_log import encode_log
+    from rankgym.encoders.encoded_log import encode_log
 
     encoder = tiny_bert_encoder()
     encoded = encode_log(world.data, encoder)
@@ -417,8 +417,8 @@ def test_exported_transformer_encoder_equals_the_torch_encoder(tiny_ranker: Any)
 
 NO_TORCH = """
 import sys
-from agents.ranker import Ranker
-import experiments.serve
+from rankgym.agents.ranker import Ranker
+import rankgym.experiments.serve
 ranker = Ranker.load(sys.argv[1])
 ranker.rank("a new query", ["i0001"], ["i0002", {"item_id": "n", "text": "green kettle"}])
 print(sorted(m for m in ("torch", "stable_baselines3", "gymnasium", "transformers")
@@ -437,7 +437,7 @@ def test_ranker_and_server_run_without_torch(tiny_ranker: Any, rankers: dict[str
 @pytest.mark.slow
 def test_exported_minilm_equals_transformer_encoder(tmp_path: Path) -> None:
     """The packaged all-MiniLM-L6-v2, exported: embeddings equal TransformerEncoder's to 1e-4."""
-    from encoders.transformer import TransformerEncoder
+    from rankgym.encoders.transformer import TransformerEncoder
     from tests.conftest import SMALL_WORLD
 
     encoder = TransformerEncoder(device="cpu", progress=False)

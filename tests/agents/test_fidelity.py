@@ -1,4 +1,4 @@
-"""The fidelity report: agreement statistics, the policy zoo, `experiments.fidelity`."""
+"""The fidelity report: agreement statistics, the policy zoo, `rankgym.experiments.fidelity`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from agents.baselines import CosinePolicy
-from agents.fidelity import (
+from rankgym.agents.baselines import CosinePolicy
+from rankgym.agents.fidelity import (
     TRUTH_RANKED,
     MixturePolicy,
     ModelGreedyPolicy,
@@ -25,12 +25,12 @@ from agents.fidelity import (
     spearman,
     value_zoo,
 )
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.fitted import PBMClickModel
-from envs.click_models.neural import NeuralClickModel
-from envs.click_models.simple import LoggedClickModel, TruthClickModel
-from envs.replay import ReplayConfig
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.fitted import PBMClickModel
+from rankgym.envs.click_models.neural import NeuralClickModel
+from rankgym.envs.click_models.simple import LoggedClickModel, TruthClickModel
+from rankgym.envs.replay import ReplayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,7 +151,7 @@ def test_mixture_policy_reverses_and_blurs(world) -> None:
 
 def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     args = [
-        sys.executable, "-m", "experiments.fidelity", f"paths.root_dir={tmp_path}",
+        sys.executable, "-m", "rankgym.experiments.fidelity", f"paths.root_dir={tmp_path}",
         f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", "encoder=hashing",
         "dataset.scale=0.1", "dataset.n_items=300", "dataset.propensity_samples=5",
         "fidelity.rewards=[pbm,neural]",

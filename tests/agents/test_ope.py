@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.ope import (
+from rankgym.agents.ope import (
     ESTIMATORS,
     LoggedSlates,
     TargetProbs,
@@ -14,8 +14,8 @@ from agents.ope import (
     logged_clicks,
     off_policy_estimates,
 )
-from envs.logs import SessionLog
-from envs.logs.plackett_luce import position_marginals, prefix_probabilities
+from rankgym.logs import SessionLog
+from rankgym.logs.plackett_luce import position_marginals, prefix_probabilities
 
 
 def _log(requests, items, positions, clicks, propensity, prefix=None, n_items=2) -> SessionLog:

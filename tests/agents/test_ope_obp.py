@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.ope import LoggedSlates, TargetProbs, cascade_dr_terms, estimate
-from envs.logs.plackett_luce import position_marginals, prefix_probabilities
+from rankgym.agents.ope import LoggedSlates, TargetProbs, cascade_dr_terms, estimate
+from rankgym.logs.plackett_luce import position_marginals, prefix_probabilities
 
 pytestmark = pytest.mark.slow
 

@@ -13,16 +13,16 @@ from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
-from agents.baselines import SB3Policy
-from agents.evaluation import evaluate
-from agents.policies import PlacedCandidateReplayBuffer, masked_random_actions
-from agents.scorer import MASKED, CandidateScorer
-from agents.training import build_agent, load_agent, save_checkpoint
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.simple import TruthClickModel
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.agents.baselines import SB3Policy
+from rankgym.agents.evaluation import evaluate
+from rankgym.agents.policies import PlacedCandidateReplayBuffer, masked_random_actions
+from rankgym.agents.scorer import MASKED, CandidateScorer
+from rankgym.agents.training import build_agent, load_agent, save_checkpoint
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
 
 SMALL_PPO = {"n_steps": 16, "batch_size": 64, "n_epochs": 2, "learning_rate": 1e-3}
 SMALL_DQN = {"learning_starts": 64, "buffer_size": 5000, "batch_size": 32, "train_freq": 1,

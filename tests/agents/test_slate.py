@@ -12,11 +12,11 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
-from agents.baselines import SB3Policy
-from agents.evaluation import evaluate
-from agents.policies import PlackettLuce, PositionRolloutBuffer
-from agents.supervised import SupervisedAgent
-from agents.training import (
+from rankgym.agents.baselines import SB3Policy
+from rankgym.agents.evaluation import evaluate
+from rankgym.agents.policies import PlackettLuce, PositionRolloutBuffer
+from rankgym.agents.supervised import SupervisedAgent
+from rankgym.agents.training import (
     EvalCallback,
     SB3Agent,
     build_agent,
@@ -26,11 +26,11 @@ from agents.training import (
     save_checkpoint,
     scorer_precision,
 )
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.simple import TruthClickModel
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
 
 SMALL_PPO = {"n_steps": 16, "batch_size": 64, "n_epochs": 2, "learning_rate": 1e-3, "gamma": 0.0}
 
@@ -276,7 +276,7 @@ def test_supervised_ceiling_fits_the_truth(world) -> None:
     assert seen == 20032
     cfg = ReplayConfig(obs_mode="ids", max_candidates=12, slate_size=5)
     model = TruthClickModel(truth=truth)
-    from agents.baselines import CosinePolicy, RandomPolicy
+    from rankgym.agents.baselines import CosinePolicy, RandomPolicy
 
     values = {
         p.name: evaluate(p, test, encoded, model, cfg, truth=truth, bootstrap=0).metrics[

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.encoded_log import encode_log
-from encoders.store import EmbeddingStore
-from encoders.tiny import tiny_bert_encoder
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.store import EmbeddingStore
+from rankgym.encoders.tiny import tiny_bert_encoder
 
 
 def test_tables_align_with_codes(small_world, tmp_path: Path) -> None:

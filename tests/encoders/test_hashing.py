@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.base import TextEncoder
-from encoders.hashing import HashingEncoder
+from rankgym.encoders.base import TextEncoder
+from rankgym.encoders.hashing import HashingEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["red leather hiking boots", "Stainless-steel frying pan, 28 cm", "", "a a a b"]
@@ -65,7 +65,7 @@ def test_batches_match_one_shot() -> None:
 
 def test_deterministic_across_processes() -> None:
     code = (
-        "import sys, numpy as np; from encoders.hashing import HashingEncoder; "
+        "import sys, numpy as np; from rankgym.encoders.hashing import HashingEncoder; "
         f"sys.stdout.buffer.write(HashingEncoder(dim=32).encode({TEXTS!r}).tobytes())"
     )
     runs = [

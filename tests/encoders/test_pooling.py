@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoders import pooling
-from encoders.pooling import POOLING_METHODS, pad_histories, pool_user_state
+from rankgym.encoders import pooling
+from rankgym.encoders.pooling import POOLING_METHODS, pad_histories, pool_user_state
 
 # 4 items in 2-D, easy to follow by hand
 EMB = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, 3.0]], dtype=np.float32)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.store import EmbeddingStore
-from encoders.tiny import tiny_bert_encoder
+from rankgym.encoders.store import EmbeddingStore
+from rankgym.encoders.tiny import tiny_bert_encoder
 
 
 class Counting:
@@ -106,7 +106,7 @@ def test_manifest_mismatch_and_bad_arguments(tmp_path: Path, tiny) -> None:
 
 def test_digests_ending_in_zero_bytes_round_trip(tmp_path: Path, tiny) -> None:
     """numpy's fixed-width bytes dtype would strip trailing NULs; many texts would then miss."""
-    from encoders.store import text_key
+    from rankgym.encoders.store import text_key
 
     texts = [f"t{i}" for i in range(3000)]
     assert any(text_key(t).endswith(b"\0") for t in texts)
@@ -120,7 +120,7 @@ def test_digests_ending_in_zero_bytes_round_trip(tmp_path: Path, tiny) -> None:
 def test_opening_the_store_removes_what_killed_writers_left(tmp_path: Path) -> None:
     import os
 
-    from encoders.hashing import HashingEncoder
+    from rankgym.encoders.hashing import HashingEncoder
 
     encoder = HashingEncoder(dim=8)
     store = EmbeddingStore(tmp_path)
@@ -147,8 +147,8 @@ def test_two_processes_on_one_store_encode_each_text_once(tmp_path: Path) -> Non
     script = tmp_path / "encode.py"
     script.write_text(
         "import json, sys, time\n"
-        "from encoders.hashing import HashingEncoder\n"
-        "from encoders.store import EmbeddingStore\n"
+        "from rankgym.encoders.hashing import HashingEncoder\n"
+        "from rankgym.encoders.store import EmbeddingStore\n"
         "class Slow:\n"
         "    inner = HashingEncoder(dim=8)\n"
         "    name, dim, fingerprint = inner.name, inner.dim, inner.fingerprint\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.tiny import tiny_bert, tiny_bert_encoder
-from encoders.transformer import TransformerEncoder, default_model_path
+from rankgym.encoders.tiny import tiny_bert, tiny_bert_encoder
+from rankgym.encoders.transformer import TransformerEncoder, default_model_path
 
 TEXTS = [
     "Nordik waterproof hiking boots, brown - $129",

@@ -11,15 +11,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from encoders.encoded_log import EncodedLog, encode_log
-from encoders.hashing import HashingEncoder
-from encoders.pooling import UserPooling, pad_histories
-from envs.click_models.base import ClickModel, log_fingerprint, logged_rankings
-from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
-from envs.click_models.neural import NeuralClickModel
-from envs.click_models.simple import TruthClickModel
-from envs.logs import SessionLog
-from envs.logs.synthetic import SyntheticWorld
+from rankgym.encoders.encoded_log import EncodedLog, encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.encoders.pooling import UserPooling, pad_histories
+from rankgym.envs.click_models.base import ClickModel, log_fingerprint, logged_rankings
+from rankgym.envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
+from rankgym.envs.click_models.neural import NeuralClickModel
+from rankgym.envs.click_models.simple import TruthClickModel
+from rankgym.logs import SessionLog
+from rankgym.logs.synthetic import SyntheticWorld
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # a fast neural configuration (~8 s on 2 busy cores); the defaults train ~10x longer
@@ -445,7 +445,7 @@ def test_neural_item_stats_count_impressions_without_the_own_session(small_world
     """``item_stats``: one more item input, ``log1p`` of the item's training impressions
     z-scored; a training request sees the count without its own session's impressions, as a
     held-out request sees the training log's."""
-    from envs.click_models.neural import _RequestBatch
+    from rankgym.envs.click_models.neural import _RequestBatch
 
     log, _ = small_world
     small = {"epochs": 1, "hidden": 8, "ensemble": 1, "structure": "pbm", "calibrate": "none"}
@@ -544,7 +544,7 @@ def test_neural_propensity_weights_are_inverse_propensities(world, encoded) -> N
     """``propensity_clip`` weighs each logged impression by 1/propensity (clipped, mean 1)."""
     import torch
 
-    from envs.click_models.neural import _RequestBatch
+    from rankgym.envs.click_models.neural import _RequestBatch
 
     train = world[0]
     model = NeuralClickModel(**FAST_NEURAL, propensity_clip=10.0)
@@ -570,8 +570,8 @@ def test_a_cached_fit_is_keyed_by_the_code_that_fits_it(
 ) -> None:
     """The same settings on the same log reuse a cached fit, but not one made by other code:
     the key holds the source of the model's modules and of the rankgym code they import."""
-    import envs.setup as run_setup
-    from envs.replay import ReplayConfig
+    import rankgym.envs.setup as run_setup
+    from rankgym.envs.replay import ReplayConfig
 
     sources = {
         p.relative_to(CONF.parent).as_posix() for p in run_setup.model_sources(NeuralClickModel)

@@ -12,18 +12,18 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import envs
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from encoders.pooling import UserPooling
-from envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
-from envs.click_models.neural import NeuralClickModel
-from envs.click_models.simple import LoggedClickModel, TruthClickModel
-from envs.logs import LogValidationError
-from envs.logs.synthetic import SyntheticWorld
-from envs.replay import ReplayConfig
-from envs.session_replay import SessionReplayEnv
-from envs.vector import BatchedReplayEnv
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.encoders.pooling import UserPooling
+from rankgym.envs import RANKGYM_ENV_IDS
+from rankgym.envs.click_models.fitted import CascadeClickModel, DCMClickModel, PBMClickModel
+from rankgym.envs.click_models.neural import NeuralClickModel
+from rankgym.envs.click_models.simple import LoggedClickModel, TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.session_replay import SessionReplayEnv
+from rankgym.envs.vector import BatchedReplayEnv
+from rankgym.logs import LogValidationError
+from rankgym.logs.synthetic import SyntheticWorld
 from tests.conftest import SMALL_WORLD
 
 
@@ -73,7 +73,7 @@ def make(world, model=None, **options) -> SessionReplayEnv:
 
 
 # ---------------------------------------------------------------------- contracts
-@pytest.mark.parametrize("env_id", envs.RANKGYM_ENV_IDS)
+@pytest.mark.parametrize("env_id", RANKGYM_ENV_IDS)
 @pytest.mark.parametrize(
     "options", [{}, {"obs_mode": "ids"}, {"action_mode": "scores"}, {"action_mode": "top1"}]
 )

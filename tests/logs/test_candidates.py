@@ -8,18 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from encoders.encoded_log import encode_log
-from encoders.hashing import HashingEncoder
-from envs.click_models.fitted import PBMClickModel
-from envs.click_models.simple import LoggedClickModel, TruthClickModel
-from envs.logs.candidates import add_candidates
-from envs.logs.errors import LogValidationError
-from envs.logs.mind import MINDSource
-from envs.logs.obd import OBDSource
-from envs.logs.session_log import SessionLog
-from envs.logs.table import TableSource
-from envs.replay import ReplayConfig
-from envs.vector import BatchedReplayEnv
+from rankgym.encoders.encoded_log import encode_log
+from rankgym.encoders.hashing import HashingEncoder
+from rankgym.envs.click_models.fitted import PBMClickModel
+from rankgym.envs.click_models.simple import LoggedClickModel, TruthClickModel
+from rankgym.envs.replay import ReplayConfig
+from rankgym.envs.vector import BatchedReplayEnv
+from rankgym.logs.candidates import add_candidates
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.mind import MINDSource
+from rankgym.logs.obd import OBDSource
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.table import TableSource
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -211,9 +211,9 @@ def test_truth_values_sampled_candidates_of_the_synthetic_world(small_world) -> 
 
 def test_synthetic_world_takes_the_option_and_the_oracle_gains_from_it() -> None:
     """With sampled negatives the truth's oracle has more to choose from: it can only gain."""
-    from agents.baselines import OraclePolicy
-    from agents.evaluation import evaluate
-    from envs.logs.synthetic import SyntheticWorld
+    from rankgym.agents.baselines import OraclePolicy
+    from rankgym.agents.evaluation import evaluate
+    from rankgym.logs.synthetic import SyntheticWorld
     from tests.conftest import SMALL_WORLD
 
     values = {}

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs.logs import LogValidationError, SessionLog
-from envs.logs.table import TableSource
+from rankgym.logs import LogValidationError, SessionLog
+from rankgym.logs.table import TableSource
 
 COLUMNS = ["session_id", "request_id", "user_id", "timestamp", "query", "item_id", "position",
            "click", "propensity"]  # fmt: skip

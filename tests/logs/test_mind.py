@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.logs.errors import LogValidationError
-from envs.logs.mind import MINDSource
-from envs.logs.session_log import SessionLog
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.mind import MINDSource
+from rankgym.logs.session_log import SessionLog
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "mind"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.logs.errors import LogValidationError
-from envs.logs.obd import OBDSource, bernoulli_ts_marginals, bernoulli_ts_prior, fetch_sdist
-from envs.logs.session_log import SessionLog
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.obd import OBDSource, bernoulli_ts_marginals, bernoulli_ts_prior, fetch_sdist
+from rankgym.logs.session_log import SessionLog
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "obd"
 
@@ -165,7 +165,7 @@ def test_bernoulli_ts_marginals() -> None:
 @pytest.mark.slow
 def test_bts_value_from_the_random_logs(tmp_path: Path) -> None:
     """The Open Bandit paper's check on the sample: BTS valued from the uniform-random logs."""
-    from experiments.obd import bts_from_random
+    from rankgym.experiments.obd import bts_from_random
 
     cached = Path("~/.cache/rankgym").expanduser()
     cache = cached if (cached / "obp" / "obp-0.5.7.tar.gz").is_file() else tmp_path

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.logs import SessionLog
-from envs.logs.session_log import ranges
-from envs.logs.synthetic import SyntheticWorld
+from rankgym.logs import SessionLog
+from rankgym.logs.session_log import ranges
+from rankgym.logs.synthetic import SyntheticWorld
 
 ARRAYS = [
     "item_ids", "item_texts", "user_ids", "user_texts", "user_history_offsets",
@@ -145,7 +145,7 @@ def test_chunked_input_with_different_dictionaries_and_shuffled_rows(small_world
 def test_atomic_directory_keeps_a_live_writers_temporary(tmp_path: Path) -> None:
     import os
 
-    from envs.logs.atomic import atomic_directory
+    from rankgym.logs.atomic import atomic_directory
 
     target = tmp_path / "data"
     live = tmp_path / f".data.tmp-{os.getpid()}-aaaaaaaa"  # a writer still running (us)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.logs import LogValidationError, SessionLog
-from envs.logs.ground_truth import GroundTruth
-from envs.logs.plackett_luce import position_marginals, prefix_probabilities
-from envs.logs.synthetic import CATEGORIES, SyntheticWorld, _pl_propensities
+from rankgym.logs import LogValidationError, SessionLog
+from rankgym.logs.ground_truth import GroundTruth
+from rankgym.logs.plackett_luce import position_marginals, prefix_probabilities
+from rankgym.logs.synthetic import CATEGORIES, SyntheticWorld, _pl_propensities
 from tests.conftest import SMALL_WORLD
 
 
@@ -304,13 +304,13 @@ def test_every_world_can_tell_policies_apart(options: dict) -> None:
     Measured (seed 0): PBM 0.888 -> 1.357 (35%); cascade with the default abandonment 0.3:
     0.597 -> 0.831 (28%); a cascade without abandonment: 0.932 -> 0.936 (0.4%).
     """
-    from agents.baselines import RandomPolicy
-    from agents.evaluation import evaluate
-    from agents.fidelity import TruthOraclePolicy
-    from encoders.encoded_log import encode_log
-    from encoders.hashing import HashingEncoder
-    from envs.click_models.simple import TruthClickModel
-    from envs.replay import ReplayConfig
+    from rankgym.agents.baselines import RandomPolicy
+    from rankgym.agents.evaluation import evaluate
+    from rankgym.agents.fidelity import TruthOraclePolicy
+    from rankgym.encoders.encoded_log import encode_log
+    from rankgym.encoders.hashing import HashingEncoder
+    from rankgym.envs.click_models.simple import TruthClickModel
+    from rankgym.envs.replay import ReplayConfig
 
     log, truth = SyntheticWorld(propensity_samples=5, **options).generate()
     _, test = log.split(0.2, seed=0)

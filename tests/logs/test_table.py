@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.logs.errors import LogValidationError
-from envs.logs.session_log import SessionLog
-from envs.logs.table import TableSource
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.table import TableSource
 
 MAPPING = {
     "request_id": "qid",

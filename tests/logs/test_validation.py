@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.logs import LogValidationError, SessionLog
+from rankgym.logs import LogValidationError, SessionLog
 
 
 def good_impressions() -> pd.DataFrame:

@@ -16,11 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from envs.logs.candidates import CandidateOptions
-from envs.logs.errors import DATA_ERRORS, LogValidationError, as_validation_error
-from envs.logs.session_log import SessionLog
-from envs.logs.source import LogSource
-from envs.logs.validation import IMPRESSIONS_FILE, ITEMS_FILE, USERS_FILE
+from rankgym.logs.candidates import CandidateOptions
+from rankgym.logs.errors import DATA_ERRORS, LogValidationError, as_validation_error
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.source import LogSource
+from rankgym.logs.validation import IMPRESSIONS_FILE, ITEMS_FILE, USERS_FILE
 
 __all__ = ["CANONICAL_COLUMNS", "TableSource"]
 
@@ -35,7 +35,7 @@ _SUFFIXES = (".csv", ".parquet")
 class TableSource(LogSource, CandidateOptions):
     """A generic long impressions table as a canonical :class:`SessionLog`.
 
-    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default;
+    Candidate sets (:class:`~rankgym.logs.candidates.CandidateOptions`): ``logged`` by default;
     ``catalog`` or ``logged+sampled`` draw from the items file (or the items seen in the log).
 
     Attributes:

@@ -11,8 +11,9 @@ Small enough to generate in seconds on a laptop CPU, realistic enough that text 
 * sessions of several requests whose later queries refine the user's intent;
 * a logging ranker (noisy lexical match + popularity, Plackett-Luce sampling with a temperature)
   that records each shown item's exact propensities (item-position and prefix,
-  :mod:`envs.logs.plackett_luce`);
-* a ground-truth click model (:mod:`envs.logs.ground_truth`, PBM or cascade) saved with the world.
+  :mod:`rankgym.logs.plackett_luce`);
+* a ground-truth click model (:mod:`rankgym.logs.ground_truth`, PBM or cascade) saved with the
+  world.
 
 Everything per impression is vectorised; Python loops run only per item, user and request, to
 write texts.
@@ -26,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from envs.logs.atomic import atomic_directory
-from envs.logs.candidates import CandidateOptions
-from envs.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
-from envs.logs.plackett_luce import position_marginals, prefix_probabilities
-from envs.logs.session_log import SessionLog, dict_column, ranges
-from envs.logs.source import LogSource
+from rankgym.logs.atomic import atomic_directory
+from rankgym.logs.candidates import CandidateOptions
+from rankgym.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
+from rankgym.logs.plackett_luce import position_marginals, prefix_probabilities
+from rankgym.logs.session_log import SessionLog, dict_column, ranges
+from rankgym.logs.source import LogSource
 
 # category -> (title nouns, query synonyms, material / use modifiers)
 CATEGORIES: dict[str, tuple[list[str], list[str], list[str]]] = {
@@ -120,7 +121,7 @@ DEFAULT_ABANDONMENT = 0.3  # cascade worlds: see SyntheticWorld.abandonment
 class SyntheticWorld(LogSource, CandidateOptions):
     """Configuration of the synthetic world (``conf/dataset/synthetic.yaml``).
 
-    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default;
+    Candidate sets (:class:`~rankgym.logs.candidates.CandidateOptions`): ``logged`` by default;
     with ``logged+sampled`` (or ``catalog``) the ground truth values every candidate, so what
     negative sampling does to a policy can be measured against the truth.
 
@@ -639,7 +640,7 @@ def _pl_propensities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The Plackett-Luce logger's (item-position, prefix) probabilities of each impression.
 
-    Exact (:mod:`envs.logs.plackett_luce`) for lists of up to ``EXACT_MAX_LIST`` items; the
+    Exact (:mod:`rankgym.logs.plackett_luce`) for lists of up to ``EXACT_MAX_LIST`` items; the
     item-position marginals of longer lists are Monte Carlo estimates over ``n_samples`` draws.
     """
     n_r = len(offsets) - 1

@@ -53,10 +53,10 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from envs.logs.candidates import CandidateOptions
-from envs.logs.errors import LogValidationError
-from envs.logs.session_log import SessionLog
-from envs.logs.source import LogSource
+from rankgym.logs.candidates import CandidateOptions
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.source import LogSource
 
 __all__ = ["OBP_VERSION", "OBDSource"]
 
@@ -78,7 +78,7 @@ _SAMPLE_ROOT = f"obp-{OBP_VERSION}/obp/dataset/obd"
 class OBDSource(LogSource, CandidateOptions):
     """Open Bandit Dataset logs as a canonical :class:`SessionLog` (see the module docstring).
 
-    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``catalog`` by default,
+    Candidate sets (:class:`~rankgym.logs.candidates.CandidateOptions`): ``catalog`` by default,
     the campaign's items; ``logged`` keeps the shown item only.
 
     Attributes:

@@ -19,7 +19,7 @@ so embedding tables built from them stay aligned with the codes of every split.
 
 A request's *candidates* are its shown items (in logged order) followed by its *unshown*
 candidates, the items the system chose from but did not show (``unshown_offsets`` /
-``unshown_items``, see :mod:`envs.logs.candidates`). Click evidence exists for shown items only.
+``unshown_items``, see :mod:`rankgym.logs.candidates`). Click evidence exists for shown items only.
 """
 
 from __future__ import annotations
@@ -33,20 +33,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from envs.logs.atomic import atomic_directory
-from envs.logs.candidates import CANDIDATES_FILE, encode_candidates
-from envs.logs.errors import DATA_ERRORS, as_validation_error
-from envs.logs.validation import (
+from rankgym.logs.atomic import atomic_directory
+from rankgym.logs.errors import DATA_ERRORS, LogValidationError, as_validation_error
+from rankgym.logs.validation import (
+    CANDIDATES_FILE,
     IMPRESSIONS_FILE,
     ITEMS_FILE,
     META_FILE,
     SCHEMA_VERSION,
     USERS_FILE,
+    _lookup,
+    _offsets,
+    _reject_nulls,
+    _strings,
     check_meta,
     encode_tables,
 )
 
-__all__ = ["SCHEMA_VERSION", "SessionLog"]
+__all__ = ["SCHEMA_VERSION", "SessionLog", "encode_candidates"]
 
 _STRING_COLUMNS = ["session_id", "request_id", "user_id", "query", "item_id"]
 
@@ -72,9 +76,10 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class SessionLog:
     """Logged search / recommendation sessions as integer-coded contiguous arrays.
 
-    Build one with :meth:`read`, :meth:`from_tables` or an adapter (``envs.logs.synthetic``,
-    ``envs.logs.obd``, ``envs.logs.mind``, ``envs.logs.table``). Sizes: ``I`` items, ``U`` users,
-    ``Q`` distinct queries, ``S`` sessions, ``R`` requests, ``N`` impressions, ``H`` history items.
+    Build one with :meth:`read`, :meth:`from_tables` or an adapter (``rankgym.logs.synthetic``,
+    ``rankgym.logs.obd``, ``rankgym.logs.mind``, ``rankgym.logs.table``). Sizes: ``I`` items, ``U``
+    users, ``Q`` distinct queries, ``S`` sessions, ``R`` requests, ``N`` impressions, ``H`` history
+    items.
 
     Attributes:
         item_ids: ``object[I]`` item id strings; an item's code is its index here.
@@ -506,3 +511,50 @@ def dict_column(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(
         pa.array(codes, pa.int32()), pa.array(values, pa.string())
     )
+
+
+def encode_candidates(table: pa.Table, log: SessionLog) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a ``request_id, item_id`` table against ``log``; ``(offsets, items)`` by request.
+
+    Rows of a request keep their file order. Raises :class:`LogValidationError` naming the file,
+    row and column for a missing column, null, unknown request or item, a duplicate, or an item
+    the request showed.
+    """
+    f = CANDIDATES_FILE
+    for column in ("request_id", "item_id"):
+        if column not in table.column_names:
+            raise LogValidationError(
+                f, f"missing column {column!r}; required: request_id, item_id", column=column
+            )
+        _reject_nulls(table, f, column)
+    codes = {}
+    for column, known in (("request_id", log.request_ids), ("item_id", log.item_ids)):
+        values = _strings(table[column])
+        code = _lookup(values, pa.array(known, pa.string()))
+        if (code < 0).any():
+            row = int(np.argmax(code < 0))
+            raise LogValidationError(
+                f, f"{column} {values[row]!r} is not in the log", row=row, column=column
+            )
+        codes[column] = code
+    req, item = codes["request_id"], codes["item_id"]
+    pair = req * log.n_items + item
+    _, first = np.unique(pair, return_index=True)
+    if len(first) < len(pair):
+        seen = np.zeros(len(pair), dtype=bool)
+        seen[first] = True
+        row = int(np.argmax(~seen))
+        raise LogValidationError(
+            f, "duplicate (request_id, item_id) pair", row=row, column="item_id"
+        )
+    shown = np.isin(pair, log.impression_request.astype(np.int64) * log.n_items + log.item)
+    if shown.any():
+        row = int(np.argmax(shown))
+        raise LogValidationError(
+            f,
+            "item_id was shown in this request; list only candidates that were not shown",
+            row=row,
+            column="item_id",
+        )
+    order = np.argsort(req, kind="stable")
+    return _offsets(np.bincount(req, minlength=log.n_requests)), item[order].astype(np.int32)

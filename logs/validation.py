@@ -1,8 +1,8 @@
 """Validation and integer encoding of the canonical tables, vectorised (no loop per row).
 
 Every check reports the *first* offending row (0-based, in file order) and the column, through
-:class:`~envs.logs.errors.LogValidationError`. ``encode_tables`` returns the keyword arguments of
-:class:`~envs.logs.session_log.SessionLog`.
+:class:`~rankgym.logs.errors.LogValidationError`. ``encode_tables`` returns the keyword arguments of
+:class:`~rankgym.logs.session_log.SessionLog`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from envs.logs.errors import LogValidationError
+from rankgym.logs.errors import LogValidationError
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
+CANDIDATES_FILE = "candidates.parquet"  # optional: unshown candidates (rankgym.logs.candidates)
 IMPRESSIONS_FILE = "impressions.parquet"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"

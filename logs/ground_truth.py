@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.logs.errors import LogValidationError
+from rankgym.logs.errors import LogValidationError
 
 TRUTH_DIR = "truth"
 CLICK_MODELS = ("pbm", "cascade")

@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from envs.logs.candidates import CandidateOptions
-from envs.logs.errors import LogValidationError
-from envs.logs.session_log import SessionLog
-from envs.logs.source import LogSource
+from rankgym.logs.candidates import CandidateOptions
+from rankgym.logs.errors import LogValidationError
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.source import LogSource
 
 __all__ = ["BEHAVIOR_COLUMNS", "NEWS_COLUMNS", "TIME_FORMAT", "MINDSource"]
 
@@ -57,7 +57,7 @@ _TOKEN = r"^(?P<item>[^\s-]+)-(?P<label>[01])$"
 class MINDSource(LogSource, CandidateOptions):
     """MIND impression logs as a canonical :class:`SessionLog`.
 
-    Candidate sets (:class:`~envs.logs.candidates.CandidateOptions`): ``logged`` by default (an
+    Candidate sets (:class:`~rankgym.logs.candidates.CandidateOptions`): ``logged`` by default (an
     impression lists the news shown); ``catalog`` or ``logged+sampled`` draw from all news.
 
     Attributes:

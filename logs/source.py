@@ -1,10 +1,10 @@
-"""The shape every dataset source shares, so ``experiments.prepare`` treats them all alike."""
+"""The shape every dataset source shares, so ``rankgym prepare`` treats them all alike."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from envs.logs.session_log import SessionLog
+from rankgym.logs.session_log import SessionLog
 
 
 class LogSource:

@@ -18,16 +18,11 @@ Candidates that were never shown have no logged click: their reward comes from a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
-from envs.logs.errors import LogValidationError
-from envs.logs.validation import _lookup, _offsets, _reject_nulls, _strings
-
-if TYPE_CHECKING:
-    from envs.logs.session_log import SessionLog
+from rankgym.logs.session_log import SessionLog
+from rankgym.logs.validation import CANDIDATES_FILE, _offsets
 
 __all__ = [
     "CANDIDATES_FILE",
@@ -35,10 +30,8 @@ __all__ = [
     "NEGATIVE_SAMPLING",
     "CandidateOptions",
     "add_candidates",
-    "encode_candidates",
 ]
 
-CANDIDATES_FILE = "candidates.parquet"
 CANDIDATE_MODES = ("logged", "catalog", "logged+sampled")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 _CHUNK_CELLS = 4_000_000  # requests x items scored at once when sampling
@@ -127,50 +120,3 @@ def add_candidates(
         chunks.append(item.astype(np.int32))
     offsets = _offsets(np.concatenate(sizes))
     return replace(log, unshown_offsets=offsets, unshown_items=np.concatenate(chunks))
-
-
-def encode_candidates(table: pa.Table, log: SessionLog) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a ``request_id, item_id`` table against ``log``; ``(offsets, items)`` by request.
-
-    Rows of a request keep their file order. Raises :class:`LogValidationError` naming the file,
-    row and column for a missing column, null, unknown request or item, a duplicate, or an item
-    the request showed.
-    """
-    f = CANDIDATES_FILE
-    for column in ("request_id", "item_id"):
-        if column not in table.column_names:
-            raise LogValidationError(
-                f, f"missing column {column!r}; required: request_id, item_id", column=column
-            )
-        _reject_nulls(table, f, column)
-    codes = {}
-    for column, known in (("request_id", log.request_ids), ("item_id", log.item_ids)):
-        values = _strings(table[column])
-        code = _lookup(values, pa.array(known, pa.string()))
-        if (code < 0).any():
-            row = int(np.argmax(code < 0))
-            raise LogValidationError(
-                f, f"{column} {values[row]!r} is not in the log", row=row, column=column
-            )
-        codes[column] = code
-    req, item = codes["request_id"], codes["item_id"]
-    pair = req * log.n_items + item
-    _, first = np.unique(pair, return_index=True)
-    if len(first) < len(pair):
-        seen = np.zeros(len(pair), dtype=bool)
-        seen[first] = True
-        row = int(np.argmax(~seen))
-        raise LogValidationError(
-            f, "duplicate (request_id, item_id) pair", row=row, column="item_id"
-        )
-    shown = np.isin(pair, log.impression_request.astype(np.int64) * log.n_items + log.item)
-    if shown.any():
-        row = int(np.argmax(shown))
-        raise LogValidationError(
-            f,
-            "item_id was shown in this request; list only candidates that were not shown",
-            row=row,
-            column="item_id",
-        )
-    order = np.argsort(req, kind="stable")
-    return _offsets(np.bincount(req, minlength=log.n_requests)), item[order].astype(np.int32)
