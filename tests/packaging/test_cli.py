@@ -34,10 +34,16 @@ def test_no_command_prints_the_commands(capsys: pytest.CaptureFixture[str]) -> N
     assert all(f"  {command} " in out for command in COMMANDS)
 
 
-def test_console_script_passes_arguments_through() -> None:
-    """The installed ``rankgym`` script reaches an argparse command with its own arguments."""
+def test_console_script_passes_arguments_through(tmp_path: Path) -> None:
+    """The installed ``rankgym`` script reaches an argparse command with its own arguments,
+    and a Hydra command finds the packaged configs from any working directory."""
     script = Path(sys.executable).parent / "rankgym"  # installed beside this interpreter
     assert script.is_file(), f"{script}: missing; install rankgym (pip install -e .)"
     done = subprocess.run([str(script), "compare", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "reference" in done.stdout
+    done = subprocess.run([str(script), "train", "--cfg", "job", "agent=dqn"], cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "_target_: rankgym.agents.training.SB3Agent" in done.stdout
+    assert "name: dqn" in done.stdout

@@ -60,3 +60,5 @@ def test_wheel_installs_one_package_beside_pypi_envs(tmp_path: Path) -> None:
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     assert run(python, "-c", CHECK, str(venv), cwd=tmp_path).startswith("ok")
     assert "usage: rankgym <command>" in run(venv / "bin" / "rankgym", "--help", cwd=tmp_path)
+    config = run(venv / "bin" / "rankgym", "train", "--cfg", "job", cwd=tmp_path)
+    assert "_target_: rankgym.envs.click_models.simple.TruthClickModel" in config

@@ -1,0 +1,1 @@
+"""Hydra configs of rankgym (a package so that the installed commands find them anywhere)."""
