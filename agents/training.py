@@ -205,8 +205,8 @@ def learner_precision(model: BaseAlgorithm, precision: str) -> Iterator[None]:
     weights of before them. The weights, the optimizer, the cosine features, the policy's
     scores and values, the losses and every evaluation (:class:`EvalCallback` switches
     bfloat16 off) stay float32, so a policy learned this way is served and evaluated exactly
-    as any other. With native bfloat16 the learner runs faster (BENCHMARKS.md; ``python -m
-    experiments.bench train`` measures it).
+    as any other. With native bfloat16 the learner runs faster (BENCHMARKS.md; ``rankgym bench
+    train`` measures it).
     """
     with scorer_precision(model, resolve_precision(precision, model.device) == "bf16"):
         yield

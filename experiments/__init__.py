@@ -1,1 +1,1 @@
-"""Entry points (thin Hydra / argparse mains): prepare, train, compare, bench."""
+"""Entry points (thin Hydra / argparse mains), one per ``rankgym <command>`` (see ``cli``)."""

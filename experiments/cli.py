@@ -1,7 +1,7 @@
 """The ``rankgym`` command: ``rankgym <command> [overrides or arguments]``.
 
 Each command is one module of :mod:`rankgym.experiments`, so ``rankgym train agent=dqn`` runs
-exactly what ``rankgym train agent=dqn`` runs: Hydra commands take Hydra
+exactly what ``python -m rankgym.experiments.train agent=dqn`` runs: Hydra commands take Hydra
 overrides (and ``-m`` for a sweep), the others their own arguments (``rankgym compare --help``).
 """
 

@@ -8,10 +8,10 @@ Usage::
 
 A policy is judged in another reward model than the one it was trained in: on real logs,
 where there is no truth to ask, a fitted simulator's opinion beside the off-policy estimates
-(a simulator overrates policies trained in it or in a sibling of it: README, "Can I trust the
-simulator?"). Each run (a run directory, or a sweep directory: every finished run below
-it) is rebuilt from its own ``run_config.yaml``: its data, split, embeddings and policy
-(:func:`rankgym.experiments.export.load_run_policy`); the chosen ``reward`` is fitted on the run's
+(a simulator overrates policies trained in it or in a sibling of it:
+docs/trusting-the-simulator.md). Each run (a run directory, or a sweep directory: every finished
+run below it) is rebuilt from its own ``run_config.yaml``: its data, split, embeddings and policy
+(:func:`rankgym.experiments.runs.load_run_policy`); the chosen ``reward`` is fitted on the run's
 training sessions (cached like any fit) and the policy evaluated on the run's test sessions
 (``sessions=valid``: its valid sessions), as ``rankgym train`` evaluates it.
 

@@ -81,7 +81,7 @@ def previous_job(cfg: DictConfig, run_dir: Path) -> str | None:
     """What a sweep job's directory already holds from an earlier launch of the same sweep:
     ``"finished"`` (a complete ``metrics.json``), ``"killed"`` (a checkpoint to resume from) or
     ``None``. A directory holding a run of another config is refused, naming the difference."""
-    saved_path = run_dir / "run_config.yaml"  # experiments.train.RUN_CONFIG
+    saved_path = run_dir / "run_config.yaml"  # rankgym.experiments.runs.RUN_CONFIG
     if not saved_path.is_file():
         return None
     saved = OmegaConf.to_container(OmegaConf.load(saved_path))

@@ -182,7 +182,7 @@ class GroundTruth:
             raise FileNotFoundError(
                 f"{src}: no ground truth here; only datasets written by the synthetic world "
                 "(dataset=synthetic) have one: for other logs use a fitted reward model, "
-                "reward=neural (the best measured; README, 'Can I trust the simulator?')"
+                "reward=neural (the best measured; docs/trusting-the-simulator.md)"
             )
         scalars = json.loads((src / "truth.json").read_text())
         arrays = {}

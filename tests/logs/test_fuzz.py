@@ -150,7 +150,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def test_the_reported_cases_are_one_line_errors(tmp_path: Path) -> None:
-    """The cases of issue 8 rows 9-12, each through the file that caused it."""
+    """The reported broken files (header-only, empty, not UTF-8, a ragged row, a huge
+    position), each through the file that caused it."""
     imp, items, users = valid_log(6, 0)
     cases = {
         "header-only.csv": imp.iloc[:0].to_csv(index=False).encode(),
