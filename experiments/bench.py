@@ -684,7 +684,7 @@ def bench_sweep(jobs: int, timesteps: int) -> dict[str, Any]:
 
 
 def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any = None) -> Any:
-    """``_Scorer.forward`` before this benchmark's change (the reference): the first layer on
+    """``Scorer.forward`` before this benchmark's change (the reference): the first layer on
     ``[q, u, i, q*i, u*i, p, p*i(, q.i, u.i, p.i)]`` with the request's inputs repeated for
     every candidate."""
     import torch
@@ -699,7 +699,7 @@ def _concatenated_forward(self: Any, q: Any, u: Any, i: Any, codes: Any, p: Any 
     logit = self.mlp(torch.cat(inputs, -1)).squeeze(-1)
     if self.item_bias is not None:
         logit = logit + self.item_bias(codes).squeeze(-1)
-    return self.calibration[0] * logit + self.calibration[1]
+    return logit + self.shift
 
 
 def _members_one_by_one(
@@ -769,21 +769,21 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
     )
 
     # fitting: one member, 2 epochs, the split first layer against the concatenated one
-    from rankgym.envs.click_models import neural
+    from rankgym.envs.click_models.neural import network
 
     fit_times: dict[str, list[float]] = {"split": [], "concatenated": []}
-    split_forward = neural._Scorer.forward
+    split_forward = network.Scorer.forward
     settings = {**node, "epochs": 2, "ensemble": 1, "calibrate": "none", "crossfit": False}
     for r in range(max(1, repeats // 2)):
         order = ("split", "concatenated") if r % 2 == 0 else ("concatenated", "split")
         for name in order:
-            neural._Scorer.forward = split_forward if name == "split" else _concatenated_forward
+            network.Scorer.forward = split_forward if name == "split" else _concatenated_forward
             try:
                 start = time.perf_counter()
                 instantiate(settings).fit(log, encoded=encoded, pooling=cfg.user_pooling)
                 fit_times[name].append(time.perf_counter() - start)
             finally:
-                neural._Scorer.forward = split_forward
+                network.Scorer.forward = split_forward
     for name, ts in fit_times.items():
         results[f"fit_{name}_s"] = round(statistics.median(ts), 2)
     results["fit_speedup"] = round(results["fit_concatenated_s"] / results["fit_split_s"], 2)

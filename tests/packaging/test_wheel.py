@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -62,3 +63,19 @@ def test_wheel_installs_one_package_beside_pypi_envs(tmp_path: Path) -> None:
     assert "usage: rankgym <command>" in run(venv / "bin" / "rankgym", "--help", cwd=tmp_path)
     config = run(venv / "bin" / "rankgym", "train", "--cfg", "job", cwd=tmp_path)
     assert "_target_: rankgym.envs.click_models.simple.TruthClickModel" in config
+
+
+def test_every_package_folder_is_in_the_distribution() -> None:
+    """A new subpackage (a folder with ``__init__.py`` under a mapped folder) must be listed in
+    ``pyproject.toml``, or the wheel silently ships without it."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = config["package-dir"]
+    assert set(config["packages"]) == set(folders)
+    found = set()
+    for package, folder in folders.items():
+        if package.count(".") != 1:
+            continue  # nested mappings are found from their parent's folder
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found <= set(config["packages"]), sorted(found - set(config["packages"]))
