@@ -1,13 +1,28 @@
-"""Shared fixtures: a small synthetic world generated once per test session."""
+"""Shared fixtures, each built once per test session: a small synthetic world and a small neural
+click model fitted on it, and tiny trained runs of ``rankgym train`` (PPO, DQN, cosine) on one
+tiny world whose dataset, embeddings and fitted reward models every in-process run shares
+(:mod:`tests.commands`)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+# One torch thread per test process (and per command a test launches): the tests' tensors are
+# tiny, and with a thread per core each parallel region waits for its slowest thread, so one
+# busy core elsewhere made a tiny training run 10x slower (measured: 31 s against 2.6 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
+import torch
 
 from rankgym.logs import SessionLog
 from rankgym.logs.ground_truth import GroundTruth
 from rankgym.logs.synthetic import SyntheticWorld
+from tests.commands import SMALL, train_tiny
 
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 SMALL_WORLD = {"n_items": 400, "n_users": 120, "n_sessions": 300, "propensity_samples": 50}
 
 
@@ -15,3 +30,52 @@ SMALL_WORLD = {"n_items": 400, "n_users": 120, "n_sessions": 300, "propensity_sa
 def small_world() -> tuple[SessionLog, GroundTruth]:
     """A small synthetic log and its ground truth (a few thousand impressions)."""
     return SyntheticWorld(**SMALL_WORLD).generate()
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``paths.root_dir`` of the tiny runs: ``data/`` and ``.cache/`` shared by all of them.
+
+    ``runs/`` below it holds only the session's shared runs (``ppo``, ``cosine``): the
+    ``rankgym evaluate`` tests value that directory. Other runs go to their test's own
+    directory (``train_tiny(tiny_root, tmp_path / "run", ...)``).
+    """
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def ppo_run(tiny_root: Path) -> Path:
+    """A tiny PPO run (slate PPO, tiny BERT, truth reward): 400 timesteps, evaluated and
+    checkpointed every 200."""
+    run = tiny_root / "runs" / "ppo"
+    train_tiny(tiny_root, run, "agent=ppo", "total_timesteps=400", "eval.freq=200",
+               "checkpoint_freq=200", *SMALL["ppo"])  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="session")
+def cosine_run(tiny_root: Path) -> Path:
+    """The cosine baseline on the tiny world (valued, not trained)."""
+    run = tiny_root / "runs" / "cosine"
+    train_tiny(tiny_root, run, "agent=cosine")
+    return run
+
+
+@pytest.fixture(scope="session")
+def dqn_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DQN run (one candidate per step): 400 timesteps, evaluated and checkpointed
+    every 200."""
+    run = tmp_path_factory.mktemp("dqn") / "run"
+    train_tiny(tiny_root, run, "agent=dqn", "total_timesteps=400", "eval.freq=200",
+               "checkpoint_freq=200", *SMALL["dqn"])  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="session")
+def small_neural(small_world: tuple[SessionLog, GroundTruth]) -> Any:
+    """A small neural click model (2 members, 2 epochs, 16 units, PBM structure) fitted on the
+    small world's training sessions (``log.split(0.3, seed=0)``: 70%)."""
+    from rankgym.envs.click_models.neural import NeuralClickModel
+
+    train, _ = small_world[0].split(0.3, seed=0)
+    return NeuralClickModel(epochs=2, hidden=16, structure="pbm", ensemble=2).fit(train)

@@ -10,9 +10,10 @@ from rankgym.experiments import bench
 
 
 def test_train_benchmark_rounds_report_medians() -> None:
-    results = bench.bench_train(2000, None, ["ppo"], profile=False, repeats=3)
+    """Two rounds of one PPO update each (256 envs x 16 steps: the default agent's rollout)."""
+    results = bench.bench_train(2000, None, ["ppo"], profile=False, repeats=2)
     runs = results["ppo"]["runs"]
-    assert len(runs) == 3 and all(run["timesteps"] >= 2000 for run in runs)
+    assert len(runs) == 2 and all(run["timesteps"] >= 2000 for run in runs)
     assert results["ppo"]["slates_per_s"] == statistics.median(r["slates_per_s"] for r in runs)
 
 
@@ -33,11 +34,11 @@ def test_repeats_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> No
 def test_simulator_benchmark_compares_equal_passes_and_restores_the_forward() -> None:
     """The stacked serving pass and its reference give the same probabilities, the split and
     the concatenated first layer are both fitted, and the model's forward is put back."""
-    from rankgym.envs.click_models.neural import _Scorer
+    from rankgym.envs.click_models.neural.network import Scorer
 
-    forward = _Scorer.forward
+    forward = Scorer.forward
     results = bench.bench_simulator(64, repeats=2, env_steps=3)
-    assert _Scorer.forward is forward
+    assert Scorer.forward is forward
     assert results["members"] == 5 and results["max_abs_difference"] < 1e-5
     assert results["fit_split_s"] > 0 and results["fit_concatenated_s"] > 0
     rates = ("stacked_candidates_per_s", "one_by_one_candidates_per_s",

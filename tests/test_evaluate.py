@@ -9,36 +9,35 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from rankgym.experiments import compare, evaluate
 from rankgym.experiments.runs import load_run_policy
-from tests.test_serve import cli
-from tests.test_train import SMALL, train
+from tests.commands import captured, hydra_job
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny PPO run and a cosine run, both trained and valued in the truth."""
-    root = tmp_path_factory.mktemp("evaluate")
-    for run, overrides in {
-        "runs/ppo": ["agent=ppo", "total_timesteps=256", "eval.freq=256", *SMALL["ppo"]],
-        "runs/cosine": ["agent=cosine"],
-    }.items():
-        done = train(root, *overrides, run=run)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return root
+def runs(tiny_root: Path, ppo_run: Path, cosine_run: Path) -> Path:
+    """The session's tiny PPO and cosine runs (``runs/ppo``, ``runs/cosine`` below it), both
+    trained and valued in the truth."""
+    return tiny_root
 
 
 def value(
     root: Path, out: str, *overrides: str, runs: str = "runs"
 ) -> tuple[int, str, dict[str, dict]]:
-    """Run experiments.evaluate on ``root / runs``: (exit status, stderr, {run path: metrics})."""
-    done = cli(
-        "rankgym.experiments.evaluate", f"runs=[{root / runs}]", f"out={root / out}", *overrides
-    )
+    """Run experiments.evaluate (in-process) on ``root / runs``: (exit status, stderr,
+    {run path: metrics})."""
+    code, err = run_evaluate(f"runs=[{root / runs}]", f"out={root / out}", *overrides)
     found = {
         str(p.parent.relative_to(root / out / (root / runs).name)): json.loads(p.read_text())
         for p in (root / out).rglob("metrics.json")
     }
-    return done.returncode, done.stderr, found
+    return code, err, found
+
+
+def run_evaluate(*overrides: str) -> tuple[int, str]:
+    """``rankgym evaluate`` in-process: (exit status, what it wrote to stderr)."""
+    done = captured(lambda: hydra_job(evaluate.main, *overrides, config_name="evaluate"))
+    return done.returncode, done.stderr
 
 
 def test_valued_in_the_truth_again_each_run_gives_its_own_numbers(runs: Path) -> None:
@@ -71,7 +70,7 @@ def test_a_fitted_model_values_the_runs_and_compare_pairs_them(runs: Path) -> No
         saved = OmegaConf.load(runs / "in-pbm" / "runs" / name / "run_config.yaml")
         assert saved.reward._target_.endswith("PBMClickModel")
         assert saved.out == str(runs / "data")  # interpolations resolved in the run's config
-    done = cli("rankgym.experiments.compare", str(runs / "in-pbm"), "metric=expected_clicks")
+    done = captured(lambda: compare.main([str(runs / "in-pbm"), "metric=expected_clicks"]))
     assert done.returncode == 0, done.stderr[-3000:]
     report = (runs / "in-pbm" / "report.md").read_text()
     assert "paired" in report.lower() and "| ppo |" in report
@@ -100,5 +99,5 @@ def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_p
         (f"runs=[{tmp_path}]",): "no finished run",
         (f"runs=[{runs / 'runs'}]", "sessions=train"): "sessions='train'; allowed: test, valid",
     }.items():
-        done = cli("rankgym.experiments.evaluate", *overrides, f"out={tmp_path / 'out'}")
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+        code, err = run_evaluate(*overrides, f"out={tmp_path / 'out'}")
+        assert code == 2 and message in err, err[-2000:]

@@ -1,4 +1,5 @@
-"""The `rankgym prepare` command line, run for real in a subprocess."""
+"""The `rankgym prepare` command line: through Hydra's command line in this process, and for
+real in two processes at once."""
 
 from __future__ import annotations
 
@@ -9,20 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from rankgym.experiments import prepare as prepare_command
 from rankgym.logs import SessionLog
 from rankgym.logs.ground_truth import GroundTruth
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.commands import ROOT, hydra_command
 
 
 def prepare(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rankgym.experiments.prepare", f"paths.root_dir={cwd}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``rankgym prepare`` with ``overrides`` (in this process): exit status and output."""
+    return hydra_command(prepare_command.main, f"paths.root_dir={cwd}", *overrides)
 
 
 def test_prepare_synthetic_writes_validated_world(tmp_path: Path) -> None:

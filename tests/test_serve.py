@@ -18,22 +18,18 @@ from typing import Any
 import pytest
 
 from rankgym.agents.ranker import Ranker
-from tests.test_train import ROOT, SMALL, train
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+from rankgym.experiments import export
+from tests.commands import ROOT, SMALL, exits, hydra_job, train_tiny
 
 
 @pytest.fixture(scope="module")
-def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny PPO run (tiny BERT encoder) trained with ``export=true``."""
-    tmp = tmp_path_factory.mktemp("serve")
-    done = train(tmp, "agent=ppo", "total_timesteps=256", "eval.freq=256", "export=true",
-                 *SMALL["ppo"])  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / "run"
+def ppo_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PPO run (tiny BERT encoder) trained with ``export=true``, on the session's tiny
+    world (its own run directory: not the session's shared PPO run, which is not exported)."""
+    run = tmp_path_factory.mktemp("serve") / "run"
+    train_tiny(tiny_root, run, "agent=ppo", "total_timesteps=256", "eval.freq=256", "export=true",
+               *SMALL["ppo"])  # fmt: skip
+    return run
 
 
 def test_train_with_export_writes_a_ranker_of_the_run(ppo_run: Path) -> None:
@@ -50,14 +46,16 @@ def test_train_with_export_writes_a_ranker_of_the_run(ppo_run: Path) -> None:
     assert sorted(i for i, _ in ranked) == sorted([*ids[2:6], "new"])
 
 
-def test_export_cli_for_a_baseline_and_its_refusals(ppo_run: Path, tmp_path: Path) -> None:
-    root = ppo_run.parent
-    done = train(root, "agent=cosine", run="cosine")
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_export_command_for_a_baseline_and_its_refusals(
+    tiny_root: Path, cosine_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rankgym export`` (in-process) of the session's cosine run, and what it refuses."""
+
+    def export_job(*overrides: str) -> Any:
+        return hydra_job(export.main, *overrides, run_dir=tmp_path / "log", config_name="export")
+
     out = tmp_path / "cosine-ranker"
-    done = cli("rankgym.experiments.export", f"run={root / 'cosine'}", f"out={out}",
-               "with_encoder=false", f"hydra.run.dir={tmp_path / 'log'}")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    export_job(f"run={cosine_run}", f"out={out}", "with_encoder=false")
     manifest = Ranker.load(out).manifest
     assert manifest["action"] == "sort" and manifest["encoder"]["kind"] == "none"
     assert not (out / "encoder.onnx").exists()
@@ -69,13 +67,14 @@ def test_export_cli_for_a_baseline_and_its_refusals(ppo_run: Path, tmp_path: Pat
         f"run={tmp_path / 'nowhere'}": "run_config.yaml: missing",
     }
     for override, message in refusals.items():
-        args = [f"run={root / 'cosine'}", override] if override.startswith("out") else [override]
-        done = cli("rankgym.experiments.export", *args, f"hydra.run.dir={tmp_path / 'log'}")
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+        args = [f"run={cosine_run}", override] if override.startswith("out") else [override]
+        code, err = exits(capsys, lambda args=args: export_job(*args))
+        assert code == 2 and message in err, err[-2000:]
     assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
-    done = train(root, "agent=random", "export=true", run="random")
-    assert done.returncode == 2
-    assert "agent=random cannot be exported; allowed: ppo" in done.stderr
+    code, err = exits(capsys, lambda: train_tiny(tiny_root, tmp_path / "random", "agent=random",
+                                                 "export=true"))  # fmt: skip
+    assert code == 2
+    assert "agent=random cannot be exported; allowed: ppo" in err
 
 
 def free_port() -> int:

@@ -15,22 +15,35 @@ import pandas as pd
 import pytest
 
 from rankgym.envs.setup import Split
+from rankgym.experiments import compare as compare_command
+from rankgym.experiments import train
 from rankgym.experiments.compare import holm
 from rankgym.logs.synthetic import SyntheticWorld
+from tests.commands import ROOT, SMALL, TINY, captured, hydra_command
 from tests.conftest import SMALL_WORLD
-from tests.test_train import ROOT, SMALL, TINY
 
 
-def sweep(tmp: Path, *overrides: str, name: str = "sweep") -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={tmp}",
-            f"out={tmp}/data", f"hydra.sweep.dir={tmp}/{name}", *TINY, *overrides]  # fmt: skip
+def sweep(
+    tmp: Path, *overrides: str, name: str = "sweep", root: Path | None = None
+) -> subprocess.CompletedProcess:
+    """A sweep by the real command (``-m``) into ``tmp / name``; its tiny world under ``root``
+    (default ``tmp``)."""
+    root = root or tmp
+    args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={root}",
+            f"out={root}/data", f"hydra.sweep.dir={tmp}/{name}", *TINY, *overrides]  # fmt: skip
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def sweep_here(tmp: Path, root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The same sweep through Hydra's command line in this process (the basic launcher runs
+    its jobs one after another here)."""
+    return hydra_command(train.main, "-m", f"paths.root_dir={root}", f"out={root}/data",
+                         f"hydra.sweep.dir={tmp}/sweep", *TINY, *overrides)  # fmt: skip
+
+
 def compare(directory: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rankgym.experiments.compare", str(directory),
-                           *overrides], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    """``rankgym compare`` in this process."""
+    return captured(lambda: compare_command.main([str(directory), *overrides]))
 
 
 def test_three_way_split_keeps_the_test_sessions(small_world: Any) -> None:
@@ -95,11 +108,14 @@ def test_jobs_starting_together_prepare_shared_caches_once(tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def baseline_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2 x 2 sweep (cosine, popularity x seed 0, 1) run in parallel by the joblib launcher."""
+def baseline_sweep(
+    tmp_path_factory: pytest.TempPathFactory, tiny_root: Path, cosine_run: Path
+) -> Path:
+    """A 2 x 2 sweep (cosine, popularity x seed 0, 1) run in parallel by the joblib launcher
+    (the real command), on the tiny world the session's runs prepared."""
     tmp = tmp_path_factory.mktemp("joblib")
     done = sweep(tmp, "hydra/launcher=joblib", "agent=cosine,popularity", "seed=0,1",
-                 "eval.final_sessions=null")  # every run on every held-out request  # fmt: skip
+                 "eval.final_sessions=null", root=tiny_root)  # every held-out request  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "sweep"
 
@@ -193,16 +209,18 @@ def test_tensorboard_hparams_table_holds_every_run(baseline_sweep: Path) -> None
     assert sorted(seen) == [("cosine", 0), ("cosine", 1), ("popularity", 0), ("popularity", 1)]
 
 
-def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_killed_ones(tmp_path: Path) -> None:
+def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_killed_ones(
+    tiny_root: Path, tmp_path: Path
+) -> None:
     args = ("agent=ppo", "seed=0,1", "total_timesteps=512", "eval.freq=256",
             "checkpoint_freq=256", *SMALL["ppo"])  # fmt: skip
-    done = sweep(tmp_path, *args)
+    done = sweep_here(tmp_path, tiny_root, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     killed, finished = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
     first = json.loads((killed / "metrics.json").read_text())
     (killed / "metrics.json").unlink()  # as if killed after its last checkpoint
     kept = (finished / "metrics.json").stat().st_mtime_ns
-    again = sweep(tmp_path, *args)
+    again = sweep_here(tmp_path, tiny_root, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "killed in an earlier launch of this sweep; resuming" in (
         (killed / "train.log").read_text()
@@ -214,7 +232,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_killed_ones(tmp_path:
     second = json.loads((killed / "metrics.json").read_text())
     assert second["total_timesteps"] == first["total_timesteps"]
     # a sweep directory reused with other overrides is refused per job, never overwritten
-    other = sweep(tmp_path, *args, "agent.hyperparams.n_epochs=3")
+    other = sweep_here(tmp_path, tiny_root, *args, "agent.hyperparams.n_epochs=3")
     assert other.returncode == 1 and "holds a run of another config (differs in agent)" in (
         other.stderr
     )

@@ -1,46 +1,41 @@
-"""`rankgym train` end to end, in a subprocess, on a tiny world and encoder."""
+"""`rankgym train` end to end on a tiny world and encoder: in-process Hydra jobs (the session's
+shared runs where one fits), and the real command where the process is what is checked (its
+exit status and output, a kill)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "encoder=tiny",
-    "dataset.scale=0.08",
-    "dataset.n_items=200",
-    "dataset.propensity_samples=5",
-    "eval.sessions=20",
-    "eval.final_sessions=40",
-    "eval.bootstrap=50",
-    "eval.num_envs=16",
-]
-SMALL = {
-    "ppo": ["agent.num_envs=8", "agent.hyperparams.n_steps=16", "agent.hyperparams.batch_size=64"],
-    "a2c": ["agent.num_envs=8", "agent.hyperparams.n_steps=8"],
-    "dqn": ["agent.num_envs=8", "agent.hyperparams.learning_starts=64",
-            "agent.hyperparams.buffer_size=5000", "agent.hyperparams.batch_size=32"],
-}  # fmt: skip
+from rankgym.experiments import compare, train
+from tests.commands import (
+    FIXTURES,
+    ROOT,
+    SMALL,
+    SMALL_NEURAL,
+    TINY,
+    captured,
+    command,
+    exits,
+    hydra_command,
+    hydra_job,
+    train_tiny,
+)
+
 METRIC_KEYS = {
     "policy", "seed", "total_timesteps", "train_seconds", "expected_clicks", "ctr@1", "ndcg@10",
     "mrr", "true_expected_clicks", "expected_clicks_ci_low", "expected_clicks_ci_high",
     "n_sessions", "n_requests", "ope_iips", "ope_iips_ci_low", "ope_iips_support", "ope_rips",
     "ope_ips", "ope_snips", "logged_clicks",
 }  # fmt: skip
-
-
-def train(tmp: Path, *overrides: str, run: str = "run") -> subprocess.CompletedProcess:
-    args = [
-        sys.executable, "-m", "rankgym.experiments.train", f"paths.root_dir={tmp}",
-        f"out={tmp}/data", f"hydra.run.dir={tmp}/{run}", *TINY, *overrides,
-    ]  # fmt: skip
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def tags(run_dir: Path) -> set[str]:
@@ -55,11 +50,15 @@ def tags(run_dir: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("agent", ["ppo", "a2c", "dqn"])
-def test_tiny_training_run_writes_everything(tmp_path: Path, agent: str) -> None:
-    done = train(tmp_path, f"agent={agent}", "total_timesteps=400", "eval.freq=200",
-                 "checkpoint_freq=200", *SMALL[agent])  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "run"
+def test_tiny_training_run_writes_everything(
+    request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, agent: str
+) -> None:
+    if agent == "a2c":  # ppo and dqn: the session's shared runs, with the same settings
+        run = tmp_path / "run"
+        train_tiny(tiny_root, run, "agent=a2c", "total_timesteps=400", "eval.freq=200",
+                   "checkpoint_freq=200", *SMALL["a2c"])  # fmt: skip
+    else:
+        run = request.getfixturevalue(f"{agent}_run")
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
     assert metrics["policy"] == agent and metrics["total_timesteps"] >= 400
@@ -73,15 +72,21 @@ def test_tiny_training_run_writes_everything(tmp_path: Path, agent: str) -> None
 
 
 @pytest.mark.parametrize("reward", ["truth", "logged", "pbm", "dcm", "cascade", "neural"])
-def test_every_reward_model_trains_with_periodic_evaluation(tmp_path: Path, reward: str) -> None:
+def test_every_reward_model_trains_with_periodic_evaluation(
+    request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, reward: str
+) -> None:
     """One fitted model serves the training env and the evaluation env at once."""
-    done = train(tmp_path, "agent=ppo", f"reward={reward}", "total_timesteps=384",
-                 "eval.freq=128", "checkpoint_freq=100000", *SMALL["ppo"])  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    if reward == "truth":  # the shared PPO run: reward=truth, 400 timesteps, eval every 200
+        run = request.getfixturevalue("ppo_run")
+    else:
+        run = tmp_path / "run"
+        small = SMALL_NEURAL if reward == "neural" else []
+        train_tiny(tiny_root, run, "agent=ppo", f"reward={reward}", "total_timesteps=384",
+                   "eval.freq=128", "checkpoint_freq=100000", *SMALL["ppo"], *small)  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["reward_model"] == reward and metrics["total_timesteps"] >= 384
     assert metrics["true_expected_clicks"] > 0 and np.isfinite(metrics["expected_clicks"])
-    found = tags(tmp_path / "run")
+    found = tags(run)
     assert {"eval/expected_clicks", "eval/true_expected_clicks"} <= found
     if reward != "truth":  # how far the simulator can be trusted, against the truth
         assert -1 <= metrics["fidelity_kendall_tau"] <= 1 and metrics["fidelity_rel_error"] >= 0
@@ -96,32 +101,34 @@ def test_every_reward_model_trains_with_periodic_evaluation(tmp_path: Path, rewa
 
 
 @pytest.mark.parametrize("agent", ["random", "logged", "popularity", "cosine", "oracle"])
-def test_baselines_write_the_same_outputs(tmp_path: Path, agent: str) -> None:
-    done = train(tmp_path, f"agent={agent}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+def test_baselines_write_the_same_outputs(
+    request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, agent: str
+) -> None:
+    if agent == "cosine":  # the session's shared cosine run
+        run = request.getfixturevalue("cosine_run")
+    else:
+        run = tmp_path / "run"
+        train_tiny(tiny_root, run, f"agent={agent}")
+    metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS and metrics["total_timesteps"] == 0
     # a baseline is not trained: no periodic eval/, its final numbers on valid and test
     assert {"test/expected_clicks", "test/true_expected_clicks", "valid/true_expected_clicks"} <= (
-        tags(tmp_path / "run")
+        tags(run)
     )
 
 
 @pytest.mark.parametrize("agent", ["ppo", "cosine"])
 def test_obd_trains_as_a_ranking_over_its_catalog(tmp_path: Path, agent: str) -> None:
     """experiment=obd on the OBD fixture: 80 candidates, 3 slots, features, an IPS estimate."""
-    fixture = ROOT / "tests" / "fixtures" / "obd"
     args = [
-        sys.executable, "-m", "rankgym.experiments.train", "experiment=obd",
-        f"paths.root_dir={tmp_path}", f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run",
-        f"dataset.path={fixture}",
+        "experiment=obd", f"paths.root_dir={tmp_path}", f"out={tmp_path}/data",
+        f"dataset.path={FIXTURES / 'obd'}",
         f"agent={agent}", "reward.epochs=2", "reward.ensemble=1", "total_timesteps=96",
         "eval.bootstrap=20", "split.test_fraction=0.5", *SMALL["ppo"][:2],
     ]  # fmt: skip
     if agent == "cosine":
         args[-2:] = ["agent.features=true"]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    hydra_job(train.main, *args, run_dir=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["reward_model"] == "neural" and metrics["invalid_actions"] == 0
     assert "ndcg@3" in metrics and metrics["expected_clicks"] > 0
@@ -137,25 +144,36 @@ def test_obd_trains_as_a_ranking_over_its_catalog(tmp_path: Path, agent: str) ->
     assert data.meta["counts"]["unshown_candidates"] == 6 * 80 - 8
 
 
-def test_no_bootstrap_writes_null_intervals_not_nan(tmp_path: Path) -> None:
-    done = train(tmp_path, "agent=cosine", "eval.bootstrap=0")
+def test_the_command_runs_a_baseline_without_bootstrap_and_writes_null_intervals(
+    tiny_root: Path, cosine_run: Path, tmp_path: Path
+) -> None:
+    """The real ``rankgym train`` command (the tiny world prepared by the shared runs): exit 0,
+    the metrics on stdout, the run directory; no bootstrap gives null intervals, not NaN."""
+    done = command("train", f"paths.root_dir={tiny_root}", f"out={tiny_root}/data",
+                   f"hydra.run.dir={tmp_path}/run", *TINY, "agent=cosine",
+                   "eval.bootstrap=0")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     text = (tmp_path / "run" / "metrics.json").read_text()
     assert "NaN" not in text
     metrics = json.loads(text)
     assert metrics["expected_clicks_ci_low"] is None and metrics["expected_clicks"] > 0
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["expected_clicks"] == metrics["expected_clicks"]
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file()
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
-    first = train(tmp_path, "agent=ppo", "total_timesteps=256", "checkpoint_freq=128",
-                  "eval.freq=100000", *SMALL["ppo"])  # fmt: skip
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_resume_continues_from_the_checkpoint(
+    tiny_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    train_tiny(tiny_root, run, "agent=ppo", "total_timesteps=256", "checkpoint_freq=128",
+               "eval.freq=100000", *SMALL["ppo"])  # fmt: skip
     # as if killed at 256 steps of a 512-step run: the same run directory, resume=true
-    second = train(tmp_path, "agent=ppo", "total_timesteps=512", "checkpoint_freq=128",
-                   "eval.freq=100000", "resume=true", *SMALL["ppo"])  # fmt: skip
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stdout + second.stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    caplog.set_level(logging.INFO)
+    metrics = train_tiny(tiny_root, run, "agent=ppo", "total_timesteps=512",
+                         "checkpoint_freq=128", "eval.freq=100000", "resume=true",
+                         *SMALL["ppo"])  # fmt: skip
+    assert "resuming from" in caplog.text
     assert 512 <= metrics["total_timesteps"] < 768  # continued, not restarted
 
 
@@ -174,10 +192,22 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
         ("agent.hyperparams.gamma=x", "error: agent.hyperparams.gamma='x'; allowed: a number"),
     ],
 )
-def test_config_errors_are_one_clear_line(tmp_path: Path, override: str, message: str) -> None:
-    done = train(tmp_path, override)
+def test_config_errors_are_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    code, err = exits(capsys, lambda: train_tiny(tmp_path, tmp_path / "run", override))
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(message), err[-2000:]
+
+
+def test_the_command_ends_a_config_error_with_one_line_and_status_2(tmp_path: Path) -> None:
+    """The real ``rankgym train`` command: only the error line on stderr, exit status 2."""
+    done = command("train", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
+                   "total_timesteps=-5", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: total_timesteps=-5; allowed: an int >= 0"
+    ], done.stderr[-2000:]
 
 
 def read_progress(run_dir: Path) -> list[float]:
@@ -195,15 +225,15 @@ def scalar_steps(run_dir: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Path) -> None:
-    """Kill a run after its first checkpoint; resume it; its logs match a run never killed."""
-    import signal
-    import time
-
+def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    """Kill a run (the real command) after its first checkpoint; resume it; its logs match a
+    run never killed."""
     common = ["agent=ppo", "checkpoint_freq=256", "eval.freq=256", *SMALL["ppo"],
               "env.slate_size=5"]  # fmt: skip
-    args = [sys.executable, "-m", "rankgym.experiments.train", f"paths.root_dir={tmp_path}",
-            f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/killed", *TINY, *common,
+    args = [sys.executable, "-m", "rankgym.experiments.train", f"paths.root_dir={tiny_root}",
+            f"out={tiny_root}/data", f"hydra.run.dir={tmp_path}/killed", *TINY, *common,
             "total_timesteps=100000"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.json"
@@ -217,11 +247,14 @@ def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Pa
     proc.wait()
     killed_at = json.loads(state.read_text())["num_timesteps"]
     assert max(read_progress(tmp_path / "killed")) > killed_at  # rows the resume will replay
+    # TensorBoard reads a run's event files in name order (creation second, host, pid): the
+    # resumed run's file sorts after the killed one's once a second has passed since it began
+    (events,) = (tmp_path / "killed" / "tensorboard").glob("events.out.tfevents.*")
+    while time.time() < int(events.name.split(".")[3]) + 1:
+        time.sleep(0.05)
     # resume without repeating the overrides: the run's config comes back from the run
-    resumed = train(tmp_path, "resume=true", "total_timesteps=1024", run="killed")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = train(tmp_path, *common, "total_timesteps=1024", run="whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    train_tiny(tiny_root, tmp_path / "killed", "resume=true", "total_timesteps=1024")
+    train_tiny(tiny_root, tmp_path / "whole", *common, "total_timesteps=1024")
     got, want = read_progress(tmp_path / "killed"), read_progress(tmp_path / "whole")
     # the same rows at the same steps (an eval dump and a rollout dump may share a step)
     assert got == want, (got, want)
@@ -233,20 +266,19 @@ def test_a_killed_run_resumes_with_the_logs_of_an_uninterrupted_one(tmp_path: Pa
     assert metrics["total_timesteps"] >= 1024
 
 
-def test_a_failing_job_never_stops_the_sweep(tmp_path: Path) -> None:
-    """Job 0 is a user error, job 1 runs anyway; the sweep exits 1 listing the failure."""
-    args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={tmp_path}",
-            f"out={tmp_path}/data", f"hydra.sweep.dir={tmp_path}/sweep", *TINY, "agent=cosine",
-            "env.slate_size=0,5"]  # fmt: skip
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_a_failing_job_never_stops_the_sweep(tiny_root: Path, tmp_path: Path) -> None:
+    """Job 0 is a user error, job 1 runs anyway; the sweep (Hydra's command line, in-process)
+    exits 1 listing the failure."""
+    done = hydra_command(train.main, "-m", f"paths.root_dir={tiny_root}", f"out={tiny_root}/data",
+                         f"hydra.sweep.dir={tmp_path}/sweep", *TINY, "agent=cosine",
+                         "env.slate_size=0,5")  # fmt: skip
     assert done.returncode == 1
     assert "sweep: 1 job(s) failed:" in done.stderr
     assert "0: ValueError: env.slate_size=0; allowed: 1..20 (max_candidates 20" in done.stderr
     sweep = tmp_path / "sweep"
     assert (sweep / "0" / "error.txt").read_text().startswith("ValueError: env.slate_size=0")
     assert (sweep / "1" / "metrics.json").is_file()
-    compare = [sys.executable, "-m", "rankgym.experiments.compare", str(sweep)]
-    table = subprocess.run(compare, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    table = captured(lambda: compare.main([str(sweep)]))
     assert table.returncode == 0, table.stderr
     head = table.stdout.split("| policy")[0]
     assert "1 run(s) of this sweep are not in the table" in head

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rankgym.encoders.hashing import HashingEncoder
 from rankgym.envs.click_models.simple import TruthClickModel
 from rankgym.envs.replay import ReplayConfig
 from rankgym.envs.vector import BatchedReplayEnv
-from tests.test_train import SMALL, train
+from tests.commands import SMALL, exits, train_tiny
 
 SMALL_DQN = {"learning_starts": 32, "buffer_size": 2000, "batch_size": 16}
 
@@ -102,21 +103,25 @@ def legacy_zip(path: Path, target: Path) -> None:
         z.writestr("data", json.dumps({"policy_class": {":serialized:": blob}}))
 
 
-def test_resume_refuses_with_one_line_and_runs_nothing(tmp_path: Path) -> None:
+def test_resume_refuses_with_one_line_and_runs_nothing(
+    tiny_root: Path, ppo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "pwned"
     legacy_zip(tmp_path / "run" / "checkpoints" / "last.zip", target)
     common = ["agent=ppo", "total_timesteps=128", *SMALL["ppo"]]
-    done = train(tmp_path, *common, "resume=true")
-    assert done.returncode == 2 and not target.exists()
-    line = done.stderr.strip().splitlines()[-1]
+    code, err = exits(capsys, lambda: train_tiny(tiny_root, tmp_path / "run", *common,
+                                                 "resume=true"))  # fmt: skip
+    assert code == 2 and not target.exists()
+    line = err.strip().splitlines()[-1]
     assert line.startswith("error: ") and "no checkpoint to resume from" in line
     assert "last.zip is a stable-baselines3 zip" in line and "never loaded" in line
-    # a finished ppo run cannot be resumed as dqn
-    assert train(tmp_path, *common, run="ok").returncode == 0
-    other = train(tmp_path, "agent=dqn", "resume=true", "total_timesteps=256", *SMALL["dqn"],
-                  run="ok")  # fmt: skip
-    assert other.returncode == 2
-    line = other.stderr.strip().splitlines()[-1]
+    # a finished ppo run (a copy of the session's) cannot be resumed as dqn
+    shutil.copytree(ppo_run, tmp_path / "ok")
+    code, err = exits(capsys, lambda: train_tiny(tiny_root, tmp_path / "ok", "agent=dqn",
+                                                 "resume=true", "total_timesteps=256",
+                                                 *SMALL["dqn"]))  # fmt: skip
+    assert code == 2
+    line = err.strip().splitlines()[-1]
     assert "resume=true restores the run's config" in line and "these overrides change it:" in line
     assert "agent: {" in line and "'algorithm': 'ppo'" in line and "'algorithm': 'dqn'" in line
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,11 +27,9 @@ from rankgym.agents.fidelity import (
 from rankgym.encoders.encoded_log import encode_log
 from rankgym.encoders.hashing import HashingEncoder
 from rankgym.envs.click_models.fitted import PBMClickModel
-from rankgym.envs.click_models.neural import NeuralClickModel
 from rankgym.envs.click_models.simple import LoggedClickModel, TruthClickModel
 from rankgym.envs.replay import ReplayConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.commands import exits, hydra_job
 
 
 def test_rank_correlations_equal_scipy() -> None:
@@ -100,14 +97,15 @@ def test_the_zoo_spans_the_truths_range(world) -> None:
     assert 0 < ope["iips"]["random"].support < 1
 
 
-def test_greedy_values_are_the_true_values_of_each_simulators_optimum(world) -> None:
+def test_greedy_values_are_the_true_values_of_each_simulators_optimum(world, small_neural) -> None:
     """``greedy(<model>)`` ranks by the model's attractiveness (given the user's current
     history): the best policy in that model's simulator, valued by :func:`greedy_values`
-    under the truth; the truth's own greedy policy is the oracle."""
+    under the truth; the truth's own greedy policy is the oracle. The neural model is the
+    session's small one, fitted on the same training sessions."""
     train, test, encoded, truth = world
     model, cfg = TruthClickModel(truth=truth), ReplayConfig(obs_mode="ids")
     pbm = PBMClickModel().fit(train)
-    neural = NeuralClickModel(epochs=2, hidden=16, structure="pbm", ensemble=2).fit(train)
+    neural = small_neural
     models = {"truth": model, "pbm": pbm, "neural": neural, "logged": LoggedClickModel()}
     greedy = greedy_values(models, test, encoded, model, cfg)
     assert set(greedy) == {"pbm", "neural"}  # not the truth, not the log's own clicks
@@ -149,15 +147,30 @@ def test_mixture_policy_reverses_and_blurs(world) -> None:
         MixturePolicy("bad", [(cos, 1.0)], noise=-1.0)
 
 
-def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
+def test_fidelity_entry_point_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rankgym fidelity`` (in-process) with a PBM and a small neural model (2 members,
+    2 epochs: the default's 5 and 20 take minutes)."""
+    from rankgym.experiments import fidelity
+    from rankgym.experiments.runs import instantiate
+
+    shrunk = []
+
+    def shrink_neural(node: Any, what: str, **kwargs: Any) -> Any:
+        if what == "reward model neural":
+            shrunk.append(what)
+            kwargs = {"ensemble": 2, "epochs": 2, "hidden": 32, **kwargs}
+        return instantiate(node, what, **kwargs)
+
+    monkeypatch.setattr(fidelity, "instantiate", shrink_neural)
     args = [
-        sys.executable, "-m", "rankgym.experiments.fidelity", f"paths.root_dir={tmp_path}",
-        f"out={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", "encoder=hashing",
-        "dataset.scale=0.1", "dataset.n_items=300", "dataset.propensity_samples=5",
+        f"paths.root_dir={tmp_path}", f"out={tmp_path}/data", "encoder=hashing",
+        "dataset.scale=0.05", "dataset.n_items=300", "dataset.propensity_samples=5",
         "fidelity.rewards=[pbm,neural]",
     ]  # fmt: skip
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    hydra_job(fidelity.main, *args, run_dir=tmp_path / "run")
+    assert shrunk == ["reward model neural"]
     run = tmp_path / "run"
     summary = pd.read_csv(run / "fidelity.csv", index_col="method")
     ope = ["ips", "snips", "iips", "sniips", "rips", "snrips"]
@@ -197,14 +210,12 @@ def test_fidelity_entry_point_writes_the_report(tmp_path: Path) -> None:
     assert (run / "fidelity.png").stat().st_size > 1000
     assert "kendall_tau" in (run / "fidelity.md").read_text()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    wrong = subprocess.run([*args[:-1], "fidelity.rewards=[pbn]"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
-    assert wrong.returncode == 2
-    assert (
-        "fidelity.rewards has 'pbn'; allowed: cascade, dcm, logged, neural, neural_train, pbm"
-        in wrong.stderr
-    )
-    clip = subprocess.run([*args, "fidelity.clip=-1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert clip.returncode == 2
-    assert "fidelity.clip=-1; allowed: a number > 0, or null (no clipping)" in clip.stderr
+    code, err = exits(capsys, lambda: hydra_job(fidelity.main, *args[:-1],
+                                                "fidelity.rewards=[pbn]", run_dir=run))  # fmt: skip
+    assert code == 2
+    allowed = "allowed: cascade, dcm, logged, neural, neural_train, pbm"
+    assert f"fidelity.rewards has 'pbn'; {allowed}" in err
+    code, err = exits(capsys, lambda: hydra_job(fidelity.main, *args, "fidelity.clip=-1",
+                                                run_dir=run))  # fmt: skip
+    assert code == 2
+    assert "fidelity.clip=-1; allowed: a number > 0, or null (no clipping)" in err

@@ -108,6 +108,7 @@ def _true_value(structure: str, ranking: np.ndarray, attract: np.ndarray, exam: 
     return float((a * np.concatenate([[1.0], np.cumprod(1 - a)[:-1]])).sum())
 
 
+@pytest.mark.slow  # statistical: 30,000 logged requests per world
 @pytest.mark.parametrize(
     ("structure", "unbiased"), [("pbm", ["iips", "rips", "ips"]), ("cascade", ["rips", "ips"])]
 )
@@ -127,6 +128,7 @@ def test_estimators_are_unbiased_where_their_assumption_holds(structure, unbiase
     assert est["iips"].support > est["rips"].support > est["ips"].support > 0
 
 
+@pytest.mark.slow  # statistical: 30,000 logged requests
 def test_doubly_robust_is_right_with_either_part_right() -> None:
     log, attract, exam = _plackett_luce_world("cascade", n=30_000, seed=2)
     ranking = np.array([0, 1, 2])
@@ -151,6 +153,7 @@ def test_doubly_robust_is_right_with_either_part_right() -> None:
     assert good.ci_high - good.ci_low < 0.9 * (rips.ci_high - rips.ci_low)
 
 
+@pytest.mark.slow  # statistical: 30,000 logged requests
 def test_independent_doubly_robust_under_pbm() -> None:
     log, attract, exam = _plackett_luce_world("pbm", n=30_000, seed=3)
     ranking = np.array([0, 1, 2])
