@@ -186,17 +186,23 @@ def _fit_cached(
 
 def model_sources(cls: type) -> list[Path]:
     """The rankgym source files a model class's fit depends on: the modules of the class and
-    its bases, and of every rankgym class, function or module their namespaces import."""
+    its bases, and, transitively, of every rankgym class, function or module their namespaces
+    import (a model split over several modules is covered whole)."""
+
+    def rankgym_module(name: object) -> bool:
+        return isinstance(name, str) and name.split(".")[0] in PACKAGES and name in sys.modules
+
+    todo = [base.__module__ for base in cls.__mro__ if rankgym_module(base.__module__)]
     modules: dict[str, object] = {}
-    for base in cls.__mro__:
-        module = sys.modules.get(base.__module__)
-        if module is None or base.__module__.split(".")[0] not in PACKAGES:
+    while todo:
+        name = todo.pop()
+        if name in modules:
             continue
-        modules[module.__name__] = module
+        modules[name] = module = sys.modules[name]
         for value in vars(module).values():
-            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "")
-            if isinstance(name, str) and name.split(".")[0] in PACKAGES and name in sys.modules:
-                modules[name] = sys.modules[name]
+            used = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "")
+            if rankgym_module(used) and used not in modules:
+                todo.append(used)
     files = {getattr(m, "__file__", None) for m in modules.values()}
     return sorted(Path(f) for f in files if f)
 

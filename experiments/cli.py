@@ -52,12 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         raise SystemExit(2)
     module = importlib.import_module(f"rankgym.experiments.{command}")
-    # Hydra mains read their overrides from sys.argv; argparse mains take them as a list
+    # every main reads sys.argv: Hydra's overrides, or argparse's arguments
     sys.argv = [f"rankgym {command}", *rest]
-    if command in ("compare", "bench", "obd"):
-        module.main(rest)
-    else:
-        module.main()
+    module.main()
 
 
 if __name__ == "__main__":

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rankgym.experiments.cli import COMMANDS, main
+from tests.commands import command
 
 
 def test_every_command_is_an_entry_point_module() -> None:
     assert set(COMMANDS) >= {"train", "prepare", "evaluate", "compare", "fidelity", "export",
                              "serve", "bench"}  # fmt: skip
-    for command in COMMANDS:
-        assert callable(importlib.import_module(f"rankgym.experiments.{command}").main), command
+    for name in COMMANDS:
+        assert callable(importlib.import_module(f"rankgym.experiments.{name}").main), name
 
 
 def test_unknown_command_names_the_allowed_ones(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,19 +30,16 @@ def test_no_command_prints_the_commands(capsys: pytest.CaptureFixture[str]) -> N
     main([])
     out = capsys.readouterr().out
     assert out.startswith("usage: rankgym <command>")
-    assert all(f"  {command} " in out for command in COMMANDS)
+    assert all(f"  {name} " in out for name in COMMANDS)
 
 
 def test_console_script_passes_arguments_through(tmp_path: Path) -> None:
     """The installed ``rankgym`` script reaches an argparse command with its own arguments,
     and a Hydra command finds the packaged configs from any working directory."""
-    script = Path(sys.executable).parent / "rankgym"  # installed beside this interpreter
-    assert script.is_file(), f"{script}: missing; install rankgym (pip install -e .)"
-    done = subprocess.run([str(script), "compare", "--help"], capture_output=True, text=True)
+    done = command("compare", "--help")
     assert done.returncode == 0, done.stderr
     assert "reference" in done.stdout
-    done = subprocess.run([str(script), "train", "--cfg", "job", "agent=dqn"], cwd=tmp_path,
-                          capture_output=True, text=True)  # fmt: skip
+    done = command("train", "--cfg", "job", "agent=dqn", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "_target_: rankgym.agents.training.SB3Agent" in done.stdout
     assert "name: dqn" in done.stdout

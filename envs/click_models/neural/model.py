@@ -10,9 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-# a cached fit is keyed by the sources of this module and of the rankgym modules its namespace
-# holds, one level deep (rankgym.envs.setup.model_sources): every module a fit runs is named here
-import rankgym.envs.click_models.fitted as fitted  # noqa: F401  (the PBM examination estimate)
 from rankgym.encoders.encoded_log import EncodedLog, encode_log
 from rankgym.encoders.hashing import HashingEncoder
 from rankgym.encoders.pooling import UserPooling

@@ -50,7 +50,7 @@ class RequestBatch:
         self.clicks = t(clicks.astype(np.float32))
         self.before = t((np.arange(width)[None, :] < first[:, None]) & valid)
         self.first, self.has_click = t(np.minimum(first, width - 1)), t(has_click)
-        # the items' impression counts leave this session out, as for a held-out one
+        # the items' impression counts leave out the user session itself, as for a held-out one
         stats = tables.left_out_statistics(log, width) if settings.item_stats else None
         self.item_stat = None if stats is None else t(stats)
 
