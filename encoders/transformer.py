@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rankgym import threads
 from rankgym.encoders.base import digest
 
 POOLING = ("mean", "cls")
@@ -159,6 +160,7 @@ class TransformerEncoder:
                 lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
                 order = np.argsort(-lengths, kind="stable")
                 for start in range(0, len(window), self.batch_size):
+                    threads.tick()  # torch's threads follow the machine's load
                     idx = order[start : start + self.batch_size]
                     out[w + idx] = self._encode_batch([ids[i] for i in idx], lengths[idx])
                     bar.update(1)

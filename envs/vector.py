@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn
 
+from rankgym import threads
 from rankgym.encoders.encoded_log import EncodedLog
 from rankgym.envs.click_models.base import ClickModel
 from rankgym.envs.replay import ReplayConfig, ReplayData, ReplayEngine, new_key
@@ -99,6 +100,7 @@ class BatchedReplayEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Apply the stored actions to every sub-env, auto-resetting finished episodes."""
+        threads.tick()  # training and evaluation step here: torch's threads follow the load
         reward, dones, infos = self.engine.step(self._actions)
         self._return += reward
         self._length += 1

@@ -9,6 +9,12 @@ Usage::
     rankgym bench serve [--run outputs/train/RUN] [--requests 200]
     rankgym bench sweep [--jobs 4] [--timesteps 30000]
     rankgym bench simulator [--requests 1024] [--repeats 5]
+    rankgym bench workload [--slates 20000] [--fit-epochs 2] [--env-steps 200]
+    rankgym bench threads [--settings auto 1 all ...] [--loads 0 1] [--repeats 2]
+
+Every benchmark takes ``--load N`` (N processes that each keep a core busy run beside it, and are
+stopped afterwards) and ``--threads auto|all|N`` (torch's threads: rankgym's policy, the default;
+one per core; or N), and ``--json out.json`` to also write its results.
 
 ``data``: synthetic generation throughput (impressions/s, including validation and encoding) at
 each scale, then, on the files written at the largest scale, ``SessionLog.read`` (read + validate
@@ -52,6 +58,13 @@ embeddings prepared first) with the basic launcher (one job at a time, torch on 
 the joblib launcher with each job's torch threads set to the cores shared among the parallel
 jobs (``torch_threads=null``), and joblib with 2 threads per job (oversubscribed on 2 cores).
 
+``workload``: the work torch's threads set the speed of, in one process: PPO and DQN training
+(slates/s), one member of the default neural click model fitted (impressions/s), the batched env
+(slot-steps/s), and how ``rankgym.threads`` set the count. ``threads``: the workload in a fresh
+process per thread setting (``--settings``: ``auto``, ``1``, ``all``, and ``all`` with the
+OpenMP wait policies ``all-passive`` and ``all-spin2000``), idle and beside each of ``--loads``
+busy processes, with each figure's ratio to idle ``all`` (torch's own default).
+
 ``simulator``: the default neural click model (``conf/reward/neural.yaml``: 5 members, profile,
 item statistics; fitted for one epoch, since serving speed does not depend on the fit) on the
 default world: candidates scored per second by ``NeuralClickModel.attractiveness`` (the stacked
@@ -65,13 +78,16 @@ first layer on the concatenated input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +95,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from rankgym import threads
 from rankgym.logs import SessionLog
 from rankgym.logs.synthetic import SyntheticWorld
 
@@ -810,6 +827,115 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
     return results
 
 
+@contextlib.contextmanager
+def background_load(n: int) -> Iterator[list[subprocess.Popen]]:
+    """``n`` processes that each keep one core busy (a pure-Python spin loop, like another
+    user's job) while the block runs; stopped and reaped afterwards, also on an error."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(n)]  # fmt: skip
+    try:
+        if procs:
+            time.sleep(0.5)  # running before the measurement starts
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def bench_workload(slates: int, fit_epochs: int, env_steps: int) -> dict[str, Any]:
+    """The work torch's threads decide the speed of, in one process: PPO and DQN training
+    (slates/s, :func:`bench_train`), one member of the default neural click model fitted for
+    ``fit_epochs`` epochs (impressions/s), and the batched env (``ids``, 1,024 envs, random
+    actions; slot-steps/s). Then how :mod:`rankgym.threads` set the count."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from rankgym.envs.click_models.simple import TruthClickModel
+    from rankgym.envs.replay import ReplayConfig
+    from rankgym.envs.session_replay import synthetic_world
+    from rankgym.envs.vector import BatchedReplayEnv
+
+    trained = bench_train(0, slates, ["ppo", "dqn"], False)
+    results: dict[str, Any] = {f"{a}_slates_per_s": trained[a]["slates_per_s"]
+                               for a in ("ppo", "dqn")}  # fmt: skip
+    log, encoded, truth = synthetic_world(0, 1.0, "hashing")
+    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/reward/neural.yaml")
+    node.update({"epochs": fit_epochs, "ensemble": 1, "structure": "pbm", "calibrate": "none",
+                 "crossfit": False})  # fmt: skip
+    cfg = ReplayConfig(obs_mode="ids", max_candidates=20)
+    start = time.perf_counter()
+    instantiate(node).fit(log, encoded=encoded, pooling=cfg.user_pooling)
+    fit_seconds = time.perf_counter() - start
+    results["fit_impressions_per_s"] = round(log.n_impressions * fit_epochs / fit_seconds)
+    env = BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg, num_envs=1024,
+                           device="cpu", request_infos=False)  # fmt: skip
+    env.seed(0)
+    env.reset()
+    actions = np.random.default_rng(0).integers(0, 20, (env_steps, 1024))
+    start = time.perf_counter()
+    for t in range(env_steps):
+        env.step(actions[t])
+    results["env_slot_steps_per_s"] = round(1024 * env_steps / (time.perf_counter() - start))
+    results.update(threads.report())
+    print(results)
+    return results
+
+
+THREAD_SETTINGS = {  # bench threads: name -> (--threads, extra environment)
+    "auto": ("auto", {}),
+    "1": ("1", {}),
+    "all": ("all", {}),
+    "all-passive": ("all", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "all-spin2000": ("all", {"GOMP_SPINCOUNT": "2000"}),
+}
+
+
+def bench_threads(
+    settings: list[str], loads: list[int], repeats: int, slates: int, fit_epochs: int,
+    env_steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`bench_workload` in a fresh process per thread setting (``auto``: the default
+    policy; ``1``; ``all``: one per core, torch's own default; ``all-passive``: the same with
+    ``OMP_WAIT_POLICY=PASSIVE``, idle threads sleep at once; ``all-spin2000``: with
+    ``GOMP_SPINCOUNT=2000``, they spin 2,000 rounds, not 300,000, first), idle and beside each
+    of ``loads`` busy processes. Within each
+    repeat the settings run back to back, in reverse order every other repeat; each figure is
+    the median over the repeats, and each setting's ratio to idle ``all`` is reported."""
+    results: dict[str, Any] = {"settings": settings, "loads": loads, "repeats": repeats,
+                               "slates": slates, "fit_epochs": fit_epochs}  # fmt: skip
+    cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for load in loads:
+        with background_load(load):
+            for r in range(repeats):
+                for name in settings if r % 2 == 0 else settings[::-1]:
+                    flag, extra = THREAD_SETTINGS[name]
+                    with tempfile.TemporaryDirectory() as tmp:
+                        out = Path(tmp) / "workload.json"
+                        subprocess.run(
+                            [sys.executable, "-m", "rankgym.experiments.bench", "workload",
+                             "--threads", flag, "--slates", str(slates), "--fit-epochs",
+                             str(fit_epochs), "--env-steps", str(env_steps), "--json", str(out)],
+                            env={**os.environ, **extra}, check=True, stdout=subprocess.DEVNULL,
+                        )  # fmt: skip
+                        cells.setdefault((load, name), []).append(json.loads(out.read_text()))
+                    print(f"load {load}, {name} (repeat {r + 1}): {cells[load, name][-1]}")
+    metrics = ("ppo_slates_per_s", "dqn_slates_per_s", "fit_impressions_per_s",
+               "env_slot_steps_per_s")  # fmt: skip
+    base = {m: statistics.median(c[m] for c in cells[0, "all"]) for m in metrics} \
+        if (0, "all") in cells else None  # fmt: skip
+    for (load, name), runs in cells.items():
+        row: dict[str, Any] = {m: statistics.median(run[m] for run in runs) for m in metrics}
+        if base:
+            row.update({f"{m}_vs_idle_all": round(row[m] / base[m], 3) for m in metrics})
+        row["threads"] = [{k: v for k, v in run.items() if k.startswith("torch_thread")}
+                          for run in runs]  # fmt: skip
+        results[f"load {load}, {name}"] = row
+    return results
+
+
 def torch_threads() -> int:
     """Intra-op threads torch uses (the CPU encoders' parallelism)."""
     import torch
@@ -817,86 +943,129 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def thread_count(value: str) -> str:
+    """``--threads``: ``auto``, ``all`` or an int >= 1."""
+    if value in ("auto", "all") or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}; allowed: auto, all, or an int >= 1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run one benchmark."""
     parser = argparse.ArgumentParser(prog="rankgym bench", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)  # options of every benchmark
+    common.add_argument(
+        "--load", type=int, default=0, help="busy processes (a core each) beside the benchmark"
+    )
+    common.add_argument(
+        "--threads", type=thread_count, default="auto",
+        help="torch's threads: auto (rankgym's policy), all (one per core), or N",
+    )  # fmt: skip
+    common.add_argument("--json", type=Path, default=None, help="also write the results here")
     sub = parser.add_subparsers(dest="what", required=True)
-    data = sub.add_parser("data", help="synthetic generation and SessionLog.read vs pandas")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    data = command("data", "synthetic generation and SessionLog.read vs pandas")
     data.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
     data.add_argument("--repeats", type=int, default=5)
-    data.add_argument("--json", type=Path, default=None, help="also write the results here")
-    enc = sub.add_parser("encoders", help="TransformerEncoder vs sentence-transformers, store")
+    enc = command("encoders", "TransformerEncoder vs sentence-transformers, store")
     enc.add_argument("--texts", type=int, default=4000)
     enc.add_argument("--repeats", type=int, default=3)
     enc.add_argument("--batch-size", type=int, default=64)
-    enc.add_argument("--json", type=Path, default=None, help="also write the results here")
-    env = sub.add_parser("env", help="single env, DummyVecEnv and the batched env")
+    env = command("env", "single env, DummyVecEnv and the batched env")
     env.add_argument("--num-envs", type=int, default=1024)
     env.add_argument("--steps", type=int, default=200)
-    env.add_argument("--json", type=Path, default=None, help="also write the results here")
-    sv = sub.add_parser("serve", help="exported Ranker vs the torch policy; the HTTP service")
+    sv = command("serve", "exported Ranker vs the torch policy; the HTTP service")
     sv.add_argument("--run", type=Path, default=None, help="a PPO/A2C/DQN run directory")
     sv.add_argument("--timesteps", type=int, default=8192, help="PPO steps when no --run")
     sv.add_argument("--requests", type=int, default=200)
     sv.add_argument("--http-requests", type=int, default=1000)
-    sv.add_argument("--json", type=Path, default=None, help="also write the results here")
-    sw = sub.add_parser("sweep", help="one PPO sweep: basic vs joblib launcher, thread sharing")
+    sw = command("sweep", "one PPO sweep: basic vs joblib launcher, thread sharing")
     sw.add_argument("--jobs", type=int, default=4)
     sw.add_argument("--timesteps", type=int, default=30000)
-    sw.add_argument("--json", type=Path, default=None, help="also write the results here")
-    tr = sub.add_parser("train", help="PPO / DQN training throughput and time in the env")
+    tr = command("train", "PPO / DQN training throughput and time in the env")
     tr.add_argument("--timesteps", type=int, default=40000, help="env steps per agent")
     tr.add_argument("--slates", type=int, default=None, help="requests per agent (not steps)")
     tr.add_argument("--agents", nargs="+", default=["ppo", "dqn"])
     tr.add_argument("--profile", action="store_true", help="cProfile each agent's training")
     tr.add_argument("--repeats", type=int, default=1,
-                    help="rounds of all agents; figures are medians over them")  # fmt: skip
-    tr.add_argument("--json", type=Path, default=None, help="also write the results here")
-    sim = sub.add_parser("simulator", help="the neural click model's serving pass; its env")
+                    help="rounds of all agents (reversed every other round); medians")  # fmt: skip
+    sim = command("simulator", "the neural click model's serving pass; its env")
     sim.add_argument("--requests", type=int, default=1024)
     sim.add_argument("--repeats", type=int, default=5)
-    sim.add_argument("--json", type=Path, default=None, help="also write the results here")
+    workloads = (("workload", "PPO, DQN, the neural fit and the env in one process"),
+                 ("threads", "the workload per thread setting, idle and loaded"))  # fmt: skip
+    for name, help in workloads:
+        wl = command(name, help)
+        wl.add_argument("--slates", type=int, default=20000, help="requests per agent")
+        wl.add_argument("--fit-epochs", type=int, default=2)
+        wl.add_argument("--env-steps", type=int, default=200)
+    th = sub.choices["threads"]
+    th.add_argument("--settings", nargs="+", default=list(THREAD_SETTINGS),
+                    choices=list(THREAD_SETTINGS))  # fmt: skip
+    th.add_argument("--loads", type=int, nargs="+", default=[0, 1])
+    th.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.load < 0 or min(getattr(args, "loads", [0])) < 0:
+        parser.error("--load and --loads must be >= 0")
+    if args.threads == "auto":
+        threads.configure()
+    else:
+        threads.configure(threads.usable_cores() if args.threads == "all" else int(args.threads))
     machine = {
         "benchmark": args.what,
         "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cpus",
+        "load": args.load,
+        "threads": args.threads,
     }
-    if args.what == "data":
-        if any(s <= 0 for s in args.scales):
-            parser.error(f"--scales must be > 0, got {args.scales}")
-        results = {**machine, **bench_data(args.scales, args.repeats)}
-    elif args.what == "train":
-        if args.timesteps < 1 or (args.slates is not None and args.slates < 1):
-            parser.error("--timesteps and --slates must be >= 1")
-        results = {**machine, **bench_train(args.timesteps, args.slates, args.agents,
-                                            args.profile, args.repeats)}  # fmt: skip
-    elif args.what == "serve":
-        if min(args.requests, args.http_requests, args.timesteps) < 1:
-            parser.error("--requests, --http-requests and --timesteps must be >= 1")
-        results = {**machine, **bench_serve(args.requests, args.run, args.timesteps,
-                                            args.http_requests)}  # fmt: skip
-    elif args.what == "sweep":
-        if args.jobs < 1 or args.timesteps < 1:
-            parser.error("--jobs and --timesteps must be >= 1")
-        results = {**machine, **bench_sweep(args.jobs, args.timesteps)}
-    elif args.what == "simulator":
-        if args.requests < 1:
-            parser.error(f"--requests must be >= 1, got {args.requests}")
-        results = {**machine, **bench_simulator(args.requests, args.repeats)}
-    elif args.what == "env":
-        if args.num_envs < 1 or args.steps < 1:
-            parser.error("--num-envs and --steps must be >= 1")
-        results = {**machine, **bench_env(args.num_envs, args.steps)}
-    else:
-        if args.texts < 1 or args.batch_size < 1:
-            parser.error("--texts and --batch-size must be >= 1")
-        results = {**machine, **bench_encoders(args.texts, args.repeats, args.batch_size)}
+    with background_load(args.load):
+        results = {**machine, **run_benchmark(parser, args)}
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+
+
+def run_benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark ``args.what`` with its checked arguments."""
+    if args.what == "data":
+        if any(s <= 0 for s in args.scales):
+            parser.error(f"--scales must be > 0, got {args.scales}")
+        return bench_data(args.scales, args.repeats)
+    if args.what == "train":
+        if args.timesteps < 1 or (args.slates is not None and args.slates < 1):
+            parser.error("--timesteps and --slates must be >= 1")
+        return bench_train(args.timesteps, args.slates, args.agents, args.profile, args.repeats)
+    if args.what == "serve":
+        if min(args.requests, args.http_requests, args.timesteps) < 1:
+            parser.error("--requests, --http-requests and --timesteps must be >= 1")
+        return bench_serve(args.requests, args.run, args.timesteps, args.http_requests)
+    if args.what == "sweep":
+        if args.jobs < 1 or args.timesteps < 1:
+            parser.error("--jobs and --timesteps must be >= 1")
+        return bench_sweep(args.jobs, args.timesteps)
+    if args.what == "simulator":
+        if args.requests < 1:
+            parser.error(f"--requests must be >= 1, got {args.requests}")
+        return bench_simulator(args.requests, args.repeats)
+    if args.what == "env":
+        if args.num_envs < 1 or args.steps < 1:
+            parser.error("--num-envs and --steps must be >= 1")
+        return bench_env(args.num_envs, args.steps)
+    if args.what in ("workload", "threads"):
+        if min(args.slates, args.fit_epochs, args.env_steps) < 1:
+            parser.error("--slates, --fit-epochs and --env-steps must be >= 1")
+        if args.what == "workload":
+            return bench_workload(args.slates, args.fit_epochs, args.env_steps)
+        return bench_threads(args.settings, args.loads, args.repeats, args.slates,
+                             args.fit_epochs, args.env_steps)  # fmt: skip
+    if args.texts < 1 or args.batch_size < 1:
+        parser.error("--texts and --batch-size must be >= 1")
+    return bench_encoders(args.texts, args.repeats, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankgym.agents.evaluation import evaluate
 from rankgym.experiments.runs import load_run_policy
-from rankgym.experiments.sweeps import fail, run_job
+from rankgym.experiments.sweeps import configure_threads, fail, run_job
 from rankgym.logs.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> list[str]:
     """Value every run of ``cfg.runs`` under ``cfg.reward``; the names of those that failed."""
     if cfg.sessions not in SESSIONS:
         raise ValueError(f"sessions={cfg.sessions!r}; allowed: {', '.join(SESSIONS)}")
+    configure_threads(cfg)
     roots = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
     if not roots:
         raise ValueError("runs= is empty; it takes run or sweep directories: 'runs=[outputs/x]'")

@@ -58,7 +58,7 @@ from rankgym.envs.click_models.simple import TruthClickModel
 from rankgym.envs.setup import RunSetup, fit_reward_model
 from rankgym.envs.vector import BatchedReplayEnv
 from rankgym.experiments.runs import instantiate, setup
-from rankgym.experiments.sweeps import run_job
+from rankgym.experiments.sweeps import configure_threads, run_job
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -237,6 +237,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             "rankgym.experiments.fidelity values policies under the truth: keep reward=truth"
         )
     check_rewards(list(cfg.fidelity.rewards))
+    configure_threads(cfg)
     clip = cfg.fidelity.clip
     if clip is not None and not (isinstance(clip, int | float) and clip > 0):
         raise ValueError(f"fidelity.clip={clip!r}; allowed: a number > 0, or null (no clipping)")

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rankgym.encoders.encoded_log import encode_log
-from rankgym.experiments.sweeps import run_job
+from rankgym.experiments.sweeps import configure_threads, run_job
 from rankgym.logs.atomic import check_replaceable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def prepare(cfg: DictConfig) -> dict:
 
     Returns the dataset statistics (plus an ``encoding`` entry when encoding).
     """
+    configure_threads(cfg)
     log.info("instantiating dataset %s (%s)", cfg.dataset.name, cfg.dataset._target_)
     source = hydra.utils.instantiate(cfg.dataset)
     check_replaceable(cfg.out, "meta.json")  # before any work: never replace a user's files

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from rankgym import threads
 from rankgym.logs import LogValidationError
 
 ERROR_FILE = "error.txt"
@@ -103,28 +103,25 @@ def previous_job(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def configure_threads(cfg: DictConfig) -> int:
-    """Torch's intra-op threads for this job: ``torch_threads``, or (``null``) the machine's
-    cores shared among the jobs a parallel launcher runs at once, so they do not oversubscribe
-    the CPU (joblib: ``n_jobs``; submitit: the job's ``cpus_per_task``)."""
+    """Torch's CPU threads for this job (:func:`rankgym.threads.configure`): ``torch_threads``
+    if set, else governed by the machine's load within this job's share of the cores, so that
+    parallel jobs do not oversubscribe the CPU (joblib: ``n_jobs``; submitit: the job's
+    ``cpus_per_task``). Returns the count the job starts with."""
     import torch
 
-    threads = cfg.get("torch_threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):  # fmt: skip
-        raise ValueError(f"torch_threads={threads!r}; allowed: an int >= 1 or null (auto)")
-    if threads is None:
-        launcher = HydraConfig.get().launcher
-        target = str(launcher.get("_target_", ""))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if "joblib" in target.lower():
-            jobs = int(launcher.get("n_jobs") or -1)
-            jobs = cores if jobs < 1 else jobs
-            threads = max(1, (cores or 1) // jobs)
-        elif "submitit" in target.lower() and launcher.get("cpus_per_task"):
-            threads = int(launcher.cpus_per_task)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    cap = None
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    target = str(launcher.get("_target_", "")).lower()
+    if "joblib" in target:
+        cores = threads.usable_cores()
+        jobs = int(launcher.get("n_jobs") or -1)
+        cap = max(1, cores // (cores if jobs < 1 else jobs))
+    elif "submitit" in target and launcher.get("cpus_per_task"):
+        cap = int(launcher.cpus_per_task)
+    device = str(cfg.get("device", "auto"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return threads.configure(cfg.get("torch_threads"), cap, device, env="joblib" not in target)
 
 
 OBJECTIVE = re.compile(r"(valid_)?(true_expected_clicks|expected_clicks|ctr@1|ndcg@\d+|mrr|"

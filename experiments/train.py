@@ -37,6 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.utils import set_random_seed
 
+from rankgym import threads
 from rankgym.agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
 from rankgym.agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
 from rankgym.agents.evaluation import EvaluationResult, evaluate
@@ -260,7 +261,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = restore_run_config(cfg, run_dir)
     else:
         OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), run_dir / RUN_CONFIG)
-    threads = configure_threads(cfg)
+    configure_threads(cfg)
     set_random_seed(cfg.seed)
     agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")
     if cfg.get("export") and not isinstance(agent, SB3Agent | CosinePolicy | PopularityPolicy):
@@ -320,7 +321,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "total_timesteps": timesteps,
         "train_seconds": round(train_seconds, 2),
-        "torch_threads": threads,
+        **threads.report(),  # the count, and its share of time when it followed the load
         **learner,  # the learner's precision as run (agent.precision=auto resolved)
         "encoder": cfg.encoder.name,
         # the config chosen (neural_train, ...), which may differ from the model's own name

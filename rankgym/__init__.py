@@ -9,7 +9,8 @@ The subpackages live in the repository's top-level folders (``pyproject.toml`` m
 - :mod:`rankgym.agents`: scoring networks, SB3 policies, baselines, evaluation, OPE, export.
 - :mod:`rankgym.experiments`: the entry points (``rankgym <command>``).
 
-Each layer imports only the layers above it in this list.
+Each layer imports only the layers above it in this list. Every layer may use
+:mod:`rankgym.threads`, which sets torch's CPU threads from the machine's load.
 """
 
 from importlib.metadata import PackageNotFoundError, version

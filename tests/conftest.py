@@ -9,20 +9,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-# One torch thread per test process (and per command a test launches): the tests' tensors are
-# tiny, and with a thread per core each parallel region waits for its slowest thread, so one
-# busy core elsewhere made a tiny training run 10x slower (measured: 31 s against 2.6 s).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import pytest
 import torch
 
 from rankgym.logs import SessionLog
 from rankgym.logs.ground_truth import GroundTruth
 from rankgym.logs.synthetic import SyntheticWorld
+from rankgym.threads import usable_cores
 from tests.commands import SMALL, train_tiny
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Torch's threads in a test process: its share of the cores, as rankgym's policy gives
+    each of a parallel launcher's jobs (xdist's 2 workers on 2 cores: one thread each), set
+    as ``OMP_NUM_THREADS`` for it and every command it launches (a user's value wins). Fixed
+    rather than governed by the load: tests compare numbers, and the count changes torch's
+    float sums. The xdist controller, which runs no test, leaves its workers to choose."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None and isinstance(getattr(config.option, "numprocesses", None), int) \
+            and config.option.numprocesses > 0:  # fmt: skip
+        return
+    share = max(1, usable_cores() // int(workers or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 SMALL_WORLD = {"n_items": 400, "n_users": 120, "n_sessions": 300, "propensity_samples": 50}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def sweep(
     root = root or tmp
     args = [sys.executable, "-m", "rankgym.experiments.train", "-m", f"paths.root_dir={root}",
             f"out={root}/data", f"hydra.sweep.dir={tmp}/{name}", *TINY, *overrides]  # fmt: skip
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # rankgym's policy
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def sweep_here(tmp: Path, root: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -126,6 +128,8 @@ def test_joblib_sweep_runs_every_job_with_shared_cores(baseline_sweep: Path) -> 
     for file in runs:
         metrics = json.loads(file.read_text())
         assert metrics["torch_threads"] == 1  # the cores shared among the parallel jobs
+        assert metrics["torch_threads_auto"] is True  # and within them, the load's policy
+        assert sum(metrics["torch_threads_share"].values()) == pytest.approx(1.0, abs=0.01)
         assert metrics["splits"]["metrics"] == "test" and metrics["splits"]["periodic"] == "valid"
         assert metrics["objective"] == "valid_true_expected_clicks"
         assert metrics["valid_true_expected_clicks"] != metrics["true_expected_clicks"]

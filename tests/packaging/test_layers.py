@@ -7,8 +7,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# rankgym.<layer> -> its folder; a layer may import only the layers before it
-LAYERS = {"logs": "logs", "encoders": "encoders", "envs": "envs", "agents": "agents",
+# rankgym.<layer> -> its folder; a layer may import only the layers before it. The modules of
+# the top package itself (``rankgym.threads``) come first: every layer may use them.
+LAYERS = {"": "rankgym", "logs": "logs", "encoders": "encoders", "envs": "envs", "agents": "agents",
           "experiments": "experiments"}  # fmt: skip
 
 
@@ -20,7 +21,7 @@ def module_files() -> dict[str, Path]:
             parts = path.relative_to(ROOT / folder).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            files[".".join(("rankgym", layer, *parts))] = path
+            files[".".join(p for p in ("rankgym", layer, *parts) if p)] = path
     return files
 
 
@@ -43,7 +44,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def layer(module: str) -> int:
-    return list(LAYERS).index(module.split(".")[1])
+    name = module.split(".")[1] if "." in module else ""
+    return list(LAYERS).index(name) if name in LAYERS else 0  # rankgym's own modules: 0
 
 
 def test_layers_import_downwards_only() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rankgym import threads
 from rankgym.encoders.pooling import UserPooling
 from rankgym.envs.click_models.neural.network import Scorer
 from rankgym.envs.click_models.neural.settings import NeuralSettings
@@ -96,6 +97,7 @@ def fit_member(
             module.mlp.requires_grad_(False)
         order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, rows):
+            threads.tick()  # torch's threads follow the machine's load (rankgym.threads)
             b = order[start : start + rows]
             loss = -batch.log_likelihood(module, structure, b)
             opt.zero_grad()
