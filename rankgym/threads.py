@@ -98,19 +98,21 @@ class LoadSampler:
 
 
 class ThreadGovernor:
-    """Keeps torch's thread count at ``cores`` less the cores others keep busy, within
-    ``[1, cap]``. Acts only from the thread that made it (torch's count is per thread)."""
+    """Keeps torch's thread count at the idle CPUs of the ``cpus`` this process runs on (the
+    CPUs less those others keep busy), within ``[1, cap]``. On a host with more CPUs than a
+    container's quota (``cap``), others' load costs threads only once too few CPUs are idle.
+    Acts only from the thread that made it (torch's count is per thread)."""
 
     def __init__(
         self,
         cap: int,
-        cores: int,
+        cpus: int,
         sampler: Callable[[], float | None],
         set_threads: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
         interval: float = INTERVAL,
     ) -> None:
-        self.cap, self.cores, self.sampler = cap, cores, sampler
+        self.cap, self.cpus, self.sampler = cap, cpus, sampler
         self.set_threads, self.clock, self.interval = set_threads, clock, interval
         self.owner = threading.get_ident()
         self.threads = cap
@@ -122,7 +124,7 @@ class ThreadGovernor:
 
     def wanted(self, other: float) -> int:
         """The count for ``other`` busy cores elsewhere: a core counts from half busy."""
-        return max(1, min(self.cap, math.floor(self.cores - other + 0.5)))
+        return max(1, min(self.cap, math.floor(self.cpus - other + 0.5)))
 
     def tick(self) -> None:
         """Read the load if :attr:`interval` has passed; move the count on the first reading,
@@ -197,7 +199,7 @@ def configure(
         _report = {"torch_threads": count, "torch_threads_auto": False}
         return count
     cpus = usable_cpus()
-    _governor = ThreadGovernor(cap, cores, LoadSampler(cpus), _set_torch_threads)
+    _governor = ThreadGovernor(cap, len(cpus), LoadSampler(cpus), _set_torch_threads)
     _report = {"torch_threads": cap, "torch_threads_auto": True}
     return cap
 

@@ -26,11 +26,11 @@ class Clock:
         return self.now
 
 
-def governed(readings: list[float | None], cap: int = 2, cores: int = 2) -> tuple:
+def governed(readings: list[float | None], cap: int = 2, cpus: int = 2) -> tuple:
     """A governor fed ``readings`` (other processes' busy cores), one per tick, a tick every
     second; the counts it set after each tick."""
     clock, feed, counts = Clock(), iter(readings), []
-    gov = threads.ThreadGovernor(cap, cores, lambda: next(feed), counts.append, clock)
+    gov = threads.ThreadGovernor(cap, cpus, lambda: next(feed), counts.append, clock)
     after = []
     for _ in readings:
         clock.now += 1.0
@@ -64,8 +64,10 @@ def test_the_first_reading_acts_later_ones_need_two_in_a_row() -> None:
 
 def test_a_core_counts_as_busy_from_half_and_the_cap_bounds_the_count() -> None:
     assert [governed([x])[2][0] for x in (0.4, 0.5, 0.6, 1.6, 5.0)] == [2, 2, 1, 1, 1]
-    assert governed([2.7], cap=8, cores=8)[2] == [5]  # 8 cores, less 3 busy elsewhere
-    assert governed([0.0, 0.0], cap=3, cores=8)[2] == [3, 3]  # a launcher's share
+    assert governed([2.7], cap=8, cpus=8)[2] == [5]  # 8 cores, less 3 busy elsewhere
+    assert governed([0.0, 0.0], cap=3, cpus=8)[2] == [3, 3]  # a launcher's share
+    # a container's quota of 2 cores on 64 CPUs: 30 busy elsewhere leave 34 idle, enough
+    assert governed([30.0, 63.2, 63.2], cap=2, cpus=64)[2] == [2, 2, 1]
     assert governed([None, None])[2] == [2, 2]  # cannot tell: no change
 
 
