@@ -907,6 +907,8 @@ def bench_threads(
     results: dict[str, Any] = {"settings": settings, "loads": loads, "repeats": repeats,
                                "slates": slates, "fit_epochs": fit_epochs}  # fmt: skip
     cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    # each setting sets its own count: an OMP_NUM_THREADS of the caller's would override them
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     for load in loads:
         with background_load(load):
             for r in range(repeats):
@@ -918,7 +920,7 @@ def bench_threads(
                             [sys.executable, "-m", "rankgym.experiments.bench", "workload",
                              "--threads", flag, "--slates", str(slates), "--fit-epochs",
                              str(fit_epochs), "--env-steps", str(env_steps), "--json", str(out)],
-                            env={**os.environ, **extra}, check=True, stdout=subprocess.DEVNULL,
+                            env={**environment, **extra}, check=True, stdout=subprocess.DEVNULL,
                         )  # fmt: skip
                         cells.setdefault((load, name), []).append(json.loads(out.read_text()))
                     print(f"load {load}, {name} (repeat {r + 1}): {cells[load, name][-1]}")
