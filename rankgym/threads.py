@@ -56,9 +56,23 @@ def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
+def physical_cores(cpus: list[int], root: Path = Path("/sys/devices/system/cpu")) -> int:
+    """How many physical cores ``cpus`` sit on: hyper-threads of one core count once, as in
+    torch's own default count. Each CPU counts as a core where the topology is unreadable."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = root / f"cpu{cpu}" / "topology" / "thread_siblings_list"
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(f"cpu{cpu}")
+    return max(1, len(cores))
+
+
 def usable_cores() -> int:
-    """How many cores this process may keep busy: its CPUs, bounded by a cgroup quota."""
-    cores = len(usable_cpus())
+    """How many threads this process may keep busy: the physical cores of its CPUs, bounded by
+    a cgroup quota (a container's ``--cpus``)."""
+    cores = physical_cores(usable_cpus())
     quota = cpu_quota()
     return max(1, min(cores, math.ceil(quota))) if quota else cores
 

@@ -213,3 +213,12 @@ def test_the_test_processes_use_their_share_of_the_cores() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert int(done.stdout) == share
+
+
+def test_hyper_threads_of_one_core_count_once(tmp_path: Path) -> None:
+    for cpu, siblings in enumerate(["0,2", "1,3", "0,2", "1,3", "4"]):
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    assert threads.physical_cores([0, 1, 2, 3, 4], tmp_path) == 3
+    assert threads.physical_cores([0, 2], tmp_path) == 1
+    assert threads.physical_cores([0, 7], tmp_path) == 2  # cpu7: no topology, counts alone
