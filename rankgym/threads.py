@@ -57,8 +57,9 @@ def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 
 def physical_cores(cpus: list[int], root: Path = Path("/sys/devices/system/cpu")) -> int:
-    """How many physical cores ``cpus`` sit on: hyper-threads of one core count once, as in
-    torch's own default count. Each CPU counts as a core where the topology is unreadable."""
+    """How many physical cores ``cpus`` sit on: hyper-threads of one core count once (two
+    threads on one core contend for its units). Each CPU counts as a core where the topology
+    is unreadable."""
     cores = set()
     for cpu in cpus:
         try:
