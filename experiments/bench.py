@@ -807,13 +807,7 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
 
     def env_rate(reward: Any) -> float:
         env = BatchedReplayEnv(log, encoded, reward, cfg, num_envs=256, device="cpu")
-        env.seed(0)
-        env.reset()
-        actions = rng.integers(0, 20, (env_steps, 256))
-        start = time.perf_counter()
-        for t in range(env_steps):
-            env.step(actions[t])
-        return 256 * env_steps / (time.perf_counter() - start)
+        return slot_steps_per_s(env, rng.integers(0, 20, (env_steps, 256)))
 
     results["env_truth_slot_steps_per_s"] = round(env_rate(TruthClickModel(truth=truth)))
     results["env_neural_slot_steps_per_s"] = round(env_rate(model))
@@ -825,6 +819,17 @@ def bench_simulator(n_requests: int, repeats: int, env_steps: int = 100) -> dict
     )
     print(results)
     return results
+
+
+def slot_steps_per_s(env: Any, actions: np.ndarray) -> float:
+    """Slot-steps per second of a batched env (seeded 0, reset) stepping ``actions``
+    (``[steps, num_envs]``), one row per step."""
+    env.seed(0)
+    env.reset()
+    start = time.perf_counter()
+    for row in actions:
+        env.step(row)
+    return actions.size / (time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -872,13 +877,8 @@ def bench_workload(slates: int, fit_epochs: int, env_steps: int) -> dict[str, An
     results["fit_impressions_per_s"] = round(log.n_impressions * fit_epochs / fit_seconds)
     env = BatchedReplayEnv(log, encoded, TruthClickModel(truth=truth), cfg, num_envs=1024,
                            device="cpu", request_infos=False)  # fmt: skip
-    env.seed(0)
-    env.reset()
     actions = np.random.default_rng(0).integers(0, 20, (env_steps, 1024))
-    start = time.perf_counter()
-    for t in range(env_steps):
-        env.step(actions[t])
-    results["env_slot_steps_per_s"] = round(1024 * env_steps / (time.perf_counter() - start))
+    results["env_slot_steps_per_s"] = round(slot_steps_per_s(env, actions))
     results.update(threads.report())
     print(results)
     return results
@@ -901,9 +901,9 @@ def bench_threads(
     policy; ``1``; ``all``: one per core, torch's own default; ``all-passive``: the same with
     ``OMP_WAIT_POLICY=PASSIVE``, idle threads sleep at once; ``all-spin2000``: with
     ``GOMP_SPINCOUNT=2000``, they spin 2,000 rounds, not 300,000, first), idle and beside each
-    of ``loads`` busy processes. Within each
-    repeat the settings run back to back, in reverse order every other repeat; each figure is
-    the median over the repeats, and each setting's ratio to idle ``all`` is reported."""
+    of ``loads`` busy processes. Within each repeat the settings run back to back, in reverse
+    order every other repeat; each figure is the median over the repeats, and each setting's
+    ratio to idle ``all`` is reported."""
     results: dict[str, Any] = {"settings": settings, "loads": loads, "repeats": repeats,
                                "slates": slates, "fit_epochs": fit_epochs}  # fmt: skip
     cells: dict[tuple[int, str], list[dict[str, Any]]] = {}

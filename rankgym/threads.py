@@ -31,7 +31,7 @@ from typing import Any
 
 INTERVAL = 0.5  # seconds between load readings
 _governor: ThreadGovernor | None = None
-_report: dict[str, Any] = {}
+_start: int | None = None  # the count configure() set (None: not configured)
 
 
 def usable_cpus() -> list[int]:
@@ -70,10 +70,10 @@ def physical_cores(cpus: list[int], root: Path = Path("/sys/devices/system/cpu")
     return max(1, len(cores))
 
 
-def usable_cores() -> int:
-    """How many threads this process may keep busy: the physical cores of its CPUs, bounded by
-    a cgroup quota (a container's ``--cpus``)."""
-    cores = physical_cores(usable_cpus())
+def usable_cores(cpus: list[int] | None = None) -> int:
+    """How many threads this process may keep busy: the physical cores of its CPUs (``cpus``,
+    default :func:`usable_cpus`), bounded by a cgroup quota (a container's ``--cpus``)."""
+    cores = physical_cores(usable_cpus() if cpus is None else cpus)
     quota = cpu_quota()
     return max(1, min(cores, math.ceil(quota))) if quota else cores
 
@@ -200,23 +200,21 @@ def configure(
     env: read ``OMP_NUM_THREADS`` as an explicit count (off in a joblib job: joblib sets it to
         the job's share of the cores, which is ``cap``, not a user's choice).
     """
-    global _governor, _report
+    global _governor, _start
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):  # fmt: skip
         raise ValueError(f"torch_threads={threads!r}; allowed: an int >= 1 or null (auto)")
-    cores = usable_cores()
+    cpus = usable_cpus()
+    cores = usable_cores(cpus)
     cap = max(1, min(cores, cap)) if cap else cores
     explicit = threads if threads is not None or not env else _explicit_env()
-    _governor = None
     if explicit is not None or str(device).startswith("cuda"):
-        count = explicit or cap
-        _set_torch_threads(count)
-        _report = {"torch_threads": count, "torch_threads_auto": False}
-        return count
-    cpus = usable_cpus()
-    _governor = ThreadGovernor(cap, len(cpus), LoadSampler(cpus), _set_torch_threads)
-    _report = {"torch_threads": cap, "torch_threads_auto": True}
-    return cap
+        _governor, _start = None, explicit or cap
+        _set_torch_threads(_start)
+    else:  # the governor sets the cap
+        _governor = ThreadGovernor(cap, len(cpus), LoadSampler(cpus), _set_torch_threads)
+        _start = cap
+    return _start
 
 
 def tick() -> None:
@@ -228,5 +226,10 @@ def tick() -> None:
 
 def report() -> dict[str, Any]:
     """For ``metrics.json``: the count set (or the governor's cap), whether it followed the
-    load, and then the share of time at each count and the number of switches."""
-    return {**_report, **(_governor.report() if _governor is not None else {})}
+    load, and then the share of time at each count and the number of switches (``{}`` before
+    :func:`configure`)."""
+    if _start is None:
+        return {}
+    if _governor is None:
+        return {"torch_threads": _start, "torch_threads_auto": False}
+    return {"torch_threads": _start, "torch_threads_auto": True, **_governor.report()}

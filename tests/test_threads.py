@@ -42,10 +42,10 @@ def governed(readings: list[float | None], cap: int = 2, cpus: int = 2) -> tuple
 @pytest.fixture(autouse=True)
 def restore_threads() -> Iterator[None]:
     """These tests change the process's count and policy; the rest of the session keeps its."""
-    count, state = torch.get_num_threads(), (threads._governor, threads._report)
+    count, state = torch.get_num_threads(), (threads._governor, threads._start)
     yield
     torch.set_num_threads(count)
-    threads._governor, threads._report = state
+    threads._governor, threads._start = state
 
 
 def test_a_core_busy_elsewhere_takes_a_thread_away_within_two_readings() -> None:
