@@ -14,7 +14,12 @@ exactly once, and reports per-request means of
 
 Confidence intervals are 95% percentile bootstraps over sessions (a session's requests are
 resampled together): each resample's metric is the sum over its sessions' requests divided by
-their request count.
+their request count. They say how much the *test sessions* move a value.
+
+Under a fitted ensemble (the neural model's bootstrap members) ``expected_clicks`` also gets an
+epistemic interval (:func:`epistemic_interval`): how much another equally likely *training log*
+would move what the simulator says. That is the interval to read before trusting a simulated
+value or the order of two policies (BENCHMARKS.md, "Simulator fidelity").
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class EvaluationResult:
         per_request: each metric per request, plus ``request`` (request codes of the test log)
             ``slate`` (``int64[N, slate_size]`` item codes, ``-1`` past a slate's end) and
             ``click_probs`` (the reward model's click probability at each slate position).
+        epistemic: under an ensemble reward model, the :data:`EPISTEMIC_LEVEL` epistemic
+            interval of ``expected_clicks`` (:func:`epistemic_interval`); else empty.
+        member_values: under an ensemble, ``expected_clicks`` under each member alone.
     """
 
     policy: str
@@ -56,10 +64,13 @@ class EvaluationResult:
     intervals: dict[str, tuple[float, float]]
     invalid_actions: int = 0
     per_request: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    epistemic: dict[str, tuple[float, float]] = field(default_factory=dict)
+    member_values: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict: ``metric``, ``metric_ci_low``, ``metric_ci_high``, ... plus
-        ``policy``, ``n_sessions``, ``n_requests`` and ``invalid_actions``."""
+        ``policy``, ``n_sessions``, ``n_requests`` and ``invalid_actions``; under an ensemble
+        also ``expected_clicks_epi_low`` and ``expected_clicks_epi_high``."""
         out: dict[str, Any] = {
             "policy": self.policy,
             "n_sessions": self.n_sessions,
@@ -71,7 +82,34 @@ class EvaluationResult:
             out[key] = float(value)
             out[f"{key}_ci_low"] = float(low)
             out[f"{key}_ci_high"] = float(high)
+        for key, (low, high) in self.epistemic.items():
+            out[f"{key}_epi_low"] = float(low)
+            out[f"{key}_epi_high"] = float(high)
         return out
+
+
+EPISTEMIC_LEVEL = 0.9  # the epistemic intervals' nominal coverage
+
+
+def epistemic_interval(
+    member_values: np.ndarray, centre: float, level: float = EPISTEMIC_LEVEL
+) -> tuple[float, float]:
+    """The interval around ``centre`` (the ensemble's value) in which another equally likely
+    training log would put the simulator's value, from the values of ``M >= 2`` bootstrap
+    members: ``centre +- t(level, M - 1) * sd * sqrt(1 + 1 / M)``, the prediction interval of a
+    new draw from the members' distribution (Student's t, since ``sd`` comes from ``M`` draws).
+
+    It measures the estimation noise of the log, not a model's bias: how far it covers the
+    truth is measured (BENCHMARKS.md, "Simulator fidelity").
+    """
+    from scipy.stats import t
+
+    values = np.asarray(member_values, dtype=np.float64)
+    m = len(values)
+    if m < 2:
+        raise ValueError(f"an epistemic interval needs >= 2 member values, got {m}")
+    half = t.ppf(0.5 + level / 2, m - 1) * values.std(ddof=1) * np.sqrt(1 + 1 / m)
+    return float(centre - half), float(centre + half)
 
 
 def evaluate(
@@ -188,10 +226,18 @@ def evaluate(
         rows = truth.request_rows(test.request_ids[req])
         per_request["true_expected_clicks"] = truth.click_probs(rows, slate_mat).sum(axis=1)
 
+    member_values = None
+    if len(req):
+        members = model.member_click_probs(data.context, req, slate_mat)
+        if members is not None:  # under the logged histories: the spread, not the centre
+            member_values = members.sum(axis=2).mean(axis=1)
     session_of = np.asarray(test.request_session)[req]
     n_sessions = len(np.unique(session_of))
     means = {k: float(v.mean()) if len(v) else float("nan") for k, v in per_request.items()}
     intervals = bootstrap_intervals(per_request, session_of, bootstrap, seed)
+    epistemic = {}
+    if member_values is not None:
+        epistemic["expected_clicks"] = epistemic_interval(member_values, means["expected_clicks"])
     per_request["request"] = req
     per_request["slate"] = slate_mat
     per_request["click_probs"] = prob_mat
@@ -203,6 +249,8 @@ def evaluate(
         intervals=intervals,
         invalid_actions=int(invalid),
         per_request=per_request,
+        epistemic=epistemic,
+        member_values=member_values,
     )
 
 

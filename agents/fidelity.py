@@ -262,6 +262,52 @@ def agreement(true_values: np.ndarray, values: np.ndarray, min_gap: float = MIN_
     )
 
 
+def apart_pairs(true_values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[int, float]:
+    """How many policy pairs a method calls apart (their intervals ``[low, high]`` do not
+    overlap), and the share of them that the truth orders the same way (NaN when none).
+
+    This is what a user can act on: an order the intervals separate should be the true one.
+    """
+    t = np.asarray(true_values, dtype=np.float64)
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    i, j = np.triu_indices(len(t), k=1)
+    i_above, j_above = lo[i] > hi[j], lo[j] > hi[i]
+    apart = i_above | j_above
+    right = (i_above & (t[i] > t[j])) | (j_above & (t[j] > t[i]))
+    n = int(apart.sum())
+    return n, float(right[apart].mean()) if n else float("nan")
+
+
+def paired_apart(
+    true_values: np.ndarray, values: np.ndarray, members: np.ndarray, level: float = 0.9
+) -> tuple[int, float]:
+    """:func:`apart_pairs` for an ensemble, judged on each pair's difference: a pair is apart
+    when the epistemic interval of ``value_i - value_j`` (from the members' paired differences,
+    :func:`~rankgym.agents.evaluation.epistemic_interval`) excludes 0.
+
+    ``members`` is ``[policies, M]``. A member that rates every policy higher moves both values
+    of a pair together, so the paired interval is narrower than the two values' intervals and
+    separates pairs that are close in value but consistently ordered.
+    """
+    from rankgym.agents.evaluation import epistemic_interval
+
+    t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    i, j = np.triu_indices(len(t), k=1)
+    apart = np.zeros(len(i), dtype=bool)
+    for n, (a, b) in enumerate(zip(i, j, strict=True)):
+        low, high = epistemic_interval(members[a] - members[b], v[a] - v[b], level)
+        apart[n] = low > 0 or high < 0
+    right = np.sign(v[i] - v[j]) == np.sign(t[i] - t[j])
+    k = int(apart.sum())
+    return k, float(right[apart].mean()) if k else float("nan")
+
+
+def covered(true_values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """The share of policies whose true value lies in their interval ``[low, high]``."""
+    t = np.asarray(true_values, dtype=np.float64)
+    return float(np.mean((np.asarray(low) <= t) & (t <= np.asarray(high))))
+
+
 def value_zoo(
     policies: list[Any],
     test: SessionLog,
@@ -274,13 +320,17 @@ def value_zoo(
     max_sessions: int | None = None,
     progress: bool = False,
     slates: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
+    members: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Expected clicks per request of every policy under every model, on the same sessions.
 
     Returns ``{model name: {policy name: value}}``; with a ``truth``, also ``"truth"`` (the true
     value of the slates each policy built in the truth's env). A ``slates`` dict receives each
     policy's ``(requests, slates)`` from its run under the first model (for off-policy
-    estimates of the same slates, :func:`ope_zoo`).
+    estimates of the same slates, :func:`ope_zoo`); an ``intervals`` dict receives
+    ``{model: {policy: (low, high)}}``, the epistemic intervals of the ensemble models, and a
+    ``members`` dict their members' values (for :func:`paired_apart`).
     """
     from tqdm.auto import tqdm
 
@@ -292,6 +342,10 @@ def value_zoo(
             bootstrap=0, seed=seed, max_sessions=max_sessions,
         )  # fmt: skip
         values[name][policy.name] = result.metrics["expected_clicks"]
+        if intervals is not None and "expected_clicks" in result.epistemic:
+            intervals.setdefault(name, {})[policy.name] = result.epistemic["expected_clicks"]
+        if members is not None and result.member_values is not None:
+            members.setdefault(name, {})[policy.name] = result.member_values
         if slates is not None and policy.name not in slates:
             slates[policy.name] = (result.per_request["request"], result.per_request["slate"])
     return values

@@ -150,7 +150,7 @@ def fit_reward_model(
     key = digest(
         {
             "model": f"{type(model).__module__}.{type(model).__qualname__}",
-            "config": model.config(),
+            "config": model.fit_config(),
             "dataset": log_fingerprint(data),
             # the training impressions themselves: two worlds can share every id and differ
             # only in their clicks (a PBM and a cascade world of one seed)
@@ -176,7 +176,7 @@ def _fit_cached(
 ) -> ClickModel:
     if (cached / "model.json").is_file():
         log.info("reusing fitted reward model %s", cached)
-        return ClickModel.load(cached)
+        return ClickModel.load(cached).serve_as(model)
     log.info("fitting reward model %s on %d training sessions", model.name, train.n_sessions)
     model.fit(train, encoded=encoded, pooling=env.user_pooling)
     with atomic_directory(cached, marker="model.json") as tmp:

@@ -387,6 +387,11 @@ def two_opinions(runs: list[dict[str, Any]]) -> pd.DataFrame:
             values = [r[key] for r in group if r.get(key) is not None]
             if values:
                 row[key] = statistics.fmean(values)
+        for bound in ("low", "high"):  # the simulator's epistemic interval (an ensemble's)
+            values = [r[f"expected_clicks_epi_{bound}"] for r in group
+                      if r.get(f"expected_clicks_epi_{bound}") is not None]  # fmt: skip
+            if values:
+                row[f"epi_{bound}"] = statistics.fmean(values)
         for n in names:
             values = [r[f"ope_{n}"] for r in group if r.get(f"ope_{n}") is not None]
             if values:
@@ -396,8 +401,16 @@ def two_opinions(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def epistemic_cell(row: pd.Series, column: str) -> str:
+    """`` [low, high]``: the simulator's epistemic interval, after its ``expected_clicks``."""
+    if column != "expected_clicks" or pd.isna(row.get("epi_low", np.nan)):
+        return ""
+    return f" [{row['epi_low']:.4f}, {row['epi_high']:.4f}]"
+
+
 def opinions_markdown(table: pd.DataFrame) -> str:
-    """The two-opinions table as Markdown (estimates with their support in parentheses)."""
+    """The two-opinions table as Markdown (estimates with their support in parentheses; the
+    simulator's value with its 90% epistemic interval when its reward model is an ensemble)."""
     from rankgym.agents.ope import ESTIMATORS
 
     plain = [c for c in ("true_expected_clicks", "expected_clicks", "logged_clicks") if c in table]
@@ -406,7 +419,9 @@ def opinions_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for _, row in table.iterrows():
         cells = [str(row["policy"]), str(row["seeds"])]
-        cells += ["" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in plain]
+        cells += [
+            "" if pd.isna(row[c]) else f"{row[c]:.4f}" + epistemic_cell(row, c) for c in plain
+        ]
         cells += [
             "" if pd.isna(row[n]) else f"{row[n]:.4f} ({row[n + '_support']:.0%})" for n in names
         ]

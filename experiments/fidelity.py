@@ -5,6 +5,7 @@ Usage::
     rankgym fidelity                                  # default world, hashing
     rankgym fidelity dataset.click_model=cascade out=data/synthetic-cascade
     rankgym fidelity 'fidelity.rewards=[pbm,neural]' 'fidelity.runs=[outputs/x]'
+    rankgym fidelity 'fidelity.runs=[outputs/trained-zoo]' fidelity.zoo=baselines
 
 On the held-out sessions of a dataset with a ground truth, every zoo policy
 (:func:`rankgym.agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is
@@ -16,11 +17,17 @@ sessions, as ``rankgym train`` fits them) and, on logs with propensities
 The run directory gets ``fidelity.md`` (the summary, whether the best simulator and the best
 estimator agree, and the values), ``fidelity.csv`` (one row per method: Kendall tau, Spearman,
 mean and largest relative error, the mean relative error over the policies that do not rank
-by the truth (``rel_error_observable``), the share within 5%, pairwise-order agreement, and for the
-estimators their mean support and ESS and how often the truth lies in their 95% interval;
+by the truth (``rel_error_observable``), the share within 5%, pairwise-order agreement,
+``pick_regret`` (how much less the policy it values highest is worth than the truly best);
+for the estimators their mean support and ESS; for every method with intervals (the
+estimators' 95% bootstraps, the ensembles' 90% epistemic intervals) ``covered``, the share of
+the zoo whose true value lies in its interval, and ``apart`` / ``apart_agreement``, the pairs
+whose intervals separate and the share of them ordered as the truth orders them (an ensemble
+also gets ``apart_paired`` / ``apart_paired_agreement``, judged on each pair's difference);
 for the simulators ``greedy_true``, the true value of the policy greedy in the model, and
 ``greedy_gap``, its share of the random-to-oracle gap: what training in that simulator can be
-worth), ``values.csv`` (policy x method), ``fidelity.png``
+worth), ``values.csv`` (policy x method), ``intervals.csv`` (each interval, with an ensemble's
+member values), ``fidelity.png``
 (simulated or estimated against true value, one panel per method) and TensorBoard scalars under
 ``fidelity/``.
 """
@@ -41,13 +48,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankgym.agents.baselines import SB3Policy
 from rankgym.agents.checkpoint import CHECKPOINT
+from rankgym.agents.evaluation import EPISTEMIC_LEVEL
 from rankgym.agents.fidelity import (
     MIN_GAP,
     TRUTH_RANKED,
     agreement,
+    apart_pairs,
     clear_pairs,
+    covered,
     greedy_values,
     ope_zoo,
+    paired_apart,
     policy_zoo,
     relative_errors,
     value_zoo,
@@ -56,11 +67,12 @@ from rankgym.agents.ope import OPEEstimate
 from rankgym.agents.training import SB3Agent
 from rankgym.envs.click_models.simple import TruthClickModel
 from rankgym.envs.setup import RunSetup, fit_reward_model
-from rankgym.envs.vector import BatchedReplayEnv
-from rankgym.experiments.runs import instantiate, setup
+from rankgym.experiments.runs import instantiate, setup, training_env
 from rankgym.experiments.sweeps import configure_threads, run_job
 
 log = logging.getLogger(__name__)
+# fidelity.zoo=baselines: the fixed policies kept beside trained runs (the random-to-oracle scale)
+BASELINES = ("random", "popularity", "cosine", "truth-oracle")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -85,6 +97,18 @@ def reward_models(cfg: DictConfig, s: RunSetup) -> dict[str, Any]:
     return models
 
 
+def run_label(run_dir: Path, root: Path) -> str:
+    """A trained run's name in the zoo: its command-line overrides (``reward=neural,seed=1``;
+    a sweep's job directories are numbered), else its path below ``root``."""
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        listed = OmegaConf.load(overrides)
+        keep = [str(o) for o in listed if not str(o).startswith(("hydra.", "out=", "paths."))]
+        if keep:
+            return ",".join(keep)
+    return str(run_dir.relative_to(root)) if run_dir != root else root.name
+
+
 def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
     """The SB3 policies of the run directories in ``fidelity.runs`` (a sweep dir: all below)."""
     policies = []
@@ -98,15 +122,30 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
             agent = hydra.utils.instantiate(run_cfg.agent)
             if not isinstance(agent, SB3Agent):
                 continue
-            env = BatchedReplayEnv(s.test, s.encoded, s.reward, s.env, num_envs=1, device="cpu")
-            model = agent.load(checkpoint, env, run_cfg.seed, device="cpu")
-            name = f"{agent.name}:{run_dir.relative_to(root) if run_dir != root else root.name}"
+            # the env the run trained on, in shape: a DQN checkpoint's replay buffer has a row
+            # per training env
+            model = agent.load(checkpoint, training_env(s, agent, "cpu"), run_cfg.seed, "cpu")
+            name = f"{agent.name}:{run_label(run_dir, root)}"
             policies.append(SB3Policy(model, s.env.obs_mode, name))
     return policies
 
 
+def pick_regret(truth: pd.Series, values: pd.Series) -> float:
+    """How much less the policy a method values highest is worth in truth than the truly best,
+    relative to the best; among the deployable policies (not those that rank by the truth)."""
+    deployable = ~truth.index.isin(TRUTH_RANKED)
+    truth, values = truth[deployable], values[deployable]
+    if truth.empty:
+        return float("nan")
+    best = float(truth.max())
+    return (best - float(truth[values.idxmax()])) / abs(best)
+
+
 def report(
-    values: dict[str, dict[str, float]], ope: dict[str, dict[str, OPEEstimate]] | None = None
+    values: dict[str, dict[str, float]],
+    ope: dict[str, dict[str, OPEEstimate]] | None = None,
+    intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
+    members: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(policy x method values, one agreement row per method).
 
@@ -116,10 +155,21 @@ def report(
     sees, so their values regress towards the mean (BENCHMARKS.md).
 
     Off-policy methods (``ope``) also get the mean over the zoo of their support (share of
-    requests with a nonzero weight) and effective sample size, and the share of the zoo whose
-    true value lies in the estimate's 95% interval (``covered``: low means bias, not noise).
+    requests with a nonzero weight) and effective sample size. Every method with intervals
+    (the estimators' 95% bootstrap intervals, the ensembles' 90% epistemic ones in
+    ``intervals``) gets ``covered``, the share of the zoo whose true value lies in its
+    interval, ``apart``, the pairs whose two intervals do not overlap
+    (:func:`~rankgym.agents.fidelity.apart_pairs`), and ``apart_agreement``, the share of those
+    the truth orders the same way. An ensemble with its ``members``' values also gets
+    ``apart_paired`` and ``apart_paired_agreement``: the pairs whose difference's epistemic
+    interval excludes 0 (:func:`~rankgym.agents.fidelity.paired_apart`), a test that calls more
+    pairs apart.
     """
+    members = members or {}
     ope = ope or {}
+    bounds = {m: dict(per) for m, per in (intervals or {}).items()}
+    for method, per in ope.items():
+        bounds[method] = {p: (e.ci_low, e.ci_high) for p, e in per.items()}
     values = {**values, **{m: {p: e.value for p, e in per.items()} for m, per in ope.items()}}
     table = pd.DataFrame(values)
     table = table.sort_values("truth", ascending=False)
@@ -134,14 +184,48 @@ def report(
         row["rel_error_observable"] = float(
             relative_errors(table["truth"][seen], table[method][seen]).mean()
         )
-        per = ope.get(method, {})
-        estimates = list(per.values())
+        estimates = list(ope.get(method, {}).values())
         row["support"] = float(np.mean([e.support for e in estimates])) if estimates else np.nan
         row["ess"] = float(np.mean([e.ess for e in estimates])) if estimates else np.nan
-        covered = [e.ci_low <= table.loc[p, "truth"] <= e.ci_high for p, e in per.items()]
-        row["covered"] = float(np.mean(covered)) if covered else np.nan
+        row["pick_regret"] = pick_regret(table["truth"][known], table[method][known])
+        row["covered"], row["apart"], row["apart_agreement"] = np.nan, 0, np.nan
+        row["apart_paired"], row["apart_paired_agreement"] = 0, np.nan
+        if bounds.get(method):
+            names = [p for p in table.index if p in bounds[method]]
+            low, high = (np.array([bounds[method][p][k] for p in names]) for k in (0, 1))
+            truth = table.loc[names, "truth"].to_numpy()
+            row["covered"] = covered(truth, low, high)
+            row["apart"], row["apart_agreement"] = apart_pairs(truth, low, high)
+            if members.get(method):
+                per = np.stack([members[method][p] for p in names])
+                value = table.loc[names, method].to_numpy()
+                paired = paired_apart(truth, value, per)
+                row["apart_paired"], row["apart_paired_agreement"] = paired
         rows.append(row)
     return table, pd.DataFrame(rows).set_index("method")
+
+
+def interval_table(
+    intervals: dict[str, dict[str, tuple[float, float]]],
+    ope: dict[str, dict[str, OPEEstimate]] | None = None,
+    members: dict[str, dict[str, np.ndarray]] | None = None,
+) -> pd.DataFrame:
+    """One row per (method, policy) with an interval: ``low``, ``high``, the ``level`` (0.9
+    for the ensembles' epistemic intervals, 0.95 for the estimators' bootstraps) and, for an
+    ensemble, its ``members``' values (space-separated)."""
+    members = members or {}
+    rows = [
+        {"method": m, "policy": p, "low": lo, "high": hi, "level": EPISTEMIC_LEVEL,
+         "members": " ".join(f"{v:.6f}" for v in members.get(m, {}).get(p, []))}
+        for m, per in intervals.items()
+        for p, (lo, hi) in per.items()
+    ]  # fmt: skip
+    rows += [
+        {"method": m, "policy": p, "low": e.ci_low, "high": e.ci_high, "level": 0.95}
+        for m, per in (ope or {}).items()
+        for p, e in per.items()
+    ]
+    return pd.DataFrame(rows, columns=["method", "policy", "low", "high", "level", "members"])
 
 
 def with_greedy(
@@ -238,6 +322,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         )
     check_rewards(list(cfg.fidelity.rewards))
     configure_threads(cfg)
+    if cfg.fidelity.zoo not in ("full", "baselines"):
+        raise ValueError(f"fidelity.zoo={cfg.fidelity.zoo!r}; allowed: full, baselines")
     clip = cfg.fidelity.clip
     if clip is not None and not (isinstance(clip, int | float) and clip > 0):
         raise ValueError(f"fidelity.clip={clip!r}; allowed: a number > 0, or null (no clipping)")
@@ -246,26 +332,33 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         raise ValueError(f"{cfg.out}: this dataset has no ground truth; fidelity needs one")
     assert isinstance(s.reward, TruthClickModel)
     models = reward_models(cfg, s)
-    zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(s.reward, cfg.fidelity.noise, cfg.seed)]
+    zoo = policy_zoo(s.reward, cfg.fidelity.noise, cfg.seed)
+    if cfg.fidelity.zoo == "baselines":
+        zoo = [p for p in zoo if p.name in BASELINES]
+    zoo = [p.fit(s.train, s.encoded) for p in zoo]
     policies = [*zoo, *trained_policies(cfg, s)]
     log.info("valuing %d policies under %d models", len(policies), len(models))
     slates: dict[str, tuple[Any, Any]] = {}
+    intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    members: dict[str, dict[str, np.ndarray]] = {}
     values = value_zoo(
         policies, s.test, s.encoded, models, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
-        max_sessions=cfg.fidelity.sessions, progress=True, slates=slates,
+        max_sessions=cfg.fidelity.sessions, progress=True, slates=slates, intervals=intervals,
+        members=members,
     )  # fmt: skip
     ope = {}
     if cfg.fidelity.ope and not np.isnan(s.test.propensity).all():
         fitted = {name: m for name, m in models.items() if name != "truth"}
         peeking = {p.name for p in policies if getattr(p, "reads_logged_order", False)}
         ope = ope_zoo(slates, s.test, fitted, cfg.fidelity.clip, cfg.seed, peeking)
-    table, summary = report(values, ope)
+    table, summary = report(values, ope, intervals, members)
     greedy = greedy_values(
         models, s.test, s.encoded, s.reward, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
         max_sessions=cfg.fidelity.sessions,
     )  # fmt: skip
     summary = with_greedy(summary, table, greedy)
     table.to_csv(run_dir / "values.csv", index_label="policy")
+    interval_table(intervals, ope, members).to_csv(run_dir / "intervals.csv", index=False)
     summary.to_csv(run_dir / "fidelity.csv")
     plot(table, summary, run_dir / "fidelity.png")
     (run_dir / "fidelity.md").write_text(
@@ -287,6 +380,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                 writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
             for key in ("support", "ess"):
                 if row["kind"] == "OPE":
+                    writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
+            for key in ("pick_regret", "covered", "apart_agreement", "apart_paired_agreement"):
+                if not np.isnan(row[key]):
                     writer.add_scalar(f"fidelity/{key}/{method}", float(row[key]), 0)
             if not np.isnan(row["greedy_true"]):
                 writer.add_scalar(f"fidelity/greedy_true/{method}", float(row["greedy_true"]), 0)

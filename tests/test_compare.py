@@ -32,3 +32,17 @@ def test_two_opinions_average_seeds_and_keep_support() -> None:
 def test_seed_interval() -> None:
     mean, low, high = seed_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and low == pytest.approx(2 - 4.303 / 3**0.5) and high > 3
+
+
+def test_two_opinions_show_the_simulators_epistemic_interval() -> None:
+    runs = [
+        {**run("ppo", 0, 1.2, 1.0, 0.5), "expected_clicks_epi_low": 1.1,
+         "expected_clicks_epi_high": 1.3},
+        {**run("ppo", 1, 1.4, 1.2, 0.7), "expected_clicks_epi_low": 1.3,
+         "expected_clicks_epi_high": 1.5},
+        run("cosine", 0, 1.1, 0.9, 0.4),  # a reward model without members: no interval
+    ]  # fmt: skip
+    table = two_opinions(runs)
+    text = opinions_markdown(table)
+    assert "| ppo | 2 | 1.0000 | 1.3000 [1.2000, 1.4000] | 1.1000 (60%) |" in text
+    assert "| cosine | 1 | 1.0000 | 1.1000 | 0.9000 (40%) |" in text

@@ -91,6 +91,8 @@ class ClickModel:
     # them): an off-policy estimator cannot use it as its control variate
     replays_clicks: ClassVar[bool] = False
     reads_embeddings: bool = False  # the fit depends on the run's text embeddings
+    # config keys that change how a fitted model serves, not the fit (left out of its cache key)
+    serving_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.examination = np.ones(MAX_POSITIONS)
@@ -173,6 +175,18 @@ class ClickModel:
         attr = self.attractiveness(context, np.asarray(requests), rankings, history)
         return positional_click_probs(attr, rankings >= 0, self)
 
+    def member_click_probs(
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        rankings: np.ndarray,
+        history: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """``float64[M, B, L]``: :meth:`click_probs` under each of an ensemble's ``M`` members
+        alone (their spread is the model's epistemic uncertainty); ``None`` for a model that is
+        not an ensemble of at least two members."""
+        return None
+
     def log_likelihood(self, log: SessionLog, history: np.ndarray | None = None) -> float:
         """Mean log-likelihood per impression of ``log``'s clicks at their logged positions.
 
@@ -233,6 +247,15 @@ class ClickModel:
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON), saved beside the arrays."""
         return {}
+
+    def fit_config(self) -> dict[str, Any]:
+        """:meth:`config` without the :attr:`serving_keys`: what the fit depends on."""
+        return {k: v for k, v in self.config().items() if k not in self.serving_keys}
+
+    def serve_as(self, other: ClickModel) -> ClickModel:
+        """This fitted model, serving with ``other``'s :attr:`serving_keys` (a cached fit
+        reused by a model that differs only in those); returns self."""
+        return self
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.json`` + ``arrays.npz`` (no pickles)."""

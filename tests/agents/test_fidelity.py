@@ -186,6 +186,18 @@ def test_fidelity_entry_point_writes_the_report(
     assert summary.loc["iips", "support"] > summary.loc["rips", "support"]
     assert summary.loc[ope, "covered"].between(0, 1).all()
     assert summary.loc[["pbm", "neural"], "support"].isna().all()
+    # the ensemble's epistemic intervals: read back from intervals.csv, they give its columns
+    intervals = pd.read_csv(run / "intervals.csv")
+    own = intervals[intervals["method"] == "neural"].set_index("policy")
+    assert len(own) == 15 and (own["level"] == 0.9).all() and (own["low"] < own["high"]).all()
+    assert own["members"].str.split().str.len().eq(2).all()  # its two members' values
+    assert intervals[intervals["method"] == "pbm"].empty  # one model: no interval
+    truth_of = pd.read_csv(run / "values.csv", index_col="policy").loc[own.index, "truth"]
+    inside = (own["low"] <= truth_of) & (truth_of <= own["high"])
+    assert summary.loc["neural", "covered"] == pytest.approx(inside.mean())
+    assert np.isnan(summary.loc["pbm", "covered"]) and summary.loc["pbm", "apart"] == 0
+    assert summary.loc["neural", "apart_paired"] >= summary.loc["neural", "apart"]
+    assert summary["pick_regret"].dropna().between(0, 1).all()
     # each simulator's optimum, valued under the truth; its share of the random-to-oracle gap
     values = pd.read_csv(run / "values.csv", index_col="policy")
     low, high = values.loc["random", "truth"], values.loc["truth-oracle", "truth"]
@@ -219,3 +231,61 @@ def test_fidelity_entry_point_writes_the_report(
                                                 run_dir=run))  # fmt: skip
     assert code == 2
     assert "fidelity.clip=-1; allowed: a number > 0, or null (no clipping)" in err
+    code, err = exits(capsys, lambda: hydra_job(fidelity.main, *args, "fidelity.zoo=some",
+                                                run_dir=run))  # fmt: skip
+    assert code == 2 and "fidelity.zoo='some'; allowed: full, baselines" in err
+
+
+def test_the_report_counts_coverage_apart_pairs_and_the_picks_regret() -> None:
+    from rankgym.experiments.fidelity import pick_regret, report
+
+    values = {
+        "truth": {"a": 1.0, "b": 1.2, "c": 1.5, "truth-oracle": 2.0},
+        "sim": {"a": 1.1, "b": 1.6, "c": 1.4, "truth-oracle": 1.5},
+    }
+    intervals = {"sim": {"a": (1.0, 1.15), "b": (1.3, 1.7), "c": (1.35, 1.6),
+                         "truth-oracle": (1.4, 1.6)}}  # fmt: skip
+    table, summary = report(values, None, intervals)
+    row = summary.loc["sim"]
+    assert row["covered"] == 0.5  # a and c
+    # apart: (a, b), (a, c), (a, oracle); b is valued above c, the truth says otherwise
+    assert row["apart"] == 3 and row["apart_agreement"] == 1.0
+    # the pick among the deployable policies: b (worth 1.2) where c (1.5) is the best
+    assert row["pick_regret"] == pytest.approx(0.3 / 1.5)
+    assert pick_regret(table["truth"], table["truth"]) == 0.0
+
+
+def test_a_trained_run_is_named_by_its_overrides(tmp_path: Path) -> None:
+    from rankgym.experiments.fidelity import run_label
+
+    run = tmp_path / "sweep" / "3"
+    (run / ".hydra").mkdir(parents=True)
+    assert run_label(run, tmp_path / "sweep") == "3"
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- reward=neural_train\n- total_timesteps=600000\n- hydra.verbose=true\n"
+    )
+    assert run_label(run, tmp_path / "sweep") == "reward=neural_train,total_timesteps=600000"
+
+
+def test_trained_ppo_and_dqn_runs_join_the_baselines_zoo(
+    tiny_root: Path, ppo_run: Path, dqn_run: Path, tmp_path: Path
+) -> None:
+    """``fidelity.runs`` loads each run's final policy (a DQN checkpoint with its replay
+    buffer's shape) and names it by its overrides; ``fidelity.zoo=baselines`` keeps the four
+    fixed policies that give the random-to-oracle scale."""
+    from rankgym.experiments import fidelity
+    from tests.commands import TINY
+
+    args = [
+        f"paths.root_dir={tiny_root}", f"out={tiny_root}/data", *TINY,
+        f"fidelity.runs=[{ppo_run},{dqn_run}]", "fidelity.zoo=baselines",
+        "fidelity.rewards=[pbm]", "fidelity.ope=false",
+    ]  # fmt: skip
+    hydra_job(fidelity.main, *args, run_dir=tmp_path / "run")
+    values = pd.read_csv(tmp_path / "run" / "values.csv", index_col="policy")
+    fixed = {"random", "popularity", "cosine", "truth-oracle"}
+    trained = [p for p in values.index if p not in fixed]
+    assert fixed <= set(values.index) and len(trained) == 2
+    assert {p.split(":")[0] for p in trained} == {"ppo", "dqn"}
+    assert all("agent=" in p and "paths." not in p for p in trained)
+    assert values.loc[trained, ["truth", "pbm"]].gt(0).all().all()

@@ -1,14 +1,15 @@
 """The fitting loop: each member maximises the likelihood of its logged requests with Adam.
 
-Every random draw comes from the member's own generators (seeded ``seed + m``: initialisation
-and minibatch order; ``seed + m + 2**31``: dropout masks), so a seeded fit is the same on every
-run on CPU.
+Every random draw comes from the member's own generators (seeded ``seed + m``: initialisation,
+minibatch order and, with ``bootstrap``, its session weights; ``seed + m + 2**31``: dropout
+masks), so a seeded fit is the same on every run on CPU.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -28,6 +29,17 @@ def new_member(tables: Tables, settings: NeuralSettings) -> Scorer:
     return Scorer(dim, settings.hidden, n_items, settings.profile, settings.match, settings.dropout)
 
 
+def bootstrap_weights(log: SessionLog, seed: int, variance: float = 1.0) -> np.ndarray:
+    """``float32[R]`` request weights of one weighted-bootstrap draw over ``log``'s sessions:
+    each session's weight is gamma with mean 1 and ``variance`` (1: exponential, the Bayesian
+    bootstrap), shared by its requests. A fit on these weights is a fit on another log the same
+    sessions could have given, without discarding sessions as a resample with replacement
+    does."""
+    rng = np.random.default_rng(seed)
+    per_session = rng.gamma(1.0 / variance, variance, log.n_sessions)
+    return per_session[log.request_session].astype(np.float32)
+
+
 def fit_members(
     parts: list[SessionLog],
     structure: str,
@@ -37,19 +49,22 @@ def fit_members(
     device: torch.device,
 ) -> list[Scorer]:
     """Member ``m`` fitted on ``parts[m]``'s logged requests under ``structure``, from seed
-    ``settings.seed + m``; under PBM with the examination fixed from its part when the part
-    identifies it."""
+    ``settings.seed + m`` (with ``settings.bootstrap``, on its own :func:`bootstrap_weights`);
+    under PBM with the examination fixed from its part when the part identifies it."""
     desc = f"fitting neural click model ({structure})"
     shared: dict[int, tuple[RequestBatch, torch.Tensor | None]] = {}
     members = []
     with tqdm(total=len(parts) * settings.epochs, desc=desc, unit="epoch", disable=None) as bar:
         for m, part in enumerate(parts):
+            seed = settings.seed + m
             if id(part) not in shared:  # built once for a log the members share
                 exam = conditional_exam_logits(part) if structure == "pbm" else None
                 shared = {id(part): (RequestBatch(part, tables, pooling, settings, device), exam)}
             batch, exam = shared[id(part)]
+            if settings.bootstrap > 0:
+                weights = bootstrap_weights(part, seed, settings.bootstrap)
+                batch.weights = torch.from_numpy(weights).to(device)
             module = new_member(tables, settings)
-            seed = settings.seed + m
             members.append(fit_member(module, batch, structure, exam, settings, seed, bar))
     return members
 

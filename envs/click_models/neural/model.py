@@ -13,7 +13,13 @@ import torch
 from rankgym.encoders.encoded_log import EncodedLog, encode_log
 from rankgym.encoders.hashing import HashingEncoder
 from rankgym.encoders.pooling import UserPooling
-from rankgym.envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext, log_fingerprint
+from rankgym.envs.click_models.base import (
+    MAX_POSITIONS,
+    ClickModel,
+    LogContext,
+    log_fingerprint,
+    positional_click_probs,
+)
 from rankgym.envs.click_models.neural.calibration import calibrate, member_splits
 from rankgym.envs.click_models.neural.fitting import fit_members, new_member
 from rankgym.envs.click_models.neural.network import Scorer, StackedEnsemble
@@ -46,6 +52,7 @@ class NeuralClickModel(ClickModel):
     name = "neural"
     structure = "pbm"
     needs_history = True
+    serving_keys = ("penalty",)
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
@@ -131,7 +138,7 @@ class NeuralClickModel(ClickModel):
         """
         fit_on, held = train.split(0.1, seed=self.settings.seed)
         trial = dataclasses.replace(
-            self.settings, calibrate="none", ensemble=1,
+            self.settings, calibrate="none", ensemble=1, bootstrap=0.0, penalty=0.0,
             epochs=min(self.settings.epochs, SELECTION_EPOCHS),
         )  # fmt: skip
         scores = {}
@@ -202,19 +209,67 @@ class NeuralClickModel(ClickModel):
         items: np.ndarray,
         history: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``sigmoid(MLP(...))`` per candidate, the members' mean; 0 where ``items < 0``."""
+        """``sigmoid(MLP(...))`` per candidate, the members' mean (less ``penalty`` times their
+        standard deviation); 0 where ``items < 0``."""
+        penalty = self.settings.penalty
+        return self._serve(context, requests, items, history, "__call__", penalty)
+
+    def member_attractiveness(
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        history: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``float64[M, B, K]``: each member's attractiveness (inputs as for
+        :meth:`attractiveness`)."""
+        out = self._serve(context, requests, items, history, "member_probs")
+        return np.moveaxis(out, -1, 0)
+
+    def member_click_probs(
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        rankings: np.ndarray,
+        history: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """``float64[M, B, L]``: the click probabilities under each member alone, with the
+        model's examination or abandonment; ``None`` with one member."""
+        if len(self.modules) < 2:
+            return None
+        rankings = np.atleast_2d(rankings)
+        attr = self.member_attractiveness(context, np.asarray(requests), rankings, history)
+        return np.stack([positional_click_probs(a, rankings >= 0, self) for a in attr])
+
+    def _serve(
+        self,
+        context: LogContext,
+        requests: np.ndarray,
+        items: np.ndarray,
+        history: np.ndarray | None,
+        method: str,
+        *args: Any,
+    ) -> np.ndarray:
+        """The stacked ensemble's ``method(q, u, p, i, codes, *args)`` over the candidates,
+        in bounded passes, as float64 (0 where ``items < 0``)."""
         q, u, p, i, codes, valid = self.serving_inputs(context, requests, items, history)
         if self._stacked is None or self._stacked.key != tuple(id(m) for m in self.modules):
             self._stacked = StackedEnsemble(self.modules)
-        out = np.empty(valid.shape, dtype=np.float64)
+        call = getattr(self._stacked, method)
+        out: np.ndarray | None = None
         rows = max(1, 16384 // max(1, valid.shape[1]))  # [rows * W, M * H] floats per pass
         with torch.no_grad():
             for s in range(0, len(valid), rows):
                 part = slice(s, s + rows)
                 pb = None if p is None else p[part]
-                probs = self._stacked(q[part], u[part], pb, i[part], codes[part])
-                out[part] = probs.double().numpy()
-        return np.where(valid, out, 0.0)
+                probs = call(q[part], u[part], pb, i[part], codes[part], *args).double().numpy()
+                if out is None:
+                    out = np.empty((len(valid), *probs.shape[1:]), dtype=np.float64)
+                out[part] = probs
+        if out is None:
+            return np.zeros(valid.shape)
+        mask = valid if out.ndim == 2 else valid[..., None]
+        return np.where(mask, out, 0.0)
 
     def serving_inputs(
         self,
@@ -302,6 +357,12 @@ class NeuralClickModel(ClickModel):
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.settings)
+
+    def serve_as(self, other: ClickModel) -> NeuralClickModel:
+        """This fit, serving with ``other``'s ``penalty``; returns self."""
+        if isinstance(other, NeuralClickModel):
+            self.settings = dataclasses.replace(self.settings, penalty=other.settings.penalty)
+        return self
 
 
 # the keyword arguments are NeuralSettings' fields: tell help() and ClickModel.load (which checks

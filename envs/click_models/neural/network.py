@@ -175,9 +175,25 @@ class StackedEnsemble:
         p: torch.Tensor | None,
         i: torch.Tensor,
         codes: torch.Tensor,
+        penalty: float = 0.0,
     ) -> torch.Tensor:
-        """``[n, W]`` mean attractiveness; ``q, u, p``: ``[n, D]`` per request, ``i``:
-        ``[n, W, D]`` and ``codes``: ``[n, W]`` per candidate."""
+        """``[n, W]`` mean attractiveness, less ``penalty`` times the members' standard
+        deviation (at least 0); ``q, u, p``: ``[n, D]`` per request, ``i``: ``[n, W, D]`` and
+        ``codes``: ``[n, W]`` per candidate."""
+        probs = self.member_probs(q, u, p, i, codes)
+        if penalty == 0 or self.members < 2:
+            return probs.mean(-1)
+        return (probs.mean(-1) - penalty * probs.std(-1)).clamp(min=0.0)
+
+    def member_probs(
+        self,
+        q: torch.Tensor,
+        u: torch.Tensor,
+        p: torch.Tensor | None,
+        i: torch.Tensor,
+        codes: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[n, W, M]``: each member's attractiveness (inputs as for :meth:`__call__`)."""
         n, w = codes.shape
         per_request, per_candidate = first_layer_inputs(
             q, u, p if self.profile else None, i, self.match
@@ -190,4 +206,4 @@ class StackedEnsemble:
         logit = logit.T.reshape(n, w, self.members)
         if self.bias is not None:
             logit = logit + self.bias[codes]
-        return torch.sigmoid(logit + self.shift).mean(-1)
+        return torch.sigmoid(logit + self.shift)

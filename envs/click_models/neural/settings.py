@@ -81,6 +81,21 @@ class NeuralSettings:
             the PBM world, 4.9% to 4.0% on the cascade one).
         ensemble: members fitted from seeds ``seed, seed + 1, ...``; the attractiveness is their
             mean (one fit's level moves by up to 20% with its seed alone).
+        bootstrap: the variance of each member's session weights, a draw of its own (gamma
+            with mean 1, seeded ``seed + m``; 1 is the Bayesian bootstrap; 0, the default,
+            equal weights). Even without it the members differ as fits on other logs would in
+            the tenth their level is calibrated on (``crossfit``) and in their seed, and their
+            spread gives every simulated value its interval
+            (:func:`rankgym.agents.evaluation.epistemic_interval`; 93% of the zoo covered on
+            both default worlds). Most of that spread is the level's, the same share for every
+            policy: sd 4.7% of a value with equal weights, 5.3-5.8% with variance 0.25 or 1.
+            Variance 1 cost the served mean 0.02 of tau and 0.5% of error on both default
+            worlds, 0.25 cost 1.1% of error on the cascade one (BENCHMARKS.md).
+        penalty: served attractiveness is the members' mean minus ``penalty`` times their
+            standard deviation (clipped at 0): a pessimistic simulator (MOPO-style) that pays
+            less where its members disagree. On the PBM world no strength raised the true value
+            of the simulator's own best policy; it lowers what the simulator believes
+            (BENCHMARKS.md). 0: the mean. Needs ``ensemble >= 2``.
         seed: seeds initialisation, minibatch order, dropout masks and the splits.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available) for fitting.
     """
@@ -102,6 +117,8 @@ class NeuralSettings:
     profile: bool = True
     match: bool = True
     ensemble: int = 5
+    bootstrap: float = 0.0
+    penalty: float = 0.0
     seed: int = 0
     device: str = "cpu"
 
@@ -126,7 +143,13 @@ class NeuralSettings:
             _fail("bias_decay", self.bias_decay, "a number >= 0")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             _fail("dropout", self.dropout, "a probability in [0, 1)")
-        for key in ("lr", "bias_decay", "dropout"):
+        if not _is_number(self.bootstrap) or not 0 <= self.bootstrap <= 1:
+            _fail("bootstrap", self.bootstrap, "a variance in [0, 1] (0: equal weights)")
+        if not _is_number(self.penalty) or not self.penalty >= 0:
+            _fail("penalty", self.penalty, "a number >= 0")
+        if self.penalty > 0 and self.ensemble < 2:
+            _fail("penalty", self.penalty, "0 with ensemble=1 (it scales the members' spread)")
+        for key in ("lr", "bias_decay", "dropout", "bootstrap", "penalty"):
             object.__setattr__(self, key, float(getattr(self, key)))
         for key in ("item_bias", "crossfit", "item_stats", "use_features", "profile", "match"):
             if not isinstance(getattr(self, key), bool):

@@ -24,7 +24,8 @@ from rankgym.logs import SessionLog
 
 class RequestBatch:
     """A log's logged requests as dense ``[R, W]`` tensors, for request-level likelihoods: the
-    inputs ``settings`` read (``tables``, the user states ``pooling`` makes), on ``device``."""
+    inputs ``settings`` read (``tables``, the user states ``pooling`` makes), on ``device``;
+    ``weights`` (one per request, default 1) weight each request's likelihood."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class RequestBatch:
         pooling: UserPooling,
         settings: NeuralSettings,
         device: torch.device,
+        weights: np.ndarray | None = None,
     ) -> None:
         rankings, clicks = logged_rankings(log)
         width = min(rankings.shape[1], MAX_POSITIONS)
@@ -53,6 +55,8 @@ class RequestBatch:
         # the items' impression counts leave out the user session itself, as for a held-out one
         stats = tables.left_out_statistics(log, width) if settings.item_stats else None
         self.item_stat = None if stats is None else t(stats)
+        ones = np.ones(log.n_requests, dtype=np.float32)
+        self.weights = t(ones if weights is None else np.asarray(weights, dtype=np.float32))
 
     def logits(self, module: Scorer, b: torch.Tensor) -> torch.Tensor:
         """``[len(b), W]`` attractiveness logits of the logged items of requests ``b``."""
@@ -67,7 +71,7 @@ class RequestBatch:
         self, module: Scorer, structure: str, b: torch.Tensor, logit: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean log-likelihood per impression of requests ``b`` under ``structure`` (given their
-        attractiveness ``logit``, or the module's)."""
+        attractiveness ``logit``, or the module's), each request weighted by its weight."""
         w = self.width
         logit = self.logits(module, b) if logit is None else logit
         if structure == "pbm":
@@ -77,7 +81,8 @@ class RequestBatch:
                 logit, module.abandon_logit, self.valid[b], self.before[b], self.first[b],
                 self.has_click[b],
             )  # fmt: skip
-        return ll.sum() / self.valid[b].sum().clamp(min=1)
+        weight = self.weights[b]
+        return (ll * weight).sum() / (self.valid[b].sum(dim=1) * weight).sum().clamp(min=1e-12)
 
 
 def pbm_log_likelihood(
