@@ -16,7 +16,7 @@ Confidence intervals are 95% percentile bootstraps over sessions (a session's re
 resampled together): each resample's metric is the sum over its sessions' requests divided by
 their request count. They say how much the *test sessions* move a value.
 
-Under a fitted ensemble (the neural model's bootstrap members) ``expected_clicks`` also gets an
+Under a fitted ensemble (the neural model's members) ``expected_clicks`` also gets an
 epistemic interval (:func:`epistemic_interval`): how much another equally likely *training log*
 would move what the simulator says. That is the interval to read before trusting a simulated
 value or the order of two policies (BENCHMARKS.md, "Simulator fidelity").
@@ -95,9 +95,9 @@ def epistemic_interval(
     member_values: np.ndarray, centre: float, level: float = EPISTEMIC_LEVEL
 ) -> tuple[float, float]:
     """The interval around ``centre`` (the ensemble's value) in which another equally likely
-    training log would put the simulator's value, from the values of ``M >= 2`` bootstrap
-    members: ``centre +- t(level, M - 1) * sd * sqrt(1 + 1 / M)``, the prediction interval of a
-    new draw from the members' distribution (Student's t, since ``sd`` comes from ``M`` draws).
+    training log would put the simulator's value, from the values of its ``M >= 2`` members:
+    ``centre +- t(level, M - 1) * sd * sqrt(1 + 1 / M)``, the prediction interval of a new draw
+    from the members' distribution (Student's t, since ``sd`` comes from ``M`` draws).
 
     It measures the estimation noise of the log, not a model's bias: how far it covers the
     truth is measured (BENCHMARKS.md, "Simulator fidelity").
@@ -228,8 +228,9 @@ def evaluate(
 
     member_values = None
     if len(req):
+        # one more pass over the slates, under the logged histories: the spread, not the centre
         members = model.member_click_probs(data.context, req, slate_mat)
-        if members is not None:  # under the logged histories: the spread, not the centre
+        if members is not None:
             member_values = members.sum(axis=2).mean(axis=1)
     session_of = np.asarray(test.request_session)[req]
     n_sessions = len(np.unique(session_of))

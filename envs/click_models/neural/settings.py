@@ -86,8 +86,8 @@ class NeuralSettings:
             equal weights). Even without it the members differ as fits on other logs would in
             the tenth their level is calibrated on (``crossfit``) and in their seed, and their
             spread gives every simulated value its interval
-            (:func:`rankgym.agents.evaluation.epistemic_interval`; 93% of the zoo covered on
-            both default worlds). Most of that spread is the level's, the same share for every
+            (:func:`rankgym.agents.evaluation.epistemic_interval`; 87-93% of the zoo covered
+            on the default worlds). Most of that spread is the level's, the same share for every
             policy: sd 4.7% of a value with equal weights, 5.3-5.8% with variance 0.25 or 1.
             Variance 1 cost the served mean 0.02 of tau and 0.5% of error on both default
             worlds, 0.25 cost 1.1% of error on the cascade one (BENCHMARKS.md).
