@@ -126,6 +126,8 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
             # per training env
             model = agent.load(checkpoint, training_env(s, agent, "cpu"), run_cfg.seed, "cpu")
             name = f"{agent.name}:{run_label(run_dir, root)}"
+            if name in {p.name for p in policies}:  # the same overrides in two sweeps
+                name = f"{name} ({run_dir})"
             policies.append(SB3Policy(model, s.env.obs_mode, name))
     return policies
 

@@ -271,21 +271,23 @@ def test_trained_ppo_and_dqn_runs_join_the_baselines_zoo(
     tiny_root: Path, ppo_run: Path, dqn_run: Path, tmp_path: Path
 ) -> None:
     """``fidelity.runs`` loads each run's final policy (a DQN checkpoint with its replay
-    buffer's shape) and names it by its overrides; ``fidelity.zoo=baselines`` keeps the four
-    fixed policies that give the random-to-oracle scale."""
+    buffer's shape) and names it by its overrides (a run given twice keeps both, the second
+    named by its path); ``fidelity.zoo=baselines`` keeps the four fixed policies that give the
+    random-to-oracle scale."""
     from rankgym.experiments import fidelity
     from tests.commands import TINY
 
     args = [
         f"paths.root_dir={tiny_root}", f"out={tiny_root}/data", *TINY,
-        f"fidelity.runs=[{ppo_run},{dqn_run}]", "fidelity.zoo=baselines",
+        f"fidelity.runs=[{ppo_run},{dqn_run},{ppo_run}]", "fidelity.zoo=baselines",
         "fidelity.rewards=[pbm]", "fidelity.ope=false",
     ]  # fmt: skip
     hydra_job(fidelity.main, *args, run_dir=tmp_path / "run")
     values = pd.read_csv(tmp_path / "run" / "values.csv", index_col="policy")
     fixed = {"random", "popularity", "cosine", "truth-oracle"}
     trained = [p for p in values.index if p not in fixed]
-    assert fixed <= set(values.index) and len(trained) == 2
-    assert {p.split(":")[0] for p in trained} == {"ppo", "dqn"}
+    assert fixed <= set(values.index) and len(trained) == 3
+    assert sorted(p.split(":")[0] for p in trained) == ["dqn", "ppo", "ppo"]
     assert all("agent=" in p and "paths." not in p for p in trained)
+    assert sum(p.endswith(f"({ppo_run})") for p in trained) == 1  # one name per policy
     assert values.loc[trained, ["truth", "pbm"]].gt(0).all().all()
