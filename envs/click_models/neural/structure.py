@@ -24,8 +24,9 @@ from rankgym.logs import SessionLog
 
 class RequestBatch:
     """A log's logged requests as dense ``[R, W]`` tensors, for request-level likelihoods: the
-    inputs ``settings`` read (``tables``, the user states ``pooling`` makes), on ``device``;
-    ``weights`` (one per request, default 1) weight each request's likelihood."""
+    inputs ``settings`` read (``tables``, the user states ``pooling`` makes), on ``device``.
+    ``weights`` (one per request, 1 until a fit sets a member's bootstrap draw) weight each
+    request's likelihood."""
 
     def __init__(
         self,
@@ -34,7 +35,6 @@ class RequestBatch:
         pooling: UserPooling,
         settings: NeuralSettings,
         device: torch.device,
-        weights: np.ndarray | None = None,
     ) -> None:
         rankings, clicks = logged_rankings(log)
         width = min(rankings.shape[1], MAX_POSITIONS)
@@ -55,8 +55,7 @@ class RequestBatch:
         # the items' impression counts leave out the user session itself, as for a held-out one
         stats = tables.left_out_statistics(log, width) if settings.item_stats else None
         self.item_stat = None if stats is None else t(stats)
-        ones = np.ones(log.n_requests, dtype=np.float32)
-        self.weights = t(ones if weights is None else np.asarray(weights, dtype=np.float32))
+        self.weights = t(np.ones(log.n_requests, dtype=np.float32))
 
     def logits(self, module: Scorer, b: torch.Tensor) -> torch.Tensor:
         """``[len(b), W]`` attractiveness logits of the logged items of requests ``b``."""
