@@ -22,7 +22,7 @@ from rankgym.agents.baselines import (
     RandomPolicy,
     ScoringPolicy,
 )
-from rankgym.agents.evaluation import evaluate
+from rankgym.agents.evaluation import EPISTEMIC_LEVEL, epistemic_interval, evaluate
 from rankgym.agents.ope import (
     LoggedSlates,
     OPEEstimate,
@@ -279,7 +279,10 @@ def apart_pairs(true_values: np.ndarray, low: np.ndarray, high: np.ndarray) -> t
 
 
 def paired_apart(
-    true_values: np.ndarray, values: np.ndarray, members: np.ndarray, level: float = 0.9
+    true_values: np.ndarray,
+    values: np.ndarray,
+    members: np.ndarray,
+    level: float = EPISTEMIC_LEVEL,
 ) -> tuple[int, float]:
     """:func:`apart_pairs` for an ensemble, judged on each pair's difference: a pair is apart
     when the epistemic interval of ``value_i - value_j`` (from the members' paired differences,
@@ -289,8 +292,6 @@ def paired_apart(
     of a pair together, so the paired interval is narrower than the two values' intervals and
     separates pairs that are close in value but consistently ordered.
     """
-    from rankgym.agents.evaluation import epistemic_interval
-
     t, v = np.asarray(true_values, dtype=np.float64), np.asarray(values, dtype=np.float64)
     i, j = np.triu_indices(len(t), k=1)
     apart = np.zeros(len(i), dtype=bool)
@@ -320,7 +321,6 @@ def value_zoo(
     max_sessions: int | None = None,
     progress: bool = False,
     slates: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
     members: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Expected clicks per request of every policy under every model, on the same sessions.
@@ -328,9 +328,9 @@ def value_zoo(
     Returns ``{model name: {policy name: value}}``; with a ``truth``, also ``"truth"`` (the true
     value of the slates each policy built in the truth's env). A ``slates`` dict receives each
     policy's ``(requests, slates)`` from its run under the first model (for off-policy
-    estimates of the same slates, :func:`ope_zoo`); an ``intervals`` dict receives
-    ``{model: {policy: (low, high)}}``, the epistemic intervals of the ensemble models, and a
-    ``members`` dict their members' values (for :func:`paired_apart`).
+    estimates of the same slates, :func:`ope_zoo`); a ``members`` dict receives
+    ``{model: {policy: member values}}`` of the ensemble models, from which
+    :func:`~rankgym.agents.evaluation.epistemic_interval` makes each value's interval.
     """
     from tqdm.auto import tqdm
 
@@ -342,8 +342,6 @@ def value_zoo(
             bootstrap=0, seed=seed, max_sessions=max_sessions,
         )  # fmt: skip
         values[name][policy.name] = result.metrics["expected_clicks"]
-        if intervals is not None and "expected_clicks" in result.epistemic:
-            intervals.setdefault(name, {})[policy.name] = result.epistemic["expected_clicks"]
         if members is not None and result.member_values is not None:
             members.setdefault(name, {})[policy.name] = result.member_values
         if slates is not None and policy.name not in slates:

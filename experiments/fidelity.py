@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankgym.agents.baselines import SB3Policy
 from rankgym.agents.checkpoint import CHECKPOINT
-from rankgym.agents.evaluation import EPISTEMIC_LEVEL
+from rankgym.agents.evaluation import EPISTEMIC_LEVEL, epistemic_interval
 from rankgym.agents.fidelity import (
     MIN_GAP,
     TRUTH_RANKED,
@@ -341,13 +341,15 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     policies = [*zoo, *trained_policies(cfg, s)]
     log.info("valuing %d policies under %d models", len(policies), len(models))
     slates: dict[str, tuple[Any, Any]] = {}
-    intervals: dict[str, dict[str, tuple[float, float]]] = {}
     members: dict[str, dict[str, np.ndarray]] = {}
     values = value_zoo(
         policies, s.test, s.encoded, models, s.env, num_envs=cfg.eval.num_envs, seed=cfg.seed,
-        max_sessions=cfg.fidelity.sessions, progress=True, slates=slates, intervals=intervals,
-        members=members,
+        max_sessions=cfg.fidelity.sessions, progress=True, slates=slates, members=members,
     )  # fmt: skip
+    intervals = {
+        m: {p: epistemic_interval(v, values[m][p]) for p, v in per.items()}
+        for m, per in members.items()
+    }  # around each value, as rankgym.agents.evaluation.evaluate makes them
     ope = {}
     if cfg.fidelity.ope and not np.isnan(s.test.propensity).all():
         fitted = {name: m for name, m in models.items() if name != "truth"}

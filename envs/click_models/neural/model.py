@@ -211,8 +211,7 @@ class NeuralClickModel(ClickModel):
     ) -> np.ndarray:
         """``sigmoid(MLP(...))`` per candidate, the members' mean (less ``penalty`` times their
         standard deviation); 0 where ``items < 0``."""
-        penalty = self.settings.penalty
-        return self._serve(context, requests, items, history, "__call__", penalty)
+        return self._serve(context, requests, items, history)
 
     def member_attractiveness(
         self,
@@ -223,7 +222,7 @@ class NeuralClickModel(ClickModel):
     ) -> np.ndarray:
         """``float64[M, B, K]``: each member's attractiveness (inputs as for
         :meth:`attractiveness`)."""
-        out = self._serve(context, requests, items, history, "member_probs")
+        out = self._serve(context, requests, items, history, members=True)
         return np.moveaxis(out, -1, 0)
 
     def member_click_probs(
@@ -247,29 +246,25 @@ class NeuralClickModel(ClickModel):
         requests: np.ndarray,
         items: np.ndarray,
         history: np.ndarray | None,
-        method: str,
-        *args: Any,
+        members: bool = False,
     ) -> np.ndarray:
-        """The stacked ensemble's ``method(q, u, p, i, codes, *args)`` over the candidates,
-        in bounded passes, as float64 (0 where ``items < 0``)."""
+        """The stacked ensemble over the candidates in bounded passes, as float64 (0 where
+        ``items < 0``): ``[B, K]`` served attractiveness (with the ``penalty``), or with
+        ``members`` each member's, ``[B, K, M]``."""
         q, u, p, i, codes, valid = self.serving_inputs(context, requests, items, history)
         if self._stacked is None or self._stacked.key != tuple(id(m) for m in self.modules):
             self._stacked = StackedEnsemble(self.modules)
-        call = getattr(self._stacked, method)
-        out: np.ndarray | None = None
+        stacked, penalty = self._stacked, self.settings.penalty
+        shape = (*valid.shape, stacked.members) if members else valid.shape
+        out = np.empty(shape, dtype=np.float64)
         rows = max(1, 16384 // max(1, valid.shape[1]))  # [rows * W, M * H] floats per pass
         with torch.no_grad():
             for s in range(0, len(valid), rows):
                 part = slice(s, s + rows)
-                pb = None if p is None else p[part]
-                probs = call(q[part], u[part], pb, i[part], codes[part], *args).double().numpy()
-                if out is None:
-                    out = np.empty((len(valid), *probs.shape[1:]), dtype=np.float64)
-                out[part] = probs
-        if out is None:
-            return np.zeros(valid.shape)
-        mask = valid if out.ndim == 2 else valid[..., None]
-        return np.where(mask, out, 0.0)
+                args = (q[part], u[part], None if p is None else p[part], i[part], codes[part])
+                probs = stacked.member_probs(*args) if members else stacked(*args, penalty)
+                out[part] = probs.double().numpy()
+        return np.where(valid[..., None] if members else valid, out, 0.0)
 
     def serving_inputs(
         self,
