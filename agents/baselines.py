@@ -238,6 +238,41 @@ class OraclePolicy(ScoringPolicy):
         return env.current_attractiveness()
 
 
+class LookaheadOraclePolicy(ScoringPolicy):
+    """A sequential world's non-myopic oracle: attractiveness times ``1 + weight *
+    satisfaction``, under the env's reward model and dynamics.
+
+    The click-greedy :class:`OraclePolicy` puts the most clickable items first, poor ones
+    included; their clicks disappoint and shorten the session. Weighting each click by the
+    continuation it buys (a one-step lookahead: a satisfying click raises the chance of the
+    next request, whose value is about ``weight`` times a click's) trades a few clicks now for
+    longer sessions and more returns. An upper reference, not a deployable policy.
+
+    Args:
+        weight: the value of a satisfying click's continuation, in clicks (``>= 0``; ``0`` is
+            the click-greedy oracle).
+    """
+
+    name = "lookahead_oracle"
+
+    def __init__(self, weight: float = 10.0, name: str | None = None) -> None:
+        if weight < 0:
+            raise ValueError(f"agent.weight={weight}; allowed: >= 0")
+        super().__init__(name)
+        self.weight = float(weight)
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Attractiveness weighted by the continuation a click buys."""
+        dynamics = env.engine.dynamics
+        if dynamics is None:
+            raise ValueError(
+                "agent=lookahead_oracle needs a sequential world (dataset.dynamics, "
+                "experiment=longterm) valued by a reward model with dynamics (reward=truth)"
+            )
+        items = np.maximum(np.asarray(obs["candidates"], dtype=np.int64), 0)
+        return env.current_attractiveness() * (1 + self.weight * dynamics.item_satisfaction[items])
+
+
 class SB3Policy:
     """A trained stable-baselines3 model (PPO, DQN, ...) as an evaluation policy.
 

@@ -168,6 +168,8 @@ def evaluate(
     obs = env.reset()
 
     requests: list[int] = []
+    flow: list[tuple[int, float, bool, bool, bool]] = []  # a sequential world's sessions
+    sequential = data.dynamics is not None
     slates: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     attrs: list[np.ndarray] = []
@@ -191,6 +193,11 @@ def evaluate(
             if not info.get("queued"):
                 continue
             requests.append(info["request"])
+            if sequential:
+                flow.append(
+                    (info["episode_id"], info["survival"], info["session_start"],
+                     info["later_session"], info["has_next_session"])
+                )  # fmt: skip
             slates.append(info["slate"])
             probs.append(info["click_probs"])
             attrs.append(info["attractiveness"])
@@ -202,7 +209,7 @@ def evaluate(
                     bar.update(1)
     if bar is not None:
         bar.close()
-    if len(requests) != n_expected:
+    if len(requests) != n_expected and not sequential:  # dynamics end episodes early
         raise RuntimeError(f"evaluated {len(requests)} requests, expected {n_expected}")
 
     req = np.asarray(requests, dtype=np.int64)
@@ -222,7 +229,12 @@ def evaluate(
         f"ndcg@{width}": np.asarray(ndcg, dtype=np.float64),
         "mrr": expected_reciprocal_rank(prob_mat, model.structure, attr_mat, model.abandonment),
     }
-    if truth is not None:
+    if truth is not None and sequential:
+        # a sequential world's clicks depend on the user's state (satiation): only a replay
+        # under the truth itself values them
+        if model.name == "truth":
+            per_request["true_expected_clicks"] = per_request["expected_clicks"]
+    elif truth is not None:
         rows = truth.request_rows(test.request_ids[req])
         per_request["true_expected_clicks"] = truth.click_probs(rows, slate_mat).sum(axis=1)
 
@@ -236,9 +248,21 @@ def evaluate(
     n_sessions = len(np.unique(session_of))
     means = {k: float(v.mean()) if len(v) else float("nan") for k, v in per_request.items()}
     intervals = bootstrap_intervals(per_request, session_of, bootstrap, seed)
+    if sequential:  # per request reached: weighted by the chance the user got there
+        flows = np.array(flow, dtype=np.float64).reshape(-1, 5)
+        survival = flows[:, 1]
+        for key, value in per_request.items():
+            means[key] = float((survival * value).sum() / max(survival.sum(), 1e-300))
+            intervals[key] = bootstrap_intervals(
+                {key: survival * value}, session_of, bootstrap, seed, survival
+            )[key]
     epistemic = {}
     if member_values is not None:
         epistemic["expected_clicks"] = epistemic_interval(member_values, means["expected_clicks"])
+    if sequential:
+        long_term = long_term_metrics(per_request, flows, bootstrap, seed)
+        for key, (mean, interval) in long_term.items():
+            means[key], intervals[key] = mean, interval
     per_request["request"] = req
     per_request["slate"] = slate_mat
     per_request["click_probs"] = prob_mat
@@ -253,6 +277,54 @@ def evaluate(
         epistemic=epistemic,
         member_values=member_values,
     )
+
+
+LONG_TERM_METRICS = ("long_term_value", "session_length", "sessions", "return_rate")
+
+
+def long_term_metrics(
+    per_request: dict[str, np.ndarray], flow: np.ndarray, bootstrap: int, seed: int
+) -> dict[str, tuple[float, tuple[float, float]]]:
+    """A sequential world's per-episode metrics with 95% bootstrap intervals over episodes.
+
+    Every request counts with the chance that the user reached it (1 for each reached one
+    when the user's choices are sampled; ``env.user_choices=expected`` walks the whole latent
+    timeline and weights it):
+
+    * ``long_term_value``: expected clicks per episode (a session, or a user's sessions);
+      ``true_long_term_value`` the same under the truth, when there is one;
+    * ``session_length``: requests per session;
+    * ``sessions``: sessions per episode;
+    * ``return_rate``: the share of sessions the user came back after, among those with a
+      following session to come back to (``env.episode=user``; ``nan`` otherwise).
+
+    Args:
+        per_request: ``expected_clicks`` (and ``true_expected_clicks``) per request.
+        flow: ``float64[N, 5]`` per request: its episode, the chance the user reached it,
+            whether it opened a session, opened one after an earlier one, and whether a next
+            session exists.
+    """
+    episode, weight = flow[:, 0].astype(np.int64), flow[:, 1]
+    opens, later, has_next = (flow[:, k] > 0 for k in (2, 3, 4))
+    first = (opens & ~later).astype(np.float64)  # one per episode
+    values = {"long_term_value": per_request["expected_clicks"]}
+    if "true_expected_clicks" in per_request:
+        values["true_long_term_value"] = per_request["true_expected_clicks"]
+    ratios = {
+        **{k: (weight * v, first) for k, v in values.items()},
+        "session_length": (weight, weight * opens),
+        "sessions": (weight * opens, first),
+        "return_rate": (weight * later, weight * opens * has_next),
+    }
+    out = {}
+    for key, (value, per) in ratios.items():
+        total = per.sum()
+        if total <= 0:
+            out[key] = (float("nan"), (float("nan"), float("nan")))
+            continue
+        interval = bootstrap_intervals({key: value}, episode, bootstrap, seed, per)[key]
+        out[key] = (float(value.sum() / total), interval)
+    return out
 
 
 def bootstrap_intervals(

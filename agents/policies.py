@@ -246,20 +246,28 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
 
     ``credit="position"`` (with :class:`PositionRolloutBuffer`): the log-probabilities and
     the critic's values are per position (``[B, slate_size]``: the value of the clicks from
-    each position on), so PPO's clipped ratio and advantage are taken per position.
+    each position on), so PPO's clipped ratio and advantage are taken per position. With
+    ``future`` (``gamma > 0``) the critic has one more output, the value of the whole request
+    and what follows it, which the buffer bootstraps across requests.
 
     Args:
         slate_size: positions per request (the env's ``slate_size``).
         credit: ``slate`` (one advantage per slate) or ``position``.
+        future: with ``credit="position"``: also value what follows the request.
     """
 
     def __init__(
-        self, *args: Any, slate_size: int = 10, credit: str = "slate", **kwargs: Any
+        self,
+        *args: Any,
+        slate_size: int = 10,
+        credit: str = "slate",
+        future: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.slate_size, self.credit = slate_size, credit  # checked by training._check_slate
-        self.per_position = credit == "position"
+        self.per_position, self.future = credit == "position", future
         # credit per position: one value per position (of the clicks from there on)
-        self.value_width = slate_size if self.per_position else 1
+        self.value_width = slate_size + int(future) if self.per_position else 1
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
@@ -269,7 +277,7 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(slate_size=self.slate_size, credit=self.credit)
+        data.update(slate_size=self.slate_size, credit=self.credit, future=self.future)
         return data
 
     def _distribution(self, obs: PyTorchObs) -> tuple[PlackettLuce, torch.Tensor]:
@@ -295,12 +303,27 @@ class PositionRolloutBuffer(DictRolloutBuffer):
     less the critic's value of them. ``position_discount=1`` is the exact policy gradient of
     the slate's clicks with less variance than one advantage per slate; ``0`` credits each
     choice with its own clicks only (myopic: exact when the best slate is the sort by
-    attractiveness, as under a position-based model). Requests are bandits here (PPO's
-    ``gamma`` must be 0).
+    attractiveness, as under a position-based model).
+
+    With ``gamma > 0`` (a sequential world, where a slate changes what comes next) every
+    position's choice is also credited with the discounted value of what follows its request,
+    ``F_t``, which all positions of a request share: ``G_p = sum_{q >= p} ... + F_t``. A
+    request leads on two ways (``transitions``): to the session's next request with chance
+    ``c_t``, or, leaving there, to the following session with chance ``b_t``; so the whole request's
+    return is ``R_t = C_t + gamma (c_t R_{t+1} + b_t R_next_session)`` (``C_t`` its clicks),
+    and ``F_t = R_t - C_t``. Sampled users make ``c_t`` and ``b_t`` 0 or 1; a walk of the whole
+    timeline with the chance that the user is there (``env.user_choices=expected``) makes ``R_t``
+    the exact expectation over every leaving point, with no sampling noise. Returns run to the
+    rollout's end and are bootstrapped there by the critic's extra output, the value of the
+    whole pending request (``gae_lambda`` is not used). ``gamma = 0`` gives ``F_t = 0``, the
+    bandit credit.
 
     Args:
         slot_rewards: returns the last env step's ``[n_envs, slate_size]`` rewards per
             position (:meth:`rankgym.envs.vector.BatchedReplayEnv.slot_rewards`).
+        transitions: returns what the last env step's requests led to, ``[n_envs, 3]``
+            (:meth:`rankgym.envs.vector.BatchedReplayEnv.transitions`); ``None``: the next
+            request always follows.
         slate_size: positions per request.
         position_discount: in ``[0, 1]``.
         (the rest): :class:`~stable_baselines3.common.buffers.DictRolloutBuffer`'s.
@@ -318,15 +341,14 @@ class PositionRolloutBuffer(DictRolloutBuffer):
         slot_rewards: Callable[[], np.ndarray] | None = None,
         slate_size: int = 10,
         position_discount: float = 1.0,
+        transitions: Callable[[], np.ndarray] | None = None,
     ) -> None:
-        if gamma != 0:
-            raise ValueError(
-                f"agent.hyperparams.gamma={gamma}: agent.credit=position treats each request "
-                "as a bandit; allowed: 0"
-            )
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"agent.hyperparams.gamma={gamma}; allowed: [0, 1]")
         if slot_rewards is None:
             raise ValueError("agent.credit=position needs the env's rewards per position")
         self.slot_rewards, self.slate_size = slot_rewards, slate_size
+        self.transitions = transitions
         self.position_discount = float(position_discount)
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda,
                          gamma, n_envs)  # fmt: skip
@@ -334,8 +356,12 @@ class PositionRolloutBuffer(DictRolloutBuffer):
     def reset(self) -> None:
         super().reset()
         shape = (self.buffer_size, self.n_envs, self.slate_size)
-        for name in ("rewards", "returns", "values", "log_probs", "advantages"):
+        for name in ("rewards", "log_probs", "advantages"):
             setattr(self, name, np.zeros(shape, dtype=np.float32))
+        self.transition = np.tile(np.float32([1, 0, 0]), (*shape[:2], 1))
+        width = self.slate_size + int(self.gamma > 0)  # + the whole request's value
+        for name in ("returns", "values"):
+            setattr(self, name, np.zeros((*shape[:2], width), dtype=np.float32))
 
     def add(  # type: ignore[override]
         self,
@@ -358,6 +384,8 @@ class PositionRolloutBuffer(DictRolloutBuffer):
             self.observations[key][self.pos] = np.asarray(obs[key])
         self.actions[self.pos] = np.asarray(action).reshape(self.n_envs, self.action_dim)
         self.rewards[self.pos] = rewards
+        if self.transitions is not None:
+            self.transition[self.pos] = self.transitions()
         self.episode_starts[self.pos] = np.asarray(episode_start)
         self.values[self.pos] = value.detach().cpu().numpy().reshape(self.n_envs, -1)
         self.log_probs[self.pos] = log_prob.detach().cpu().numpy().reshape(self.n_envs, -1)
@@ -365,16 +393,34 @@ class PositionRolloutBuffer(DictRolloutBuffer):
         self.full = self.pos == self.buffer_size
 
     def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: np.ndarray) -> None:
-        """``returns[p] = G_p`` (the discounted clicks from ``p`` on, within the request) and
-        ``advantages[p] = G_p - values[p]``; the next request is not bootstrapped (``gamma``
-        is 0)."""
-        returns = np.zeros_like(self.rewards)
+        """``returns[p] = G_p`` (the discounted clicks from ``p`` on, within the request, plus
+        ``F_t``) and ``advantages[p] = G_p - values[p]``; with ``gamma > 0`` also
+        ``returns[slate_size] = R_t``, the whole request's target."""
+        s = self.slate_size
+        returns = np.zeros_like(self.returns)
         later = np.zeros(self.rewards.shape[:2], dtype=np.float32)
-        for p in reversed(range(self.slate_size)):
+        for p in reversed(range(s)):
             later = self.rewards[..., p] + self.position_discount * later
             returns[..., p] = later
+        if self.gamma > 0:
+            clicks = self.rewards.sum(axis=2)
+            pending = last_values.detach().cpu().numpy().reshape(self.n_envs, -1)[:, s]
+            alive = 1.0 - np.asarray(dones, dtype=np.float32)
+            after = pending * alive  # R of the request that follows, bootstrapped at the end
+            next_session = after.copy()  # R of the following session's first request
+            for t in reversed(range(self.buffer_size)):
+                if t < self.buffer_size - 1:  # an episode that ended at t leads nowhere
+                    alive = 1.0 - self.episode_starts[t + 1]
+                    after, next_session = after * alive, next_session * alive
+                c, b, ended = self.transition[t].T
+                next_session = np.where(ended > 0, after, next_session)
+                same = np.where(ended > 0, 0.0, after)
+                whole = clicks[t] + self.gamma * (c * same + b * next_session)
+                returns[t, :, s] = whole
+                after = whole
+            returns[..., :s] += (returns[..., s] - clicks)[..., None]  # + F_t
         self.returns = returns
-        self.advantages = returns - self.values
+        self.advantages = returns[..., :s] - self.values[..., :s]
 
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: Any = None

@@ -322,10 +322,19 @@ def build_agent(
             f"a {'slate' if slate else 'slot'} agent needs env.action_mode="
             f"{action_mode(slate)}, the env has {env.action_mode}"
         )
+    flow = getattr(getattr(venv, "engine", None), "flow", None)
+    if klass is MaskedDQN and flow is not None and flow.expected and hyperparams.get("gamma"):
+        raise ValueError(
+            "agent=dqn with gamma > 0 in a sequential world needs env.user_choices=sampled: "
+            "its target bootstraps from the next state, whose chance of being reached an "
+            "expected walk keeps out of the observation"
+        )
     extra: dict[str, Any] = {}
     if slate:
         policy = RankingSlatePolicy
         policy_kwargs.update(slate_size=env.slate_size, credit=credit)
+        if credit == "position" and float(hyperparams.get("gamma", 0.99)) > 0:
+            policy_kwargs["future"] = True  # a value of the whole request, for bootstrapping
     if klass is MaskedDQN:  # the learner scores only each sample's placed candidate
         extra["replay_buffer_class"] = PlacedCandidateReplayBuffer
         policy_kwargs["q_model"] = q_model
@@ -334,6 +343,7 @@ def build_agent(
         extra["rollout_buffer_kwargs"] = {
             "slot_rewards": getattr(venv, "slot_rewards", None), "slate_size": env.slate_size,
             "position_discount": float(position_discount),
+            "transitions": getattr(venv, "transitions", None),
         }  # fmt: skip
     try:
         model = klass(

@@ -36,12 +36,14 @@ from rankgym.envs.click_models.base import (
     slot_click_prob,
 )
 from rankgym.envs.metrics import ndcg_batch
+from rankgym.envs.sequential import UserFlow
 from rankgym.logs import SessionLog
 
 ACTION_MODES = ("slot", "scores", "top1")
 OBS_MODES = ("embeddings", "ids")
 REWARDS = ("expected", "sampled")
 EPISODES = ("session", "user")
+USER_CHOICES = ("expected", "sampled")
 RING = 2  # a batched observation's candidates array stays valid for RING - 1 further steps
 MAX_CANDIDATES = 256  # K: candidates per request (OBD's largest catalog is 80; positions: 64)
 SMALL_GATHER = 256  # candidate rows up to which numpy gathers faster than torch on the CPU
@@ -66,6 +68,11 @@ class ReplayConfig:
         reward: ``expected`` clicks (the click probability of each placed item) or ``sampled``.
         episode: ``session`` (one logged session) or ``user`` (all of a user's requests in time
             order).
+        user_choices: in a sequential world (a reward model with dynamics), whether users
+            continue and return ``expected`` (the episode walks the whole latent timeline and
+            each request's clicks are weighted by the chance the user got there: long-term
+            values with no sampling noise) or ``sampled`` (drawn; the episode ends when the
+            user leaves). No effect in a bandit world (:mod:`rankgym.envs.sequential`).
         history_len: user-history items kept for the user state (most recent).
         pooling, decay, last_k: user-state pooling (``rankgym.encoders.pooling``); they reach the
             observation, the baselines and click models that read the user state.
@@ -90,6 +97,7 @@ class ReplayConfig:
     obs_mode: str = "embeddings"
     reward: str = "expected"
     episode: str = "session"
+    user_choices: str = "expected"
     history_len: int = 20
     pooling: str = "mean"
     decay: float = 0.8
@@ -104,6 +112,7 @@ class ReplayConfig:
             "obs_mode": OBS_MODES,
             "reward": REWARDS,
             "episode": EPISODES,
+            "user_choices": USER_CHOICES,
             "pooling": POOLING_METHODS,
         }
         for key, allowed in choices.items():
@@ -205,6 +214,10 @@ class ReplayData:
             self.episode_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             self.episode_requests = order.astype(np.int64)
         self.n_episodes = len(self.episode_offsets) - 1
+        # a sequential world's dynamics end sessions early and decide whether users return
+        self.dynamics = model.user_dynamics()
+        if self.dynamics is not None:
+            self._session_structure(log)
         self.initial_history = pad_histories(
             log.user_history_offsets, log.user_history_items, config.history_len
         )
@@ -225,6 +238,29 @@ class ReplayData:
             spaces.Box(-1, 1, (k,), np.float32)
             if config.action_mode == "scores"
             else spaces.Discrete(k)
+        )
+
+    def _session_structure(self, log: SessionLog) -> None:
+        """Per episode request: where its session's next request and the episode's next
+        session start (``next_in_session``, ``next_session``: positions within the episode,
+        ``-1`` where there is none)."""
+        reqs = self.episode_requests
+        n = len(reqs)
+        sess = log.request_session[reqs]
+        episode = np.repeat(np.arange(self.n_episodes), np.diff(self.episode_offsets))
+        local = np.arange(n) - self.episode_offsets[episode]
+        last = np.ones(n, dtype=bool)
+        last[:-1] = (sess[1:] != sess[:-1]) | (episode[1:] != episode[:-1])
+        self.next_in_session = np.where(last, -1, local + 1)
+        self.session_start = np.concatenate([[True], last[:-1]])
+        # the first request of the following session of the same episode
+        starts = np.flatnonzero(self.session_start)
+        after = np.searchsorted(starts, np.arange(n), side="right")
+        nxt = starts[np.minimum(after, len(starts) - 1)]
+        found = (after < len(starts)) & (episode[nxt] == episode)
+        next_start = np.where(found, nxt, -1)
+        self.next_session = np.where(
+            next_start >= 0, next_start - self.episode_offsets[episode], -1
         )
 
     def _observation_space(self) -> spaces.Dict:
@@ -283,7 +319,7 @@ class ReplayData:
 
 # ---------------------------------------------------------------------- randomness
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-STREAM_EPISODE, STREAM_CLICK, STREAM_CONTINUE = 0, 1, 2
+STREAM_EPISODE, STREAM_CLICK, STREAM_CONTINUE, STREAM_DYNAMICS = 0, 1, 2, 3
 
 
 def counter(
@@ -350,6 +386,11 @@ class ReplayEngine:
         self.episodes_started = np.zeros(b, dtype=np.int64)
         self.episode_no = np.zeros(b, dtype=np.int64)  # this row's count of started episodes
         self.episode = np.zeros(b, dtype=np.int64)  # the episode (index into data) played
+        # what a row's random numbers are keyed by: its key and episode count; a sequential
+        # world's queued episode (an evaluation) by row 0's key and the episode itself, so
+        # that every policy meets the same users' choices whichever row plays them
+        self.event_key = np.zeros(b, dtype=np.uint64)
+        self.event_no = np.zeros(b, dtype=np.int64)
         self.queued = np.zeros(b, dtype=bool)
         self.ep_start = np.zeros(b, dtype=np.int64)
         self.ep_len = np.ones(b, dtype=np.int64)
@@ -374,6 +415,13 @@ class ReplayEngine:
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
         # embeddings mode: the history's item features, pooled with the same weights
         self.feature_state = np.zeros((b, data.item_features.shape[1]), dtype=np.float32)
+        self.dynamics = data.dynamics
+        # a sequential world's users: satiation, satisfaction, whether they are still there
+        self.flow = (
+            None
+            if self.dynamics is None
+            else UserFlow(self.dynamics, b, expected=cfg.user_choices == "expected")
+        )
         self._embeddings = cfg.obs_mode == "embeddings"
         if self._embeddings:
             self._setup_gather(torch.device(device), encoded)
@@ -399,11 +447,17 @@ class ReplayEngine:
         self.queued[rows] = False if queued is None else queued
         self.episode_no[rows] = self.episodes_started[rows]
         self.episodes_started[rows] += 1
+        self.event_key[rows], self.event_no[rows] = self.key[rows], self.episode_no[rows]
+        if self.dynamics is not None and queued is not None and queued.any():
+            shared = rows[queued]
+            self.event_key[shared], self.event_no[shared] = self.key[0], episodes[queued]
         self.ep_start[rows] = data.episode_offsets[episodes]
         self.ep_len[rows] = data.episode_offsets[episodes + 1] - data.episode_offsets[episodes]
         self.j[rows] = 0
         first = data.episode_requests[self.ep_start[rows]]
         self.history[rows] = data.initial_history[data.log.request_user[first]]
+        if self.flow is not None:
+            self.flow.start(rows)
         self._start_requests(rows)
 
     def _start_requests(self, rows: np.ndarray) -> None:
@@ -422,6 +476,8 @@ class ReplayEngine:
         self.attr[rows] = data.request_attractiveness(
             req, history if data.model.needs_history else None
         )
+        if self.flow is not None:
+            self.attr[rows] = self.flow.satiate(rows, self.attr[rows], self.cand[rows])
         self.slate_len[rows] = 1 if cfg.action_mode == "top1" else data.slate_len[req]
         self.placed[rows] = False
         self.pos[rows] = 0
@@ -456,6 +512,8 @@ class ReplayEngine:
             reward = self.slot_rewards.sum(axis=1)
         else:
             reward = self._place(self.rows, np.asarray(actions, dtype=np.int64).reshape(-1))
+        if self.flow is not None and self.flow.expected:  # clicks of users still there
+            reward = reward * self.flow.survival
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         ended = np.zeros(self.num_envs, dtype=bool)
         finished = np.flatnonzero(self.pos == self.slate_len)
@@ -463,9 +521,14 @@ class ReplayEngine:
             if self.request_infos:
                 self._request_infos(finished, infos)
             self._finish_requests(finished)
-            self.j[finished] += 1
-            going = finished[self.j[finished] < self.ep_len[finished]]
-            ended[finished[self.j[finished] == self.ep_len[finished]]] = True
+            if self.dynamics is None:
+                self.j[finished] += 1
+                going = finished[self.j[finished] < self.ep_len[finished]]
+                ended[finished[self.j[finished] == self.ep_len[finished]]] = True
+            else:
+                going = self._advance(finished)
+                ended[finished] = True
+                ended[going] = False
             if len(going):
                 self._start_requests(going)
         return reward, ended, infos
@@ -485,7 +548,7 @@ class ReplayEngine:
         pos = self.pos[rows]
         attr = self.attr[rows, a]
         p, self.examined[rows] = slot_click_prob(attr, pos, self.examined[rows], model)
-        key, ep, j = self.key[rows], self.episode_no[rows], self.j[rows]
+        key, ep, j = self.event_key[rows], self.event_no[rows], self.j[rows]
         u = uniform(key, counter(ep, j, pos, STREAM_CLICK))
         v = uniform(key, counter(ep, j, pos, STREAM_CONTINUE))
         click, self.examining[rows] = sample_slot_click(
@@ -505,6 +568,26 @@ class ReplayEngine:
         clicked = np.where(filled & (self.clicks[rows] == 1), items, -1)
         self.history[rows] = append_history(self.history[rows], clicked)
 
+    def _advance(self, rows: np.ndarray) -> np.ndarray:
+        """A sequential world's next step for rows whose request ended (:class:`UserFlow`):
+        the session's next request, the following session's first, or the episode's end. Moves
+        ``j`` and returns the rows that go on."""
+        data = self.data
+        filled = np.arange(self.slate.shape[1])[None, :] < self.slate_len[rows][:, None]
+        items = np.where(filled, np.take_along_axis(self.cand[rows], self.slate[rows], axis=1), -1)
+        probs = np.where(filled, self.probs[rows], 0.0)
+        at = self.ep_start[rows] + self.j[rows]
+        draws = None
+        if not self.flow.expected:
+            key, ep, j = self.event_key[rows], self.event_no[rows], self.j[rows]
+            draws = tuple(uniform(key, counter(ep, j, n, STREAM_DYNAMICS)) for n in range(3))
+        target, _ = self.flow.advance(
+            rows, items, probs, data.next_in_session[at], data.next_session[at], draws
+        )
+        going = target >= 0
+        self.j[rows[going]] = target[going]
+        return rows[going]
+
     def _request_infos(self, rows: np.ndarray, infos: list[dict[str, Any]]) -> None:
         width = self.slate_len[rows]
         slates = self.slate[rows]
@@ -515,6 +598,7 @@ class ReplayEngine:
         filled = np.arange(slates.shape[1])[None, :] < width[:, None]
         expected = np.where(filled, probs, 0.0).sum(axis=1)
         requests, invalid = self.req[rows].tolist(), self.invalid[rows].tolist()
+        flow = self._flow_infos(rows) if self.flow is not None else None
         episodes, queued = self.episode[rows].tolist(), self.queued[rows].tolist()
         for n, i in enumerate(rows.tolist()):
             s = int(width[n])
@@ -532,6 +616,21 @@ class ReplayEngine:
                     "queued": queued[n],
                 }
             )
+            if flow is not None:
+                infos[i].update({k: v[n] for k, v in flow.items()})
+
+    def _flow_infos(self, rows: np.ndarray) -> dict[str, list]:
+        """A sequential world's request infos: the chance the user reached it (``survival``),
+        whether it opened a session (``session_start``) after an earlier one
+        (``later_session``), and whether a following session exists (``has_next_session``)."""
+        data, at = self.data, self.ep_start[rows] + self.j[rows]
+        opens = data.session_start[at]
+        return {
+            "survival": self.flow.survival[rows].tolist(),
+            "session_start": opens.tolist(),
+            "later_session": (opens & (self.j[rows] > 0)).tolist(),
+            "has_next_session": (data.next_session[at] >= 0).tolist(),
+        }
 
     # ------------------------------------------------------------------ observations
     def observation(self, rows: np.ndarray | None = None, copy: bool = False) -> dict[str, Any]:

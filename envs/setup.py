@@ -27,11 +27,11 @@ from rankgym.envs.click_models.base import ClickModel, log_fingerprint
 from rankgym.envs.replay import ReplayConfig
 from rankgym.logs import SessionLog
 from rankgym.logs.atomic import atomic_directory, check_replaceable, file_lock
-from rankgym.logs.ground_truth import TRUTH_DIR, GroundTruth
+from rankgym.logs.ground_truth import LATENT_DIR, TRUTH_DIR, GroundTruth
 from rankgym.logs.source import LogSource
 
 log = logging.getLogger(__name__)
-SPLIT_BY = ("session", "time")
+SPLIT_BY = ("session", "time", "user")
 PACKAGES = ("rankgym",)  # rankgym's code (model_sources)
 
 
@@ -48,7 +48,8 @@ class Split:
         test_fraction: share of all sessions held out for the final evaluation, in ``(0, 1)``.
         valid_fraction: share of all sessions held out for model selection, in ``[0, 1)``
             (``0``: no valid split; periodic evaluation then reads the test sessions).
-        by: ``session`` (a seeded random subset) or ``time`` (the latest sessions).
+        by: ``session`` (a seeded random subset), ``time`` (the latest sessions) or ``user``
+            (a seeded random subset of users, each with all their sessions).
         seed: seed of the random subsets.
     """
 
@@ -90,6 +91,9 @@ class RunSetup:
         reward: the reward model, fitted on ``train`` (or the ground truth, or logged clicks).
         truth: the synthetic world's ground truth, ``None`` for real logs.
         env: the replay options every env of the run uses.
+        observed: a sequential world's log, what its logging policy's users reached (``data``
+            is then the whole latent timeline, which policies are replayed on under the
+            truth); ``None`` for other datasets.
     """
 
     data: SessionLog
@@ -100,6 +104,7 @@ class RunSetup:
     truth: GroundTruth | None
     env: ReplayConfig
     valid: SessionLog | None = None
+    observed: SessionLog | None = None
 
     @property
     def selection(self) -> SessionLog:
@@ -250,10 +255,18 @@ def setup_run(
         cache_dir: where fitted reward models are cached (``None``: no cache).
     """
     data = load_or_prepare(source, out)
+    observed, fit_on = None, None
+    latent = Path(out) / TRUTH_DIR / LATENT_DIR
+    if (latent / "meta.json").is_file():  # a sequential world: policies replay its timeline
+        observed, data = data, SessionLog.read(latent)
     train, valid, test = split.apply(data)
+    if observed is not None:  # a fitted model sees only what the logger's users reached
+        fit_on = observed.select_sessions(
+            np.flatnonzero(np.isin(observed.session_ids, train.session_ids))
+        )
     # the store encodes each text once, however many jobs start together (its own lock)
     encoded = encode_log(data, encoder, store)
     model = reward if isinstance(reward, ClickModel) else reward()
-    model = fit_reward_model(model, data, train, encoded, env, cache_dir)
+    model = fit_reward_model(model, data, fit_on or train, encoded, env, cache_dir)
     truth = GroundTruth.load(out) if (Path(out) / TRUTH_DIR).is_dir() else None
-    return RunSetup(data, train, test, encoded, model, truth, env, valid)
+    return RunSetup(data, train, test, encoded, model, truth, env, valid, observed)

@@ -161,6 +161,16 @@ class BatchedReplayEnv(VecEnv):
             raise ValueError(f"episodes {bad[:5]} out of range 0..{self.data.n_episodes - 1}")
         self._queue = [int(e) for e in reversed(list(episodes))]
 
+    def transitions(self) -> np.ndarray:
+        """``float64[B, 3]`` what each sub-env's request in the last step led to, in a
+        sequential world (:attr:`rankgym.envs.sequential.UserFlow.transition`): the chance of
+        the session's next request, of a return for the following session, and whether the session
+        ended. In a bandit world: ``[1, 0, 0]`` (the next request always follows)."""
+        flow = self.engine.flow
+        if flow is None:
+            return np.tile([1.0, 0.0, 0.0], (self.num_envs, 1))
+        return flow.transition.copy()
+
     def slot_rewards(self) -> np.ndarray:
         """``float64[B, slate_size]`` the last step's reward of each position (``action_mode
         = scores``: each step ranks a whole slate; unfilled positions 0). The step's reward

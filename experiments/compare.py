@@ -162,15 +162,27 @@ def interval_cell(row: pd.Series, m: str) -> str:
 
 
 # ---------------------------------------------------------------------- paired statistics
+# a sequential world's per-episode metrics, paired episode by episode: the per-request column
+# each sums
+PER_EPISODE = {"long_term_value": "expected_clicks", "true_long_term_value": "true_expected_clicks"}
+
+
 def per_request(runs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
     """``metric`` per held-out request, averaged over the runs (seeds) of one group, with the
-    request's session: from the runs' ``per_request.parquet``."""
+    request's session: from the runs' ``per_request.parquet``. A sequential world's long-term
+    values come per episode instead (an episode in both columns)."""
     tables = []
     for run in runs:
         file = Path(run["_dir"]) / "per_request.parquet"
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing; rerun the run to compare it pairwise")
         table = pd.read_parquet(file)
+        if metric in PER_EPISODE and "episode" in table:
+            # a sequential world's value per episode: its requests' clicks summed (the
+            # policies reached different requests; they share the episodes)
+            clicks = table.groupby("episode")[PER_EPISODE[metric]].sum()
+            table = pd.DataFrame({"request": clicks.index, "session": clicks.index,
+                                  metric: clicks.to_numpy()})  # fmt: skip
         if metric not in table:
             raise ValueError(f"{file}: no column {metric!r}; has {', '.join(table.columns[2:])}")
         tables.append(table[["request", "session", metric]])

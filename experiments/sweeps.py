@@ -140,13 +140,14 @@ def check_objective(cfg: DictConfig) -> None:
 
 def objective_key(cfg: DictConfig, metrics: dict[str, Any]) -> str:
     """The metrics key a search maximises (``objective``; ``auto``: valid-split true expected
-    clicks where the world has a truth, else expected clicks under the reward model)."""
+    clicks where the world has a truth, else expected clicks under the reward model; in a
+    sequential world the long-term values, per episode, instead)."""
     key = cfg.get("objective", "auto")
     if key == "auto":
         prefix = "valid_" if "valid_expected_clicks" in metrics else ""
-        key = f"{prefix}true_expected_clicks"
-        if metrics.get(key) is None:
-            key = f"{prefix}expected_clicks"
+        order = ("true_long_term_value", "long_term_value", "true_expected_clicks")
+        known = [k for k in (prefix + name for name in order) if metrics.get(k) is not None]
+        key = known[0] if known else f"{prefix}expected_clicks"
     if key not in metrics:
         allowed = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
         raise ValueError(f"objective={key!r}; allowed: auto or a metric: {', '.join(allowed)}")

@@ -123,8 +123,9 @@ def off_policy(
     """Off-policy estimates of the evaluated slates' clicks per request at the logged positions
     (every estimator the log's propensities allow, :mod:`rankgym.agents.ope`), beside the log's own
     clicks on the same requests; ``dm``/``dr`` with the run's reward model when it is fitted
-    (not the truth). ``{}`` when the log has no propensities."""
-    if np.isnan(test.propensity).any():
+    (not the truth). ``{}`` when the log has no propensities, or is a sequential world's latent
+    timeline (its unreached requests were never logged, and a slate changes what follows)."""
+    if np.isnan(test.propensity).any() or test.meta.get("source") == "synthetic-latent":
         return {}
     requests, slates = result.per_request["request"], result.per_request["slate"]
     probs = None if isinstance(model, TruthClickModel) else result.per_request["click_probs"]
@@ -195,17 +196,24 @@ def restore_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return saved
 
 
-def write_per_request(path: Path, result: EvaluationResult, test: SessionLog) -> None:
+def write_per_request(
+    path: Path, result: EvaluationResult, test: SessionLog, episode: str = "session"
+) -> None:
     """The final evaluation's values per held-out request (``per_request.parquet``): what
-    ``rankgym compare`` pairs across policies, session by session."""
+    ``rankgym compare`` pairs across policies, session by session (a sequential world's
+    long-term values: episode by episode, from the ``episode`` column)."""
     import pandas as pd
 
     req = result.per_request["request"]
+    session = np.asarray(test.session_ids)[np.asarray(test.request_session)[req]].astype(str)
     table = pd.DataFrame({
         "request": test.request_ids[req].astype(str),
-        "session": np.asarray(test.session_ids)[np.asarray(test.request_session)[req]].astype(str),
+        "session": session,
         **{k: v for k, v in result.per_request.items() if k in FINAL_KEYS},
     })  # fmt: skip
+    if "long_term_value" in result.metrics:
+        users = np.asarray(test.user_ids)[test.request_user[req]].astype(str)
+        table["episode"] = users if episode == "user" else session
     with atomic_file(path) as tmp:
         table.to_parquet(tmp, index=False)
 
@@ -309,7 +317,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if s.valid is not None:
         on_valid = evaluate_on(policy, s.valid, cfg.eval.final_sessions).to_dict()
         valid = {f"valid_{k}": v for k, v in on_valid.items() if k != "policy"}
-    write_per_request(run_dir / "per_request.parquet", result, s.test)
+    write_per_request(run_dir / "per_request.parquet", result, s.test, s.env.episode)
     record_final(logger, final, valid)
     logger.record(STEP_KEY, timesteps)
     logger.dump(timesteps)

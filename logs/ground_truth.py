@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rankgym.logs.dynamics import DynamicsParams, UserDynamics, item_satisfaction
 from rankgym.logs.errors import LogValidationError
 
 TRUTH_DIR = "truth"
+LATENT_DIR = "latent"  # truth/latent/: a sequential world's whole latent timeline, as a log
 CLICK_MODELS = ("pbm", "cascade")
 
 
@@ -71,6 +73,7 @@ class GroundTruth:
     click_model: str = "pbm"
     weights: AttractivenessWeights = AttractivenessWeights()
     abandonment: float = 0.0
+    dynamics: DynamicsParams | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.abandonment < 1:
@@ -79,6 +82,14 @@ class GroundTruth:
             raise ValueError(
                 f"click_model must be one of {', '.join(CLICK_MODELS)}, got {self.click_model!r}"
             )
+
+    def user_dynamics(self) -> UserDynamics | None:
+        """The sequential world's continuation, satiation and return (``None`` in a bandit
+        world): groups are item categories, satisfaction follows the hidden item quality."""
+        if self.dynamics is None:
+            return None
+        satisfaction = item_satisfaction(self.item_quality, self.item_price, self.dynamics)
+        return UserDynamics(self.dynamics, self.item_category, satisfaction)
 
     # ------------------------------------------------------------------ the click model
     def attractiveness(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -167,6 +178,8 @@ class GroundTruth:
             "weights": asdict(self.weights),
             "abandonment": self.abandonment,
         }
+        if self.dynamics is not None:  # a bandit world's truth.json stays as it was
+            scalars["dynamics"] = asdict(self.dynamics)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
@@ -196,4 +209,5 @@ class GroundTruth:
             click_model=scalars["click_model"],
             weights=AttractivenessWeights(**scalars["weights"]),
             abandonment=float(scalars.get("abandonment", 0.0)),
+            dynamics=DynamicsParams(**scalars["dynamics"]) if "dynamics" in scalars else None,
         )

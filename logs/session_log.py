@@ -413,29 +413,43 @@ class SessionLog:
         self,
         test_fraction: float = 0.2,
         *,
-        by: Literal["session", "time"] = "session",
+        by: Literal["session", "time", "user"] = "session",
         seed: int = 0,
     ) -> tuple[SessionLog, SessionLog]:
         """Split into (train, test) by whole sessions.
 
         Args:
-            test_fraction: share of sessions in the test part, in (0, 1).
+            test_fraction: share of sessions in the test part, in (0, 1) (``user``: of the
+                users with sessions).
             by: ``session`` draws test sessions at random with ``seed``; ``time`` puts the
-                sessions that start last into the test part (no future leaks into training).
-            seed: random seed for ``by="session"``.
+                sessions that start last into the test part (no future leaks into training);
+                ``user`` draws test users at random and keeps each user's sessions together
+                (what episodes of a user's sessions, ``env.episode=user``, need).
+            seed: random seed for ``by="session"`` and ``by="user"``.
         """
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if self.n_sessions < 2:
             raise ValueError(f"cannot split a log with {self.n_sessions} session(s)")
         n_test = min(max(1, round(self.n_sessions * test_fraction)), self.n_sessions - 1)
+        if by == "user":
+            session_user = self.request_user[self.session_offsets[:-1]]
+            users = np.unique(session_user)
+            if len(users) < 2:
+                raise ValueError(f"cannot split a log with {len(users)} user(s) by user")
+            n_users = min(max(1, round(len(users) * test_fraction)), len(users) - 1)
+            chosen = np.random.default_rng(seed).permutation(users)[-n_users:]
+            held = np.isin(session_user, chosen)
+            return self.select_sessions(np.flatnonzero(~held)), self.select_sessions(
+                np.flatnonzero(held)
+            )
         if by == "session":
             order = np.random.default_rng(seed).permutation(self.n_sessions)
         elif by == "time":
             start = self.request_timestamp[self.session_offsets[:-1]]
             order = np.argsort(start, kind="stable")
         else:
-            raise ValueError(f"split by must be 'session' or 'time', got {by!r}")
+            raise ValueError(f"split by must be 'session', 'time' or 'user', got {by!r}")
         train, test = np.sort(order[: self.n_sessions - n_test]), np.sort(order[-n_test:])
         return self.select_sessions(train), self.select_sessions(test)
 

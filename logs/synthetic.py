@@ -21,7 +21,7 @@ write texts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,14 @@ import pyarrow as pa
 
 from rankgym.logs.atomic import atomic_directory
 from rankgym.logs.candidates import CandidateOptions
-from rankgym.logs.ground_truth import CLICK_MODELS, AttractivenessWeights, GroundTruth
+from rankgym.logs.dynamics import DynamicsParams
+from rankgym.logs.ground_truth import (
+    CLICK_MODELS,
+    LATENT_DIR,
+    TRUTH_DIR,
+    AttractivenessWeights,
+    GroundTruth,
+)
 from rankgym.logs.plackett_luce import position_marginals, prefix_probabilities
 from rankgym.logs.session_log import SessionLog, dict_column, ranges
 from rankgym.logs.source import LogSource
@@ -115,6 +122,7 @@ BASE_PRICE = np.array([25.0, 60.0, 140.0, 320.0])
 
 
 DEFAULT_ABANDONMENT = 0.3  # cascade worlds: see SyntheticWorld.abandonment
+MAX_REQUESTS = 8  # requests per session, at most (a sequential world's latent sessions: all 8)
 
 
 @dataclass
@@ -147,6 +155,12 @@ class SyntheticWorld(LogSource, CandidateOptions):
             click, in ``[0, 1)``; ``None``: the cascade default ``DEFAULT_ABANDONMENT``
             (``pbm`` worlds must leave it ``None``).
         examination_power: PBM examination is ``(1 / (1 + position)) ** examination_power``.
+        dynamics: ``None`` (the bandit world) or the parameters of the sequential world's
+            continuation, satiation and return (:class:`~rankgym.logs.dynamics.DynamicsParams`;
+            a mapping of overrides, ``{}`` for the defaults). Every session then has
+            ``MAX_REQUESTS`` latent requests; the logging policy's users reach as many of them,
+            and come back for as many of their sessions, as its slates make them. The log holds
+            what they reached; ``truth/latent/`` the whole latent timeline (PBM worlds only).
     """
 
     name: str = "synthetic"
@@ -170,9 +184,24 @@ class SyntheticWorld(LogSource, CandidateOptions):
     click_model: str = "pbm"
     examination_power: float = 1.0
     abandonment: float | None = None
+    dynamics: DynamicsParams | dict | None = None
 
     def __post_init__(self) -> None:
         self.check_candidate_options()
+        if self.dynamics is not None and not isinstance(self.dynamics, DynamicsParams):
+            allowed = [f.name for f in fields(DynamicsParams)]
+            unknown = sorted(set(self.dynamics) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"dataset.dynamics.{unknown[0]} is not a dynamics parameter; allowed: "
+                    + ", ".join(allowed)
+                )
+            self.dynamics = DynamicsParams(**dict(self.dynamics))
+        if self.dynamics is not None and self.click_model != "pbm":
+            raise ValueError(
+                f"dataset.dynamics applies to click_model=pbm; got {self.click_model!r} "
+                "(allowed with dynamics: pbm)"
+            )
         n_cat = len(CATEGORIES)
         checks = {
             "scale": (self.scale > 0, "> 0"),
@@ -217,17 +246,33 @@ class SyntheticWorld(LogSource, CandidateOptions):
         return self.generate()[0]
 
     def write(self, out: str | Path) -> SessionLog:
-        """Generate and write the log plus ``truth/`` atomically into ``out``."""
-        log, truth = self.generate()
+        """Generate and write the log plus ``truth/`` (and, with dynamics,
+        ``truth/latent/``) atomically into ``out``."""
+        generator = _Generator(self)
+        log, truth = generator.run()
+        log = self.with_candidates(log)
         with atomic_directory(out, marker="meta.json") as tmp:
             log.write_into(tmp)
             truth.save(tmp)
+            if generator.latent is not None:
+                latent_dir = Path(tmp) / TRUTH_DIR / LATENT_DIR
+                latent_dir.mkdir(parents=True)
+                self.with_candidates(generator.latent).write_into(latent_dir)
         return log
 
     def generate(self) -> tuple[SessionLog, GroundTruth]:
         """Generate the world: the canonical log and its ground truth."""
         log, truth = _Generator(self).run()
         return self.with_candidates(log), truth
+
+    def generate_latent(self) -> tuple[SessionLog, SessionLog, GroundTruth]:
+        """A sequential world's log, its whole latent timeline (as a log) and its truth."""
+        if self.dynamics is None:
+            raise ValueError("generate_latent needs dataset.dynamics (a sequential world)")
+        generator = _Generator(self)
+        log, truth = generator.run()
+        assert generator.latent is not None
+        return self.with_candidates(log), self.with_candidates(generator.latent), truth
 
 
 class _Generator:
@@ -237,6 +282,7 @@ class _Generator:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
         self.cat_names = list(CATEGORIES)
+        self.latent: SessionLog | None = None  # a sequential world's whole latent timeline
 
     def run(self) -> tuple[SessionLog, GroundTruth]:
         cfg = self.cfg
@@ -267,11 +313,16 @@ class _Generator:
             click_model=cfg.click_model,
             weights=AttractivenessWeights(),
             abandonment=cfg.cascade_abandonment,
+            dynamics=cfg.dynamics,
         )
-        self._clicks(truth)
+        if cfg.dynamics is None:
+            self._clicks(truth)
+            self._history(truth)
+            return self._to_log(), truth
+        reached = self._sequential_clicks(truth)
         self._history(truth)
-        log = self._to_log()
-        return log, truth
+        self.latent = self._to_log(source="synthetic-latent")
+        return self._to_log(reached), truth
 
     # ------------------------------------------------------------------ catalog
     def _items(self) -> None:
@@ -340,9 +391,12 @@ class _Generator:
         act = self.user_activity / self.user_activity.sum()
         sess_user = rng.choice(n_users, n_sess, p=act)
         sess_rec = rng.random(n_sess) < cfg.recommendation_share
-        n_req = np.minimum(1 + rng.poisson(cfg.mean_requests_per_session - 1, n_sess), 8)
+        n_req = np.minimum(1 + rng.poisson(cfg.mean_requests_per_session - 1, n_sess), MAX_REQUESTS)
+        if cfg.dynamics is not None:  # latent sessions: how many are reached is the dynamics'
+            n_req = np.full(n_sess, MAX_REQUESTS)
         sess_start = np.sort(rng.integers(1_700_000_000, 1_700_000_000 + 30 * 86400, n_sess))
         sess_cat = _sample_rows(rng, self.user_cat_pref[sess_user])
+        self.sess_user, self.sess_start = sess_user, sess_start
 
         self.n_req_per_session = n_req
         req_sess = np.repeat(np.arange(n_sess), n_req)
@@ -486,6 +540,78 @@ class _Generator:
         clicked = would[np.arange(n_r), first][self.imp_req] & (self.imp_pos == first[self.imp_req])
         self.imp_click = clicked.astype(np.int8)
 
+    def _sequential_clicks(self, truth: GroundTruth) -> np.ndarray:
+        """Play the logging policy's users forward through their latent sessions.
+
+        Users step together (a vectorised loop over their k-th session and its j-th request):
+        the logger's whole list is shown, clicks follow the satiated truth, satisfaction
+        decides whether the next request comes, and after a session whether (and after how
+        many days) the user comes back. Returns ``bool[R]``: the latent requests reached; sets
+        the clicks and re-times the reached requests.
+        """
+        dyn = truth.user_dynamics()
+        assert dyn is not None
+        rng = np.random.default_rng([self.cfg.seed, 2])  # its own stream: the rest stays put
+        n_r = len(self.request_ids)
+        width = int(self.imp_pos.max()) + 1
+        ranking = np.full((n_r, width), -1, dtype=np.int64)
+        ranking[self.imp_req, self.imp_pos] = self.imp_item
+        click = np.zeros((n_r, width), dtype=np.int8)
+        reached = np.zeros(n_r, dtype=bool)
+        time = self.req_time.astype(np.int64).copy()
+        n_sess = len(self.sess_user)
+        first_req = np.searchsorted(self.req_sess, np.arange(n_sess))
+        order = np.lexsort((self.sess_start, self.sess_user))  # each user's sessions in time
+        counts = np.bincount(self.sess_user, minlength=len(self.user_ids))
+        user_start = np.concatenate([[0], np.cumsum(counts)])
+        users = np.flatnonzero(counts > 0)
+        satiation = dyn.initial_satiation(len(users))
+        clock = self.sess_start[order[user_start[users]]].astype(np.float64)
+        alive = np.ones(len(users), dtype=bool)
+        steps = np.arange(MAX_REQUESTS)
+        for k in range(int(counts.max())):
+            has = counts[users] > k
+            # every latent session gets times in its user's order (the unreached ones as if
+            # the user had come back after the mean gap), so that a timeline never interleaves
+            sess = order[user_start[users[has]] + k]
+            gone = ~alive[has]
+            clock[np.flatnonzero(has)[gone]] += self.cfg.dynamics.gap_days * 86400.0
+            rows = first_req[sess][:, None] + steps
+            time[rows] = clock[has][:, None] + 45 * steps + rng.integers(0, 40, rows.shape)
+            here = np.flatnonzero(alive & has)
+            if not len(here):
+                continue
+            sess = order[user_start[users[here]] + k]
+            in_session = np.ones(len(here), dtype=bool)
+            total = np.zeros(len(here))
+            for j in range(MAX_REQUESTS):
+                act = np.flatnonzero(in_session)
+                if not len(act):
+                    break
+                rows = first_req[sess[act]] + j
+                shown = ranking[rows]
+                attr = truth.attractiveness(rows[:, None], np.maximum(shown, 0))
+                attr = dyn.satiate(attr, shown, satiation[here[act]])
+                probs = np.where(shown >= 0, attr * truth.examination[:width], 0.0)
+                click[rows] = (rng.random(probs.shape) < probs) & (shown >= 0)
+                reached[rows] = True
+                pleased = dyn.satisfaction(probs, shown)
+                total[act] += pleased
+                satiation[here[act]] = dyn.expose(satiation[here[act]], shown)
+                last = j + 1 == MAX_REQUESTS
+                in_session[act] = ~last & (
+                    rng.random(len(act)) < dyn.continue_prob(pleased, probs.sum(axis=1))
+                )
+            back = rng.random(len(here)) < dyn.return_prob(total)
+            gap = rng.exponential(dyn.mean_gap_days(total))
+            alive[here] = back
+            satiation[here] = dyn.recover(satiation[here], gap)
+            ended = time[first_req[sess]] + 45 * MAX_REQUESTS  # after the session's last request
+            clock[here] = ended + gap * 86400.0
+        self.req_time = time
+        self.imp_click = click[self.imp_req, self.imp_pos]
+        return reached
+
     def _history(self, truth: GroundTruth) -> None:
         # pre-log history: items the user clicked before the log, drawn from their preferences
         cfg, rng = self.cfg, self.rng
@@ -505,8 +631,10 @@ class _Generator:
         self.hist_offsets = np.concatenate([[0], np.cumsum(length)])
 
     # ------------------------------------------------------------------ canonical tables
-    def _to_log(self) -> SessionLog:
-        req = self.imp_req
+    def _to_log(self, reached: np.ndarray | None = None, source: str = "synthetic") -> SessionLog:
+        """The canonical log: every request, or only those ``reached`` (a sequential world's)."""
+        keep = slice(None) if reached is None else reached[self.imp_req]
+        req = self.imp_req[keep]
         impressions = pa.table(
             {
                 "session_id": dict_column(self.req_sess[req], self.session_ids),
@@ -514,11 +642,11 @@ class _Generator:
                 "user_id": dict_column(self.req_user[req], self.user_ids),
                 "timestamp": pa.array(self.req_time[req], pa.int64()),
                 "query": dict_column(self.req_query[req], self.query_table),
-                "item_id": dict_column(self.imp_item, self.item_ids),
-                "position": pa.array(self.imp_pos, pa.int32()),
-                "click": pa.array(self.imp_click, pa.int8()),
-                "propensity": pa.array(self.imp_prop, pa.float64()),
-                "prefix_propensity": pa.array(self.imp_prefix_prop, pa.float64()),
+                "item_id": dict_column(self.imp_item[keep], self.item_ids),
+                "position": pa.array(self.imp_pos[keep], pa.int32()),
+                "click": pa.array(self.imp_click[keep], pa.int8()),
+                "propensity": pa.array(self.imp_prop[keep], pa.float64()),
+                "prefix_propensity": pa.array(self.imp_prefix_prop[keep], pa.float64()),
             }
         )
         items = pa.table(
@@ -541,7 +669,7 @@ class _Generator:
             }
         )
         meta = {
-            "source": "synthetic",
+            "source": source,
             "license": "generated by rankgym; no third-party data (Apache-2.0 with the code)",
             "params": asdict(self.cfg),
         }

@@ -37,6 +37,7 @@ import numpy as np
 
 from rankgym.encoders.pooling import UserPooling
 from rankgym.logs import SessionLog
+from rankgym.logs.dynamics import UserDynamics
 
 MAX_POSITIONS = 64
 
@@ -125,6 +126,12 @@ class ClickModel:
                 the log had (earlier requests' logged clicks appended).
         """
         raise NotImplementedError
+
+    def user_dynamics(self) -> UserDynamics | None:
+        """Continuation, satiation and return, for a model of a sequential world (the
+        replay engine then ends sessions and episodes by them); ``None``: each request is a
+        bandit and episodes replay their logged requests."""
+        return None
 
     # ------------------------------------------------------------------ shared behaviour
     def context(self, log: SessionLog) -> LogContext:

@@ -9,6 +9,7 @@ import numpy as np
 
 from rankgym.envs.click_models.base import MAX_POSITIONS, ClickModel, LogContext
 from rankgym.logs import SessionLog
+from rankgym.logs.dynamics import UserDynamics
 from rankgym.logs.errors import LogValidationError
 from rankgym.logs.ground_truth import TRUTH_DIR, GroundTruth
 
@@ -115,6 +116,10 @@ class TruthClickModel(ClickModel):
         valid = items >= 0
         attr = self.truth.attractiveness(rows[:, None], np.where(valid, items, 0))
         return np.where(valid, attr, 0.0)
+
+    def user_dynamics(self) -> UserDynamics | None:
+        """The sequential world's true dynamics (``None`` in a bandit world)."""
+        return self.truth.user_dynamics()
 
     def config(self) -> dict[str, Any]:
         """Saved as a pointer to the dataset directory (the truth lives there)."""

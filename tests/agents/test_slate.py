@@ -231,8 +231,11 @@ def test_position_credit_is_the_clicks_from_each_position_on(world) -> None:
     ):
         with pytest.raises(ValueError, match=match):
             SB3Agent("ppo", "ppo", **{"slate": True, **bad})
-    with pytest.raises(ValueError, match="gamma=0.9: agent.credit=position"):
-        build_agent("ppo", env, 0, "cpu", {**hyper, "gamma": 0.9}, None, True, "position")
+    # gamma > 0 adds the whole request's value to the critic (tests/envs/test_longterm.py)
+    ahead = build_agent("ppo", env, 0, "cpu", {**hyper, "gamma": 0.9}, None, True, "position")
+    assert ahead.rollout_buffer.values.shape[-1] == 6 and ahead.policy.value_width == 6
+    with pytest.raises(ValueError, match=r"gamma=1.5; allowed: \[0, 1\]"):
+        build_agent("ppo", env, 0, "cpu", {**hyper, "gamma": 1.5}, None, True, "position")
 
 
 def test_slate_policy_evaluates_as_the_sort_of_its_scores(world) -> None:

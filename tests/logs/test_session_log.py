@@ -107,8 +107,10 @@ def test_split_rejects_bad_arguments(small_world) -> None:
     log, _ = small_world
     with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got 1.5"):
         log.split(1.5)
-    with pytest.raises(ValueError, match="split by must be 'session' or 'time', got 'user'"):
-        log.split(0.2, by="user")
+    with pytest.raises(
+        ValueError, match="split by must be 'session', 'time' or 'user', got 'item'"
+    ):
+        log.split(0.2, by="item")
 
 
 def test_stats_numbers(small_world) -> None:
