@@ -49,7 +49,8 @@ class EvaluationResult:
         metrics: mean per request of each metric.
         intervals: 95% bootstrap interval of each metric (over sessions).
         invalid_actions: actions on masked candidates (replaced by the env's fallback).
-        per_request: each metric per request, plus ``request`` (request codes of the test log)
+        per_request: each metric per request, plus ``request`` (request codes of the test log),
+            in a sequential world ``survival`` (the chance the user reached the request),
             ``slate`` (``int64[N, slate_size]`` item codes, ``-1`` past a slate's end) and
             ``click_probs`` (the reward model's click probability at each slate position).
         epistemic: under an ensemble reward model, the :data:`EPISTEMIC_LEVEL` epistemic
@@ -263,6 +264,8 @@ def evaluate(
         long_term = long_term_metrics(per_request, flows, bootstrap, seed)
         for key, (mean, interval) in long_term.items():
             means[key], intervals[key] = mean, interval
+    if sequential:
+        per_request["survival"] = survival
     per_request["request"] = req
     per_request["slate"] = slate_mat
     per_request["click_probs"] = prob_mat

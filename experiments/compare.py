@@ -44,6 +44,8 @@ from omegaconf import OmegaConf
 from rankgym.experiments.sweeps import ERROR_FILE
 
 DEFAULT_METRICS = ("true_expected_clicks", "expected_clicks", "ctr@1", "ndcg@10", "mrr")
+# a sequential world's runs lead with their long-term metrics (docs/long-term-value.md)
+LONG_TERM_METRICS = ("true_long_term_value", "session_length", "sessions", "return_rate")
 # two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
@@ -178,9 +180,11 @@ def per_request(runs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
             raise FileNotFoundError(f"{file}: missing; rerun the run to compare it pairwise")
         table = pd.read_parquet(file)
         if metric in PER_EPISODE and "episode" in table:
-            # a sequential world's value per episode: its requests' clicks summed (the
-            # policies reached different requests; they share the episodes)
-            clicks = table.groupby("episode")[PER_EPISODE[metric]].sum()
+            # a sequential world's value per episode: its requests' clicks summed, each
+            # weighted by the chance the user reached it (the policies reached different
+            # requests; they share the episodes)
+            weighted = table[PER_EPISODE[metric]] * table.get("survival", 1.0)
+            clicks = weighted.groupby(table["episode"]).sum()
             table = pd.DataFrame({"request": clicks.index, "session": clicks.index,
                                   metric: clicks.to_numpy()})  # fmt: skip
         if metric not in table:
@@ -465,10 +469,14 @@ def report(root: Path, metrics: tuple[str, ...], options: dict[str, Any]) -> str
     """Write ``report.md``, ``results.csv``, ``ope.csv`` and the plots; return the report."""
     group_by = tuple(options.get("group_by", ["agent"]))
     runs = load_runs(root, group_by)
+    if metrics == DEFAULT_METRICS and any("long_term_value" in r for r in runs):
+        metrics = LONG_TERM_METRICS + metrics
     table = compare(runs, metrics)
     metric = options.get("metric") or next(
-        (m for m in ("true_expected_clicks", "expected_clicks") if m in table), metrics[0]
-    )
+        (m for m in ("true_long_term_value", "true_expected_clicks", "expected_clicks")
+         if m in table),
+        metrics[0],
+    )  # fmt: skip
     reference = options.get("reference", "cosine")
     lines = [f"# Sweep {root}", "", f"{len(runs)} runs, grouped by {', '.join(group_by)}.", ""]
     incomplete = incomplete_runs(root)

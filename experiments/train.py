@@ -23,6 +23,7 @@ The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -214,6 +215,7 @@ def write_per_request(
     if "long_term_value" in result.metrics:
         users = np.asarray(test.user_ids)[test.request_user[req]].astype(str)
         table["episode"] = users if episode == "user" else session
+        table["survival"] = result.per_request["survival"]
     with atomic_file(path) as tmp:
         table.to_parquet(tmp, index=False)
 
@@ -277,9 +279,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "ppo, a2c, dqn, cosine, popularity")  # fmt: skip
     s = setup(cfg)
 
+    # a sequential world's values are the expected walk's, however training drew the users
+    valued = dataclasses.replace(s.env, user_choices="expected")
+
     def evaluate_on(policy: Any, sessions: SessionLog, limit: int | None) -> EvaluationResult:
         return evaluate(
-            policy, sessions, s.encoded, s.reward, s.env, truth=s.truth,
+            policy, sessions, s.encoded, s.reward, valued, truth=s.truth,
             num_envs=cfg.eval.num_envs, bootstrap=cfg.eval.bootstrap, seed=cfg.seed,
             max_sessions=limit,
         )  # fmt: skip

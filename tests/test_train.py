@@ -71,6 +71,28 @@ def test_tiny_training_run_writes_everything(
     assert any(t.startswith("train/") for t in found)
 
 
+def test_longterm_experiment_reports_long_term_values(tmp_path: Path) -> None:
+    """experiment=longterm (the README's command, tiny): PPO looking ahead on the sequential
+    world, its long-term values with intervals in metrics.json and TensorBoard, per episode
+    in per_request.parquet; the sweep objective is the valid long-term value."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    metrics = train_tiny(tmp_path / "root", run, "experiment=longterm", "total_timesteps=400",
+                         "eval.freq=200", *SMALL["ppo"])  # fmt: skip
+    assert metrics["objective"] == "valid_true_long_term_value"
+    for key in ("long_term_value", "session_length", "sessions", "return_rate"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert metrics["true_long_term_value"] == metrics["long_term_value"] > 0
+    assert 1 <= metrics["session_length"] <= 8 and 0 < metrics["return_rate"] < 1
+    assert "ope_sniips" not in metrics  # the latent timeline was never logged
+    table = pd.read_parquet(run / "per_request.parquet")  # what compare pairs, user by user
+    per_user = (table["expected_clicks"] * table["survival"]).groupby(table["episode"]).sum()
+    assert per_user.mean() == pytest.approx(metrics["long_term_value"])
+    found = tags(run)
+    assert {"eval/long_term_value", "test/session_length", "test/return_rate"} <= found, found
+
+
 @pytest.mark.parametrize("reward", ["truth", "logged", "pbm", "dcm", "cascade", "neural"])
 def test_every_reward_model_trains_with_periodic_evaluation(
     request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, reward: str

@@ -249,17 +249,31 @@ def test_compare_pairs_long_term_values_by_episode(tmp_path: Path) -> None:
     from rankgym.experiments.compare import paired_difference, per_request
 
     runs = []
-    for name, clicks, episode in (
-        ("a", [1.0, 2.0, 0.5], ["u1", "u1", "u2"]),  # users reach different requests
-        ("b", [1.0, 0.25], ["u1", "u2"]),
+    for name, clicks, episode, survival in (
+        ("a", [1.0, 2.0, 0.5], ["u1", "u1", "u2"], [1.0, 1.0, 1.0]),  # different requests
+        ("b", [1.0, 0.5], ["u1", "u2"], [1.0, 0.5]),  # the second reached half the time
     ):
         run = tmp_path / name
         run.mkdir()
         pd.DataFrame({"request": [f"r{i}" for i in range(len(clicks))], "session": episode,
-                      "expected_clicks": clicks, "episode": episode}).to_parquet(
-            run / "per_request.parquet")  # fmt: skip
+                      "expected_clicks": clicks, "episode": episode,
+                      "survival": survival}).to_parquet(run / "per_request.parquet")  # fmt: skip
         runs.append(per_request([{"_dir": str(run)}], "long_term_value"))
     assert runs[0]["long_term_value"].tolist() == [3.0, 0.5]
     paired = paired_difference(runs[0], runs[1], "long_term_value", bootstrap=50)
     assert paired["diff"] == pytest.approx(((3.0 - 1.0) + (0.5 - 0.25)) / 2)
     assert paired["n_sessions"] == 2
+
+
+def test_dqn_looking_ahead_needs_sampled_users(world) -> None:
+    _, latent, truth = world
+    encoded, model, _ = replay(latent, truth)
+    for choices in ("expected", "sampled"):
+        cfg = ReplayConfig(obs_mode="ids", user_choices=choices)
+        env = BatchedReplayEnv(latent, encoded, model, cfg, num_envs=4)
+        hyper = {"gamma": 0.99, "learning_starts": 10, "buffer_size": 100}
+        if choices == "expected":
+            with pytest.raises(ValueError, match="needs env.user_choices=sampled"):
+                build_agent("dqn", env, 0, "cpu", hyper)
+        else:
+            assert build_agent("dqn", env, 0, "cpu", hyper).gamma == 0.99
