@@ -581,7 +581,7 @@ class ReplayEngine:
         if not self.flow.expected:
             key, ep, j = self.event_key[rows], self.event_no[rows], self.j[rows]
             draws = tuple(uniform(key, counter(ep, j, n, STREAM_DYNAMICS)) for n in range(3))
-        target, _ = self.flow.advance(
+        target = self.flow.advance(
             rows, items, probs, data.next_in_session[at], data.next_session[at], draws
         )
         going = target >= 0

@@ -70,10 +70,9 @@ class UserFlow:
         next_in_session: np.ndarray,
         next_session: np.ndarray,
         draws: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> np.ndarray:
         """After rows' requests showed ``items`` with click ``probs`` (``[n, L]``): where each
-        goes next (an episode position, ``-1``: the episode ends) and whether that is a new
-        session.
+        goes next (an episode position, ``-1``: the episode ends).
 
         Args:
             next_in_session, next_session: the episode positions of the session's next request
@@ -119,5 +118,4 @@ class UserFlow:
                 self.carry[r] = 0.0
                 self.comeback[r] = 0.0
         self.pleasure[rows[back]] = 0.0
-        target = np.where(stay, next_in_session, np.where(back, next_session, -1))
-        return target, back
+        return np.where(stay, next_in_session, np.where(back, next_session, -1))

@@ -259,8 +259,9 @@ def paired_table(
 
 def paired_markdown(table: pd.DataFrame, reference: str, metric: str) -> str:
     """The paired table as Markdown, ``*`` marking Holm-significant differences."""
-    lines = [f"| policy | {metric} - {reference} (per request) | 95% interval | p | p (Holm) | "
-             "sessions |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    unit, units = ("episode", "episodes") if metric in PER_EPISODE else ("request", "sessions")
+    lines = [f"| policy | {metric} - {reference} (per {unit}) | 95% interval | p | p (Holm) | "
+             f"{units} |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for _, row in table.iterrows():
         mark = " *" if row["significant"] else ""
         lines.append(
@@ -494,7 +495,8 @@ def report(root: Path, metrics: tuple[str, ...], options: dict[str, Any]) -> str
             lines += [f"No paired differences: {err}", ""]
         else:
             table = table.merge(paired, on="policy", how="left")
-            lines += [f"Paired differences from `{reference}` on the same held-out requests "
+            held = "episodes" if metric in PER_EPISODE else "requests"
+            lines += [f"Paired differences from `{reference}` on the same held-out {held} "
                       "(* significant at 5% after Holm's correction):", "",
                       paired_markdown(paired, reference, metric), ""]  # fmt: skip
     elif len(groups) > 1:
