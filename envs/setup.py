@@ -255,18 +255,20 @@ def setup_run(
         cache_dir: where fitted reward models are cached (``None``: no cache).
     """
     data = load_or_prepare(source, out)
-    observed, fit_on = None, None
+    observed = None
     latent = Path(out) / TRUTH_DIR / LATENT_DIR
     if (latent / "meta.json").is_file():  # a sequential world: policies replay its timeline
         observed, data = data, SessionLog.read(latent)
     train, valid, test = split.apply(data)
-    if observed is not None:  # a fitted model sees only what the logger's users reached
-        fit_on = observed.select_sessions(
-            np.flatnonzero(np.isin(observed.session_ids, train.session_ids))
-        )
     # the store encodes each text once, however many jobs start together (its own lock)
     encoded = encode_log(data, encoder, store)
     model = reward if isinstance(reward, ClickModel) else reward()
-    model = fit_reward_model(model, data, fit_on or train, encoded, env, cache_dir)
+    if observed is not None and model.name != "truth":
+        raise ValueError(
+            f"reward={model.name}: a sequential world (dataset.dynamics) is replayed only under "
+            "its truth, whose dynamics end sessions; a reward model fitted to the logs learns "
+            "none of them; allowed: reward=truth"
+        )
+    model = fit_reward_model(model, data, train, encoded, env, cache_dir)
     truth = GroundTruth.load(out) if (Path(out) / TRUTH_DIR).is_dir() else None
     return RunSetup(data, train, test, encoded, model, truth, env, valid, observed)

@@ -277,3 +277,21 @@ def test_dqn_looking_ahead_needs_sampled_users(world) -> None:
                 build_agent("dqn", env, 0, "cpu", hyper)
         else:
             assert build_agent("dqn", env, 0, "cpu", hyper).gamma == 0.99
+
+
+def test_a_sequential_world_runs_under_its_truth_only(tmp_path: Path) -> None:
+    from rankgym.encoders.hashing import HashingEncoder as Hashing
+    from rankgym.envs.click_models.simple import LoggedClickModel
+    from rankgym.envs.setup import Split, setup_run
+
+    world = SyntheticWorld(**{**WORLD, "n_sessions": 80}, dynamics={})
+    out = tmp_path / "world"
+    cfg = ReplayConfig(obs_mode="ids", episode="user")
+    split = Split(by="user")
+    run = setup_run(world, out, Hashing(dim=8), lambda: TruthClickModel(str(out)), cfg, split)
+    assert run.observed is not None and run.data.meta["source"] == "synthetic-latent"
+    assert run.data.n_requests == run.data.n_sessions * MAX_REQUESTS
+    with pytest.raises(
+        ValueError, match="reward=logged: a sequential world .* allowed: reward=truth"
+    ):
+        setup_run(world, out, Hashing(dim=8), LoggedClickModel(), cfg, split)
