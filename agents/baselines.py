@@ -263,7 +263,7 @@ class LookaheadOraclePolicy(ScoringPolicy):
 
     def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
         """Attractiveness weighted by the continuation a click buys."""
-        dynamics = env.engine.dynamics
+        dynamics = env.data.dynamics
         if dynamics is None:
             raise ValueError(
                 "agent=lookahead_oracle needs a sequential world (dataset.dynamics, "

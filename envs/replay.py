@@ -415,12 +415,11 @@ class ReplayEngine:
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
         # embeddings mode: the history's item features, pooled with the same weights
         self.feature_state = np.zeros((b, data.item_features.shape[1]), dtype=np.float32)
-        self.dynamics = data.dynamics
         # a sequential world's users: satiation, satisfaction, whether they are still there
         self.flow = (
             None
-            if self.dynamics is None
-            else UserFlow(self.dynamics, b, expected=cfg.user_choices == "expected")
+            if data.dynamics is None
+            else UserFlow(data.dynamics, b, expected=cfg.user_choices == "expected")
         )
         self._embeddings = cfg.obs_mode == "embeddings"
         if self._embeddings:
@@ -448,7 +447,7 @@ class ReplayEngine:
         self.episode_no[rows] = self.episodes_started[rows]
         self.episodes_started[rows] += 1
         self.event_key[rows], self.event_no[rows] = self.key[rows], self.episode_no[rows]
-        if self.dynamics is not None and queued is not None and queued.any():
+        if self.flow is not None and queued is not None and queued.any():
             shared = rows[queued]
             self.event_key[shared], self.event_no[shared] = self.key[0], episodes[queued]
         self.ep_start[rows] = data.episode_offsets[episodes]
@@ -521,7 +520,7 @@ class ReplayEngine:
             if self.request_infos:
                 self._request_infos(finished, infos)
             self._finish_requests(finished)
-            if self.dynamics is None:
+            if self.flow is None:
                 self.j[finished] += 1
                 going = finished[self.j[finished] < self.ep_len[finished]]
                 ended[finished[self.j[finished] == self.ep_len[finished]]] = True

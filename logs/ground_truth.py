@@ -85,7 +85,8 @@ class GroundTruth:
 
     def user_dynamics(self) -> UserDynamics | None:
         """The sequential world's continuation, satiation and return (``None`` in a bandit
-        world): groups are item categories, satisfaction follows the hidden item quality."""
+        world): groups are item categories; satisfaction follows the hidden item quality and
+        the price band."""
         if self.dynamics is None:
             return None
         satisfaction = item_satisfaction(self.item_quality, self.item_price, self.dynamics)

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from rankgym.logs.atomic import atomic_directory
 from rankgym.logs.candidates import CandidateOptions
-from rankgym.logs.dynamics import DynamicsParams
+from rankgym.logs.dynamics import SECONDS_PER_DAY, DynamicsParams
 from rankgym.logs.ground_truth import (
     CLICK_MODELS,
     LATENT_DIR,
@@ -248,31 +248,35 @@ class SyntheticWorld(LogSource, CandidateOptions):
     def write(self, out: str | Path) -> SessionLog:
         """Generate and write the log plus ``truth/`` (and, with dynamics,
         ``truth/latent/``) atomically into ``out``."""
-        generator = _Generator(self)
-        log, truth = generator.run()
-        log = self.with_candidates(log)
+        log, latent, truth = self._generate()
         with atomic_directory(out, marker="meta.json") as tmp:
             log.write_into(tmp)
             truth.save(tmp)
-            if generator.latent is not None:
+            if latent is not None:
                 latent_dir = Path(tmp) / TRUTH_DIR / LATENT_DIR
                 latent_dir.mkdir(parents=True)
-                self.with_candidates(generator.latent).write_into(latent_dir)
+                latent.write_into(latent_dir)
         return log
 
     def generate(self) -> tuple[SessionLog, GroundTruth]:
         """Generate the world: the canonical log and its ground truth."""
-        log, truth = _Generator(self).run()
-        return self.with_candidates(log), truth
+        log, _, truth = self._generate()
+        return log, truth
 
     def generate_latent(self) -> tuple[SessionLog, SessionLog, GroundTruth]:
         """A sequential world's log, its whole latent timeline (as a log) and its truth."""
         if self.dynamics is None:
             raise ValueError("generate_latent needs dataset.dynamics (a sequential world)")
+        log, latent, truth = self._generate()
+        assert latent is not None
+        return log, latent, truth
+
+    def _generate(self) -> tuple[SessionLog, SessionLog | None, GroundTruth]:
+        """The log, the latent timeline (``None`` in a bandit world) and the truth."""
         generator = _Generator(self)
         log, truth = generator.run()
-        assert generator.latent is not None
-        return self.with_candidates(log), self.with_candidates(generator.latent), truth
+        latent = None if generator.latent is None else self.with_candidates(generator.latent)
+        return self.with_candidates(log), latent, truth
 
 
 class _Generator:
@@ -558,7 +562,7 @@ class _Generator:
         ranking[self.imp_req, self.imp_pos] = self.imp_item
         click = np.zeros((n_r, width), dtype=np.int8)
         reached = np.zeros(n_r, dtype=bool)
-        time = self.req_time.astype(np.int64).copy()
+        time = self.req_time.astype(np.int64)  # a copy: re-timed below
         n_sess = len(self.sess_user)
         first_req = np.searchsorted(self.req_sess, np.arange(n_sess))
         order = np.lexsort((self.sess_start, self.sess_user))  # each user's sessions in time
@@ -575,7 +579,7 @@ class _Generator:
             # the user had come back after the mean gap), so that a timeline never interleaves
             sess = order[user_start[users[has]] + k]
             gone = ~alive[has]
-            clock[np.flatnonzero(has)[gone]] += self.cfg.dynamics.gap_days * 86400.0
+            clock[np.flatnonzero(has)[gone]] += self.cfg.dynamics.gap_days * SECONDS_PER_DAY
             rows = first_req[sess][:, None] + steps
             time[rows] = clock[has][:, None] + 45 * steps + rng.integers(0, 40, rows.shape)
             here = np.flatnonzero(alive & has)
@@ -607,7 +611,7 @@ class _Generator:
             alive[here] = back
             satiation[here] = dyn.recover(satiation[here], gap)
             ended = time[first_req[sess]] + 45 * MAX_REQUESTS  # after the session's last request
-            clock[here] = ended + gap * 86400.0
+            clock[here] = ended + gap * SECONDS_PER_DAY
         self.req_time = time
         self.imp_click = click[self.imp_req, self.imp_pos]
         return reached
