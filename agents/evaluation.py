@@ -264,6 +264,17 @@ def evaluate(
         long_term = long_term_metrics(per_request, flows, bootstrap, seed)
         for key, (mean, interval) in long_term.items():
             means[key], intervals[key] = mean, interval
+    if sequential and truth is not None and model.name != "truth":
+        # a fitted simulator's policy, valued again under the truth's own dynamics
+        from rankgym.envs.click_models.simple import TruthClickModel
+
+        true = evaluate(
+            policy, test, encoded, TruthClickModel(truth=truth), config, truth=truth,
+            num_envs=num_envs, bootstrap=bootstrap, seed=seed, max_sessions=max_sessions,
+        )  # fmt: skip
+        for key in ("expected_clicks", "long_term_value"):
+            means[f"true_{key}"] = true.metrics[key]
+            intervals[f"true_{key}"] = true.intervals[key]
     if sequential:
         per_request["survival"] = survival
     per_request["request"] = req

@@ -139,9 +139,88 @@ class TruthOraclePolicy(ModelGreedyPolicy):
         super().__init__(truth, name or "truth-oracle")
 
 
+class SatisfactionPolicy(ModelGreedyPolicy):
+    """Ranks by a click model's attractiveness times ``1 + weight * satisfaction``: the
+    lookahead oracle (:class:`~rankgym.agents.baselines.LookaheadOraclePolicy`) with a fixed
+    satisfaction per item, so that it is the same policy whatever simulator values it.
+
+    Args:
+        model: the click model whose attractiveness it weights (the truth, in the zoo).
+        satisfaction: ``float[I]`` per item code.
+        weight: the value of a satisfying click's continuation, in clicks (``>= 0``).
+        name: the reported name.
+    """
+
+    def __init__(
+        self, model: ClickModel, satisfaction: np.ndarray, weight: float, name: str
+    ) -> None:
+        if weight < 0:
+            raise ValueError(f"weight={weight}; allowed: >= 0")
+        super().__init__(model, name)
+        self.satisfaction, self.weight = np.asarray(satisfaction, dtype=np.float64), weight
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """Attractiveness weighted by the continuation a click buys."""
+        items = np.maximum(np.asarray(obs["candidates"], dtype=np.int64), 0)
+        return super().scores(obs, env) * (1 + self.weight * self.satisfaction[items])
+
+
+class DiversityPolicy(ScoringPolicy):
+    """A diversity re-ranker: a base policy's z-scores, less ``penalty`` for every item of the
+    candidate's group already placed in the slate (the item column ``group_column``).
+
+    Spreading a slate over groups costs clicks now and spares the user's satiation.
+
+    Args:
+        base: the policy re-ranked.
+        penalty: z-score taken off per placed item of the same group (``>= 0``).
+        name: the reported name.
+        group_column: the item column of the groups.
+    """
+
+    def __init__(
+        self, base: ScoringPolicy, penalty: float, name: str, group_column: str = "category"
+    ) -> None:
+        if penalty < 0:
+            raise ValueError(f"penalty={penalty}; allowed: >= 0")
+        super().__init__(name)
+        self.base, self.penalty, self.group_column = base, float(penalty), group_column
+        self.reads_logged_order = getattr(base, "reads_logged_order", False)
+        self.group = np.zeros(0, dtype=np.int64)
+
+    def fit(self, train: SessionLog, encoded: EncodedLog) -> DiversityPolicy:
+        """Fit the base policy; read the item groups."""
+        self.base = self.base.fit(train, encoded) if hasattr(self.base, "fit") else self.base
+        if self.group_column not in train.item_features:
+            raise ValueError(f"{self.name}: the log has no item column {self.group_column!r}")
+        values = np.asarray(train.item_features[self.group_column]).astype(str)
+        self.group = np.unique(values, return_inverse=True)[1].astype(np.int64)
+        return self
+
+    def reset(self) -> None:
+        """Reset the base policy."""
+        self.base.reset()
+
+    def scores(self, obs: dict[str, np.ndarray], env: BatchedReplayEnv) -> np.ndarray:
+        """The base's z-scores less the penalty per placed item of the same group."""
+        mask = obs["mask"]
+        cand = np.asarray(obs["candidates"], dtype=np.int64)
+        engine = env.engine
+        width = engine.slate.shape[1]
+        placed_items = np.take_along_axis(cand, np.minimum(engine.slate, cand.shape[1] - 1), 1)
+        placed = np.arange(width)[None, :] < engine.pos[:, None]
+        placed_group = np.where(placed, self.group[np.maximum(placed_items, 0)], -1)
+        group = np.where(cand >= 0, self.group[np.maximum(cand, 0)], -2)
+        repeats = (group[:, :, None] == placed_group[:, None, :]).sum(axis=2)
+        return _zscore(self.base.scores(obs, env), mask) - self.penalty * repeats
+
+
 # the zoo's policies that rank by the truth itself: no model fitted on the log's features can
 # see what they select on, so experiments.fidelity also reports the error without them
-TRUTH_RANKED = ("truth-oracle", "truth-oracle-noisy", "anti-truth-oracle")
+TRUTH_RANKED = (
+    "truth-oracle", "truth-oracle-noisy", "anti-truth-oracle",
+    "lookahead-3", "lookahead-10", "truth-oracle+diversity", "lookahead-10+diversity",
+)  # fmt: skip
 
 
 def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> list[ScoringPolicy]:
@@ -149,7 +228,9 @@ def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> l
 
     From the worst to the best on the synthetic world: reversed relevance, random, the logging
     policy, popularity, mixtures of cosine and popularity, cosine, and (with a ``truth``) the
-    truth's oracle and a noisy copy of it.
+    truth's oracle and a noisy copy of it. A sequential world's truth adds the policies that
+    trade clicks now for value later: lookahead (:class:`SatisfactionPolicy`) and diversity
+    re-rankers (:class:`DiversityPolicy`).
     """
     cos, pop = CosinePolicy, PopularityPolicy
     zoo: list[ScoringPolicy] = [
@@ -172,6 +253,17 @@ def policy_zoo(truth: ClickModel | None, noise: float = 1.0, seed: int = 0) -> l
             oracle,
             MixturePolicy(TRUTH_RANKED[1], [(oracle, 1.0)], noise, seed),
             MixturePolicy(TRUTH_RANKED[2], [(oracle, -1.0)]),
+        ]
+    dynamics = None if truth is None else truth.user_dynamics()
+    if dynamics is not None:  # a sequential world: what trades clicks now for value later
+        sat = dynamics.item_satisfaction
+        lookahead = SatisfactionPolicy(truth, sat, 10.0, "lookahead-10")
+        zoo += [
+            SatisfactionPolicy(truth, sat, 3.0, "lookahead-3"),
+            lookahead,
+            DiversityPolicy(cos(), 0.5, "cosine+diversity"),
+            DiversityPolicy(TruthOraclePolicy(truth), 0.5, "truth-oracle+diversity"),
+            DiversityPolicy(lookahead, 0.5, "lookahead-10+diversity"),
         ]
     return zoo
 
@@ -309,6 +401,12 @@ def covered(true_values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float
     return float(np.mean((np.asarray(low) <= t) & (t <= np.asarray(high))))
 
 
+def zoo_value(metrics: dict[str, float]) -> float:
+    """What the zoo is ranked by: clicks per user episode in a sequential world
+    (``long_term_value``), else expected clicks per request."""
+    return metrics.get("long_term_value", metrics["expected_clicks"])
+
+
 def value_zoo(
     policies: list[Any],
     test: SessionLog,
@@ -323,7 +421,8 @@ def value_zoo(
     slates: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     members: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Expected clicks per request of every policy under every model, on the same sessions.
+    """Expected clicks per request of every policy under every model, on the same sessions
+    (a sequential world's: clicks per user episode, :func:`zoo_value`).
 
     Returns ``{model name: {policy name: value}}``; with a ``truth``, also ``"truth"`` (the true
     value of the slates each policy built in the truth's env). A ``slates`` dict receives each
@@ -341,8 +440,9 @@ def value_zoo(
             policy, test, encoded, model, config, truth=truth, num_envs=num_envs,
             bootstrap=0, seed=seed, max_sessions=max_sessions,
         )  # fmt: skip
-        values[name][policy.name] = result.metrics["expected_clicks"]
-        if members is not None and result.member_values is not None:
+        values[name][policy.name] = zoo_value(result.metrics)
+        per_request = "long_term_value" not in result.metrics  # members value requests
+        if members is not None and result.member_values is not None and per_request:
             members.setdefault(name, {})[policy.name] = result.member_values
         if slates is not None and policy.name not in slates:
             slates[policy.name] = (result.per_request["request"], result.per_request["slate"])
@@ -368,13 +468,13 @@ def greedy_values(
     """
     out = {}
     for name, model in models.items():
-        if model.replays_clicks or model is truth:
+        if model.replays_clicks or model.name == "truth":  # the truth: the oracle itself
             continue
         result = evaluate(
             ModelGreedyPolicy(model, f"greedy({name})"), test, encoded, truth, config,
             num_envs=num_envs, bootstrap=0, seed=seed, max_sessions=max_sessions,
         )  # fmt: skip
-        out[name] = result.metrics["expected_clicks"]
+        out[name] = zoo_value(result.metrics)
     return out
 
 

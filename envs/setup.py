@@ -24,6 +24,7 @@ from rankgym.encoders.base import TextEncoder, digest
 from rankgym.encoders.encoded_log import EncodedLog, encode_log
 from rankgym.encoders.store import EmbeddingStore
 from rankgym.envs.click_models.base import ClickModel, log_fingerprint
+from rankgym.envs.click_models.user_response import fit_user_dynamics
 from rankgym.envs.replay import ReplayConfig
 from rankgym.logs import SessionLog
 from rankgym.logs.atomic import atomic_directory, check_replaceable, file_lock
@@ -176,6 +177,36 @@ def fit_reward_model(
         return _fit_cached(model, train, encoded, env, cached)
 
 
+def fit_simulator(
+    model: ClickModel,
+    data: SessionLog,
+    train: SessionLog,
+    encoded: EncodedLog,
+    env: ReplayConfig,
+    observed: SessionLog | None,
+    cache_dir: str | Path | None = None,
+) -> ClickModel:
+    """:func:`fit_reward_model`, and on a sequential world (``observed`` is its reached log)
+    the simulator it needs: the click model fitted to the training requests the logging
+    policy's users reached, nothing else, and a user-response model fitted beside it
+    (:func:`~rankgym.envs.click_models.user_response.fit_user_dynamics`, a few seconds, not
+    cached)."""
+    if observed is None or model.name == "truth":
+        return fit_reward_model(model, data, train, encoded, env, cache_dir)
+    if model.name == "logged":
+        raise ValueError(
+            "reward=logged: a sequential world (dataset.dynamics) replays its latent timeline, "
+            "whose unreached requests have no logged clicks; allowed: reward=truth or a fitted "
+            "model (neural_longterm, neural, pbm), which gets a user-response model fitted "
+            "beside it"
+        )
+    reached = np.isin(train.request_ids, observed.request_ids)
+    model = fit_reward_model(model, data, train.select_requests(reached), encoded, env, cache_dir)
+    model.response = fit_user_dynamics(train, model, reached)
+    log.info("fitted user-response model: %s", model.response.report)
+    return model
+
+
 def _fit_cached(
     model: ClickModel, train: SessionLog, encoded: EncodedLog, env: ReplayConfig, cached: Path
 ) -> ClickModel:
@@ -263,12 +294,6 @@ def setup_run(
     # the store encodes each text once, however many jobs start together (its own lock)
     encoded = encode_log(data, encoder, store)
     model = reward if isinstance(reward, ClickModel) else reward()
-    if observed is not None and model.name != "truth":
-        raise ValueError(
-            f"reward={model.name}: a sequential world (dataset.dynamics) is replayed only under "
-            "its truth, whose dynamics end sessions; a reward model fitted to the logs learns "
-            "none of them; allowed: reward=truth"
-        )
-    model = fit_reward_model(model, data, train, encoded, env, cache_dir)
+    model = fit_simulator(model, data, train, encoded, env, observed, cache_dir)
     truth = GroundTruth.load(out) if (Path(out) / TRUTH_DIR).is_dir() else None
     return RunSetup(data, train, test, encoded, model, truth, env, valid, observed)

@@ -6,6 +6,7 @@ Usage::
     rankgym fidelity dataset.click_model=cascade out=data/synthetic-cascade
     rankgym fidelity 'fidelity.rewards=[pbm,neural]' 'fidelity.runs=[outputs/x]'
     rankgym fidelity 'fidelity.runs=[outputs/trained-zoo]' fidelity.zoo=baselines
+    rankgym fidelity experiment=longterm 'fidelity.rewards=[neural_longterm]'
 
 On the held-out sessions of a dataset with a ground truth, every zoo policy
 (:func:`rankgym.agents.fidelity.policy_zoo`, plus the trained runs given in ``fidelity.runs``) is
@@ -30,6 +31,13 @@ worth), ``values.csv`` (policy x method), ``intervals.csv`` (each interval, with
 member values), ``fidelity.png``
 (simulated or estimated against true value, one panel per method) and TensorBoard scalars under
 ``fidelity/``.
+
+On a sequential world (``experiment=longterm``) the zoo adds lookahead and diversity policies
+and is ranked by clicks per user (long-term value); each fitted model is a click model with a
+user-response model fitted beside it, and ``truth+fitted-users`` (the truth's clicks with
+fitted users) says what the user-response model costs on its own. ``response.csv`` (and a
+table in ``fidelity.md``) sets the logging policy's held-out session lengths, return gaps and
+return rate against each model's prediction (the truth's row is the held-out noise floor).
 """
 
 from __future__ import annotations
@@ -66,7 +74,8 @@ from rankgym.agents.fidelity import (
 from rankgym.agents.ope import OPEEstimate
 from rankgym.agents.training import SB3Agent
 from rankgym.envs.click_models.simple import TruthClickModel
-from rankgym.envs.setup import RunSetup, fit_reward_model
+from rankgym.envs.click_models.user_response import fit_user_dynamics, response_fidelity
+from rankgym.envs.setup import RunSetup, fit_simulator
 from rankgym.experiments.runs import instantiate, setup, training_env
 from rankgym.experiments.sweeps import configure_threads, run_job
 
@@ -84,15 +93,25 @@ def check_rewards(names: list[str]) -> None:
             raise ValueError(f"fidelity.rewards has {name!r}; allowed: {', '.join(allowed)}")
 
 
+FITTED_USERS = "truth+fitted-users"  # a sequential world's: the truth's clicks, fitted users
+
+
 def reward_models(cfg: DictConfig, s: RunSetup) -> dict[str, Any]:
-    """The truth plus every ``fidelity.rewards`` model, fitted on the training sessions."""
+    """The truth plus every ``fidelity.rewards`` model, fitted on the training sessions; on a
+    sequential world also :data:`FITTED_USERS`, the truth's clicks with a user-response model
+    fitted to the logs: what the user-response model costs on its own."""
     models: dict[str, Any] = {"truth": s.reward}
+    if s.observed is not None:
+        alone = TruthClickModel(truth=s.truth)
+        reached = np.isin(s.train.request_ids, s.observed.request_ids)
+        alone.response = fit_user_dynamics(s.train, alone, reached)
+        models[FITTED_USERS] = alone
     for name in cfg.fidelity.rewards:
         # composed as `reward=<name>` composes it (a config may extend another)
         node = hydra.compose(config_name="config", overrides=[f"reward={name}"]).reward
         model = instantiate(node, f"reward model {name}")
-        models[name] = fit_reward_model(
-            model, s.data, s.train, s.encoded, s.env, cfg.paths.cache_dir
+        models[name] = fit_simulator(
+            model, s.data, s.train, s.encoded, s.env, s.observed, cfg.paths.cache_dir
         )
     return models
 
@@ -312,6 +331,23 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def user_response(
+    models: dict[str, Any], s: RunSetup, seed: int, draws: int = 20
+) -> pd.DataFrame | None:
+    """A sequential world's held-out check of each model's user responses (the truth's
+    too, the noise floor of the held-out sessions):
+    :func:`~rankgym.envs.click_models.user_response.response_fidelity`. ``None`` elsewhere."""
+    if s.observed is None:
+        return None
+    reached = np.isin(s.test.request_ids, s.observed.request_ids)
+    rows = {
+        name: response_fidelity(model, s.test, reached, draws, seed)
+        for name, model in models.items()
+        if model.user_dynamics() is not None
+    }
+    return pd.DataFrame(rows).T
+
+
 def run(cfg: DictConfig) -> pd.DataFrame:
     """The fidelity report of ``cfg``'s dataset; returns the per-method summary."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -351,7 +387,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         for m, per in members.items()
     }  # around each value, as rankgym.agents.evaluation.evaluate makes them
     ope = {}
-    if cfg.fidelity.ope and not np.isnan(s.test.propensity).all():
+    # a sequential world's latent timeline has no logged slates to weight (its reached log
+    # does, but not the episodes the zoo is valued on)
+    if cfg.fidelity.ope and s.observed is None and not np.isnan(s.test.propensity).all():
         fitted = {name: m for name, m in models.items() if name != "truth"}
         peeking = {p.name for p in policies if getattr(p, "reads_logged_order", False)}
         ope = ope_zoo(slates, s.test, fitted, cfg.fidelity.clip, cfg.seed, peeking)
@@ -361,6 +399,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         max_sessions=cfg.fidelity.sessions,
     )  # fmt: skip
     summary = with_greedy(summary, table, greedy)
+    response = user_response(models, s, cfg.seed)
+    if response is not None:
+        response.to_csv(run_dir / "response.csv")
     table.to_csv(run_dir / "values.csv", index_label="policy")
     interval_table(intervals, ope, members).to_csv(run_dir / "intervals.csv", index=False)
     summary.to_csv(run_dir / "fidelity.csv")
@@ -371,10 +412,13 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         + markdown(summary, "method")
         + "\n\n"
         + consensus(table, summary)
-        + "\n\nExpected clicks per request:\n\n"
+        + ("" if response is None else "\n\nThe logging policy's users on the held-out "
+           "sessions, logged and predicted (20 draws):\n\n" + markdown(response, "model"))
+        + ("\n\nClicks per user (long-term value):\n\n" if s.observed is not None
+           else "\n\nExpected clicks per request:\n\n")
         + markdown(table, "policy")
         + "\n"
-    )
+    )  # fmt: skip
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:

@@ -29,6 +29,7 @@ truth.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -154,3 +155,93 @@ def item_satisfaction(quality: np.ndarray, price: np.ndarray, params: DynamicsPa
     logit = params.satisfaction_slope * np.asarray(quality, dtype=np.float64)
     logit = logit + params.satisfaction_price * (np.asarray(price, dtype=np.float64) - 1.5)
     return 1.0 / (1.0 + np.exp(-logit))
+
+
+def play_sessions(
+    dynamics: UserDynamics,
+    attractiveness: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    examination: np.ndarray,
+    ranking: np.ndarray,
+    session_offsets: np.ndarray,
+    session_user: np.ndarray,
+    session_start: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Play users forward through their latent sessions, each shown its logged ranking.
+
+    Users step together (a vectorised loop over their k-th session and its j-th request):
+    clicks follow the satiated attractiveness, satisfaction decides whether the session's next
+    request comes, and after a session whether (and after how many days) the user comes back.
+    The synthetic world plays its logging policy's users this way under the truth; a fitted
+    user-response model plays the same slates to predict session lengths and return gaps.
+
+    Args:
+        dynamics: continuation, satiation and return.
+        attractiveness: ``(rows int[n], items int[n, W]) -> float[n, W]`` unsatiated click
+            probability given examination of the requests' items (``-1`` padding).
+        examination: ``float[W]`` per position.
+        ranking: ``int[R, W]`` each latent request's items by position (``-1`` past the end).
+        session_offsets: ``int[S + 1]`` each latent session's requests (contiguous).
+        session_user, session_start: ``int[S]`` each session's user and start (unix seconds).
+        rng: the random stream of every draw.
+
+    Returns:
+        ``(reached bool[R], click int8[R, W], time int64[R])``: the requests the users
+        reached, their clicks, and every request's time. Every latent session is timed in its
+        user's order; one the user never reached as if they had come back after
+        ``gap_days``, so that a timeline never interleaves.
+    """
+    n_r, width = ranking.shape
+    first_req = np.asarray(session_offsets[:-1], dtype=np.int64)
+    length = np.diff(session_offsets).astype(np.int64)
+    max_len = int(length.max(initial=1))
+    click = np.zeros((n_r, width), dtype=np.int8)
+    reached = np.zeros(n_r, dtype=bool)
+    time = np.zeros(n_r, dtype=np.int64)
+    order = np.lexsort((session_start, session_user))  # each user's sessions in time
+    counts = np.bincount(session_user)
+    user_start = np.concatenate([[0], np.cumsum(counts)])
+    users = np.flatnonzero(counts > 0)
+    satiation = dynamics.initial_satiation(len(users))
+    clock = np.asarray(session_start, dtype=np.float64)[order[user_start[users]]]
+    alive = np.ones(len(users), dtype=bool)
+    steps = np.arange(max_len)
+    for k in range(int(counts.max(initial=0))):
+        has = counts[users] > k
+        sess = order[user_start[users[has]] + k]
+        gone = ~alive[has]
+        clock[np.flatnonzero(has)[gone]] += dynamics.params.gap_days * SECONDS_PER_DAY
+        rows = first_req[sess][:, None] + steps
+        stamp = clock[has][:, None] + 45 * steps + rng.integers(0, 40, rows.shape)
+        valid = steps < length[sess][:, None]
+        time[rows[valid]] = stamp[valid]
+        here = np.flatnonzero(alive & has)
+        if not len(here):
+            continue
+        sess = order[user_start[users[here]] + k]
+        in_session = np.ones(len(here), dtype=bool)
+        total = np.zeros(len(here))
+        for j in range(max_len):
+            act = np.flatnonzero(in_session)
+            if not len(act):
+                break
+            rows = first_req[sess[act]] + j
+            shown = ranking[rows]
+            attr = dynamics.satiate(attractiveness(rows, shown), shown, satiation[here[act]])
+            probs = np.where(shown >= 0, attr * examination[:width], 0.0)
+            click[rows] = (rng.random(probs.shape) < probs) & (shown >= 0)
+            reached[rows] = True
+            pleased = dynamics.satisfaction(probs, shown)
+            total[act] += pleased
+            satiation[here[act]] = dynamics.expose(satiation[here[act]], shown)
+            last = j + 1 >= length[sess[act]]
+            in_session[act] = ~last & (
+                rng.random(len(act)) < dynamics.continue_prob(pleased, probs.sum(axis=1))
+            )
+        back = rng.random(len(here)) < dynamics.return_prob(total)
+        gap = rng.exponential(dynamics.mean_gap_days(total))
+        alive[here] = back
+        satiation[here] = dynamics.recover(satiation[here], gap)
+        ended = time[first_req[sess]] + 45 * length[sess]  # after the session's last request
+        clock[here] = ended + gap * SECONDS_PER_DAY
+    return reached, click, time

@@ -384,7 +384,22 @@ class SessionLog:
         sessions = np.asarray(sessions, dtype=np.int64)
         s_start = self.session_offsets[sessions]
         s_len = self.session_offsets[sessions + 1] - s_start
-        requests = ranges(s_start, s_len)
+        return self._take(sessions, ranges(s_start, s_len), s_len)
+
+    def select_requests(self, keep: np.ndarray) -> SessionLog:
+        """A log holding only the requests where ``keep`` (``bool[R]``) is true, in order;
+        sessions left with none are dropped (e.g. the requests a sequential world's users
+        reached, out of its whole latent timeline). Tables are shared, as in
+        :meth:`select_sessions`."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.n_requests,):
+            raise ValueError(f"keep has shape {keep.shape}; expected ({self.n_requests},)")
+        per_session = np.bincount(self.request_session, keep, self.n_sessions).astype(np.int64)
+        sessions = np.flatnonzero(per_session > 0)
+        return self._take(sessions, np.flatnonzero(keep), per_session[sessions])
+
+    def _take(self, sessions: np.ndarray, requests: np.ndarray, s_len: np.ndarray) -> SessionLog:
+        """The log of ``requests`` (grouped, in order, into ``sessions`` of ``s_len``)."""
         r_start = self.request_offsets[requests]
         r_len = self.request_offsets[requests + 1] - r_start
         rows = ranges(r_start, r_len)

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from rankgym.logs.atomic import atomic_directory
 from rankgym.logs.candidates import CandidateOptions
-from rankgym.logs.dynamics import SECONDS_PER_DAY, DynamicsParams
+from rankgym.logs.dynamics import DynamicsParams, play_sessions
 from rankgym.logs.ground_truth import (
     CLICK_MODELS,
     LATENT_DIR,
@@ -545,74 +545,26 @@ class _Generator:
         self.imp_click = clicked.astype(np.int8)
 
     def _sequential_clicks(self, truth: GroundTruth) -> np.ndarray:
-        """Play the logging policy's users forward through their latent sessions.
-
-        Users step together (a vectorised loop over their k-th session and its j-th request):
-        the logger's whole list is shown, clicks follow the satiated truth, satisfaction
-        decides whether the next request comes, and after a session whether (and after how
-        many days) the user comes back. Returns ``bool[R]``: the latent requests reached; sets
-        the clicks and re-times the reached requests.
-        """
+        """Play the logging policy's users forward through their latent sessions under the
+        truth (:func:`~rankgym.logs.dynamics.play_sessions`). Returns ``bool[R]``: the latent
+        requests reached; sets the clicks and re-times every request."""
         dyn = truth.user_dynamics()
         assert dyn is not None
         rng = np.random.default_rng([self.cfg.seed, 2])  # its own stream: the rest stays put
-        n_r = len(self.request_ids)
         width = int(self.imp_pos.max()) + 1
-        ranking = np.full((n_r, width), -1, dtype=np.int64)
+        ranking = np.full((len(self.request_ids), width), -1, dtype=np.int64)
         ranking[self.imp_req, self.imp_pos] = self.imp_item
-        click = np.zeros((n_r, width), dtype=np.int8)
-        reached = np.zeros(n_r, dtype=bool)
-        time = self.req_time.astype(np.int64)  # a copy: re-timed below
-        n_sess = len(self.sess_user)
-        first_req = np.searchsorted(self.req_sess, np.arange(n_sess))
-        order = np.lexsort((self.sess_start, self.sess_user))  # each user's sessions in time
-        counts = np.bincount(self.sess_user, minlength=len(self.user_ids))
-        user_start = np.concatenate([[0], np.cumsum(counts)])
-        users = np.flatnonzero(counts > 0)
-        satiation = dyn.initial_satiation(len(users))
-        clock = self.sess_start[order[user_start[users]]].astype(np.float64)
-        alive = np.ones(len(users), dtype=bool)
-        steps = np.arange(MAX_REQUESTS)
-        for k in range(int(counts.max())):
-            has = counts[users] > k
-            # every latent session gets times in its user's order (the unreached ones as if
-            # the user had come back after the mean gap), so that a timeline never interleaves
-            sess = order[user_start[users[has]] + k]
-            gone = ~alive[has]
-            clock[np.flatnonzero(has)[gone]] += self.cfg.dynamics.gap_days * SECONDS_PER_DAY
-            rows = first_req[sess][:, None] + steps
-            time[rows] = clock[has][:, None] + 45 * steps + rng.integers(0, 40, rows.shape)
-            here = np.flatnonzero(alive & has)
-            if not len(here):
-                continue
-            sess = order[user_start[users[here]] + k]
-            in_session = np.ones(len(here), dtype=bool)
-            total = np.zeros(len(here))
-            for j in range(MAX_REQUESTS):
-                act = np.flatnonzero(in_session)
-                if not len(act):
-                    break
-                rows = first_req[sess[act]] + j
-                shown = ranking[rows]
-                attr = truth.attractiveness(rows[:, None], np.maximum(shown, 0))
-                attr = dyn.satiate(attr, shown, satiation[here[act]])
-                probs = np.where(shown >= 0, attr * truth.examination[:width], 0.0)
-                click[rows] = (rng.random(probs.shape) < probs) & (shown >= 0)
-                reached[rows] = True
-                pleased = dyn.satisfaction(probs, shown)
-                total[act] += pleased
-                satiation[here[act]] = dyn.expose(satiation[here[act]], shown)
-                last = j + 1 == MAX_REQUESTS
-                in_session[act] = ~last & (
-                    rng.random(len(act)) < dyn.continue_prob(pleased, probs.sum(axis=1))
-                )
-            back = rng.random(len(here)) < dyn.return_prob(total)
-            gap = rng.exponential(dyn.mean_gap_days(total))
-            alive[here] = back
-            satiation[here] = dyn.recover(satiation[here], gap)
-            ended = time[first_req[sess]] + 45 * MAX_REQUESTS  # after the session's last request
-            clock[here] = ended + gap * SECONDS_PER_DAY
-        self.req_time = time
+        offsets = np.searchsorted(self.req_sess, np.arange(len(self.sess_user) + 1))
+        reached, click, self.req_time = play_sessions(
+            dyn,
+            lambda rows, items: truth.attractiveness(rows[:, None], np.maximum(items, 0)),
+            truth.examination,
+            ranking,
+            offsets,
+            self.sess_user,
+            self.sess_start,
+            rng,
+        )
         self.imp_click = click[self.imp_req, self.imp_pos]
         return reached
 

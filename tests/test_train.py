@@ -93,6 +93,24 @@ def test_longterm_experiment_reports_long_term_values(tmp_path: Path) -> None:
     assert {"eval/long_term_value", "test/session_length", "test/return_rate"} <= found, found
 
 
+def test_a_policy_trained_in_the_fitted_simulator_is_valued_under_the_truth(
+    tmp_path: Path,
+) -> None:
+    """experiment=longterm reward=neural_longterm: the click model and the user-response model
+    fitted to the reached log; the run reports the simulator's long-term value and the
+    truth's, each with its interval."""
+    run = tmp_path / "run"
+    metrics = train_tiny(tmp_path / "root", run, "experiment=longterm", "reward=neural_longterm",
+                         "total_timesteps=200", "eval.freq=200", "eval.fidelity=false",
+                         *SMALL["ppo"], *SMALL_NEURAL)  # fmt: skip
+    assert metrics["reward_model"] == "neural"
+    for key in ("long_term_value", "true_long_term_value"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert metrics["long_term_value"] != metrics["true_long_term_value"]
+    assert metrics["valid_true_long_term_value"] > 0
+    assert "fitted user-response model" in (run / "train.log").read_text()
+
+
 @pytest.mark.parametrize("reward", ["truth", "logged", "pbm", "dcm", "cascade", "neural"])
 def test_every_reward_model_trains_with_periodic_evaluation(
     request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, reward: str

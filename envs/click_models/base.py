@@ -102,6 +102,9 @@ class ClickModel:
         self.dataset: str | None = None
         self.pooling: UserPooling | None = None
         self.encoder_fingerprint: str | None = None
+        # a sequential world's user-response model, fitted beside the click model
+        # (rankgym.envs.click_models.user_response); not part of the saved state
+        self.response: UserDynamics | None = None
 
     # ------------------------------------------------------------------ to implement
     def fit(self, train: SessionLog, **context: Any) -> ClickModel:
@@ -130,8 +133,9 @@ class ClickModel:
     def user_dynamics(self) -> UserDynamics | None:
         """Continuation, satiation and return, for a model of a sequential world (the
         replay engine then ends sessions and episodes by them); ``None``: each request is a
-        bandit and episodes replay their logged requests."""
-        return None
+        bandit and episodes replay their logged requests. A fitted model serves the
+        user-response model fitted beside it (``response``), if any."""
+        return self.response
 
     # ------------------------------------------------------------------ shared behaviour
     def context(self, log: SessionLog) -> LogContext:

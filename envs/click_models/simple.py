@@ -118,8 +118,10 @@ class TruthClickModel(ClickModel):
         return np.where(valid, attr, 0.0)
 
     def user_dynamics(self) -> UserDynamics | None:
-        """The sequential world's true dynamics (``None`` in a bandit world)."""
-        return self.truth.user_dynamics()
+        """The sequential world's true dynamics (``None`` in a bandit world), or a
+        user-response model fitted beside the truth's clicks (``response``: what that model
+        costs on its own, ``rankgym fidelity``)."""
+        return self.response if self.response is not None else self.truth.user_dynamics()
 
     def config(self) -> dict[str, Any]:
         """Saved as a pointer to the dataset directory (the truth lives there)."""

@@ -207,7 +207,7 @@ def test_fidelity_entry_point_writes_the_report(
     np.testing.assert_allclose(gap, (greedy - low) / (high - low))
     assert {"kendall_tau", "spearman", "rel_error", "within", "pair_agreement"} <= set(summary)
     # the error over the policies that do not rank by the truth
-    seen = values.drop(index=list(TRUTH_RANKED))
+    seen = values.drop(index=[p for p in TRUTH_RANKED if p in values.index])
     np.testing.assert_allclose(
         summary.loc["pbm", "rel_error_observable"],
         ((seen["pbm"] - seen["truth"]).abs() / seen["truth"]).mean(),
@@ -225,7 +225,7 @@ def test_fidelity_entry_point_writes_the_report(
     code, err = exits(capsys, lambda: hydra_job(fidelity.main, *args[:-1],
                                                 "fidelity.rewards=[pbn]", run_dir=run))  # fmt: skip
     assert code == 2
-    allowed = "allowed: cascade, dcm, logged, neural, neural_train, pbm"
+    allowed = "allowed: cascade, dcm, logged, neural, neural_longterm, neural_train, pbm"
     assert f"fidelity.rewards has 'pbn'; {allowed}" in err
     code, err = exits(capsys, lambda: hydra_job(fidelity.main, *args, "fidelity.clip=-1",
                                                 run_dir=run))  # fmt: skip
@@ -291,3 +291,31 @@ def test_trained_ppo_and_dqn_runs_join_the_baselines_zoo(
     assert all("agent=" in p and "paths." not in p for p in trained)
     assert sum(p.endswith(f"({ppo_run})") for p in trained) == 1  # one name per policy
     assert values.loc[trained, ["truth", "pbm"]].gt(0).all().all()
+
+
+def test_fidelity_of_a_sequential_world(tmp_path: Path) -> None:
+    """``rankgym fidelity experiment=longterm``: the long-term zoo valued per user under the
+    truth and the truth's clicks with fitted users, and the held-out user-response check."""
+    from rankgym.experiments import fidelity
+
+    run = tmp_path / "run"
+    hydra_job(
+        fidelity.main, f"paths.root_dir={tmp_path}", f"out={tmp_path}/data", "experiment=longterm",
+        "encoder=hashing", "dataset.scale=0.1", "dataset.n_items=300",
+        "dataset.propensity_samples=5", "fidelity.rewards=[]", run_dir=run,
+    )  # fmt: skip
+    values = pd.read_csv(run / "values.csv", index_col="policy")
+    assert list(values.columns) == ["truth", fidelity.FITTED_USERS]
+    # the policies that trade clicks now for value later are worth more per user in truth
+    assert values.loc["lookahead-10", "truth"] > values.loc["truth-oracle", "truth"]
+    assert {"cosine+diversity", "truth-oracle+diversity"} <= set(values.index)
+    response = pd.read_csv(run / "response.csv", index_col=0)
+    assert list(response.index) == ["truth", fidelity.FITTED_USERS]
+    assert (response["session_length_logged"] >= 1).all()
+    assert response["session_length_ks"].between(0, 1).all()
+    np.testing.assert_allclose(
+        response["session_length_rel_error"],
+        response["session_length_predicted"] / response["session_length_logged"] - 1,
+    )
+    text = (run / "fidelity.md").read_text()
+    assert "Clicks per user (long-term value)" in text and "held-out sessions" in text

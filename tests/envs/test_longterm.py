@@ -279,7 +279,7 @@ def test_dqn_looking_ahead_needs_sampled_users(world) -> None:
             assert build_agent("dqn", env, 0, "cpu", hyper).gamma == 0.99
 
 
-def test_a_sequential_world_runs_under_its_truth_only(tmp_path: Path) -> None:
+def test_a_sequential_world_refuses_the_logged_clicks(tmp_path: Path) -> None:
     from rankgym.encoders.hashing import HashingEncoder as Hashing
     from rankgym.envs.click_models.simple import LoggedClickModel
     from rankgym.envs.setup import Split, setup_run
@@ -292,6 +292,6 @@ def test_a_sequential_world_runs_under_its_truth_only(tmp_path: Path) -> None:
     assert run.observed is not None and run.data.meta["source"] == "synthetic-latent"
     assert run.data.n_requests == run.data.n_sessions * MAX_REQUESTS
     with pytest.raises(
-        ValueError, match="reward=logged: a sequential world .* allowed: reward=truth"
+        ValueError, match="reward=logged: a sequential world .* allowed: reward=truth or a fitted"
     ):
         setup_run(world, out, Hashing(dim=8), LoggedClickModel(), cfg, split)

@@ -230,6 +230,33 @@ def test_the_current_history_is_read(medium, fitted) -> None:
         fitted.attractiveness(context, requests, rankings, pre_log[:3])
 
 
+def test_without_session_history_the_user_state_is_the_pre_log_one(medium) -> None:
+    """``session_history=false`` (``reward=neural_longterm``): fitted and served on each
+    user's pre-log history, whatever the env passes as the current one."""
+    train = medium[0]
+    model = NeuralClickModel(**TINY, session_history=False).fit(train)
+    context = model.context(train)
+    assert model.tables.request_states(train, model.pooling, True).shape == (
+        context.arrays["request_states"].shape
+    )
+    pre_log = model.tables.pool(
+        model.pooling,
+        pad_histories(train.user_history_offsets, train.user_history_items,
+                      model.pooling.history_len)[train.request_user],
+        train.request_user,
+    )  # fmt: skip
+    np.testing.assert_allclose(context.arrays["request_states"], pre_log, rtol=1e-6)
+    requests = np.arange(12, dtype=np.int64)
+    rankings = logged_rankings(train)[0][requests]
+    default = model.attractiveness(context, requests, rankings)
+    other = np.tile(rankings[:, :1], (1, 4))  # a history the env might pass: ignored
+    np.testing.assert_allclose(model.attractiveness(context, requests, rankings, other), default)
+    node = compose_reward("reward=neural_longterm")
+    assert instantiate(node).settings == dataclasses.replace(
+        NeuralSettings(), session_history=False
+    )
+
+
 # ---------------------------------------------------------------------- serving
 @pytest.mark.parametrize(("profile", "match"), [(False, False), (True, False), (True, True)])
 def test_the_members_are_served_in_one_pass(

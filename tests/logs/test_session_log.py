@@ -68,6 +68,27 @@ def test_failed_write_leaves_previous_directory(small_world, tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary leftovers
 
 
+def test_select_requests_keeps_the_chosen_requests_and_drops_empty_sessions(
+    small_world,
+) -> None:
+    log, _ = small_world
+    keep = np.zeros(log.n_requests, dtype=bool)
+    keep[log.session_offsets[1:4]] = True  # the first request of sessions 1-3
+    keep[log.session_offsets[1] + 1 : log.session_offsets[2]] = True  # all of session 1
+    sub = log.select_requests(keep)
+    assert sub.request_ids.tolist() == log.request_ids[keep].tolist()
+    assert sub.session_ids.tolist() == log.session_ids[1:4].tolist()
+    whole = log.session_offsets[2] - log.session_offsets[1]
+    np.testing.assert_array_equal(np.diff(sub.session_offsets), [whole, 1, 1])
+    np.testing.assert_array_equal(
+        sub.click, np.concatenate([log.click[log.request_offsets[r] : log.request_offsets[r + 1]]
+                                   for r in np.flatnonzero(keep)])
+    )  # fmt: skip
+    assert sub.item_ids is log.item_ids and sub.query_texts is log.query_texts
+    with pytest.raises(ValueError, match="keep has shape"):
+        log.select_requests(keep[:-1])
+
+
 def test_select_sessions_is_indexing(small_world) -> None:
     log, _ = small_world
     pick = np.array([7, 2, 11])

@@ -199,7 +199,9 @@ class NeuralClickModel(ClickModel):
             tables.items, tables.queries, tables.user_profiles, "", self.encoder_fingerprint or ""
         ).check(log)
         assert self.pooling is not None
-        context.arrays["request_states"] = tables.request_states(log, self.pooling)
+        context.arrays["request_states"] = tables.request_states(
+            log, self.pooling, self.settings.session_history
+        )
         return context
 
     def attractiveness(
@@ -285,7 +287,7 @@ class NeuralClickModel(ClickModel):
         log = context.log
         requests = np.asarray(requests, dtype=np.int64)
         items = np.atleast_2d(np.asarray(items, dtype=np.int64))
-        if history is None:
+        if history is None or not self.settings.session_history:
             user_state = context.arrays["request_states"][requests]
         else:
             history = np.asarray(history)

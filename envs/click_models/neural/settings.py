@@ -79,6 +79,13 @@ class NeuralSettings:
         match: also the dot products ``q.i``, ``u.i`` (and ``p.i``) as inputs, so a lexical
             match counts for words the log never paired (mean error of 3 fits 4.9% to 3.8% on
             the PBM world, 4.9% to 4.0% on the cascade one).
+        session_history: append the items clicked earlier in a session to the user's history
+            (as the env does) in fitting and serving; ``false``: the user state is the pre-log
+            history alone. In a sequential world a user's in-session drift is satiation, which
+            depends on what was shown, not only on what was clicked: a click model that learns
+            it from the logger's clicks carries the logger's satiation to every policy, so there
+            the user-response model (:mod:`~rankgym.envs.click_models.user_response`) owns it
+            (``reward=neural_longterm``).
         ensemble: members fitted from seeds ``seed, seed + 1, ...``; the attractiveness is their
             mean (one fit's level moves by up to 20% with its seed alone).
         bootstrap: the variance of each member's session weights, a draw of its own (gamma
@@ -116,6 +123,7 @@ class NeuralSettings:
     use_features: bool = True
     profile: bool = True
     match: bool = True
+    session_history: bool = True
     ensemble: int = 5
     bootstrap: float = 0.0
     penalty: float = 0.0
@@ -151,7 +159,15 @@ class NeuralSettings:
             _fail("penalty", self.penalty, "0 with ensemble=1 (it scales the members' spread)")
         for key in ("lr", "bias_decay", "dropout", "bootstrap", "penalty"):
             object.__setattr__(self, key, float(getattr(self, key)))
-        for key in ("item_bias", "crossfit", "item_stats", "use_features", "profile", "match"):
+        for key in (
+            "item_bias",
+            "crossfit",
+            "item_stats",
+            "use_features",
+            "profile",
+            "match",
+            "session_history",
+        ):
             if not isinstance(getattr(self, key), bool):
                 _fail(key, getattr(self, key), "true, false")
         choices = {

@@ -45,7 +45,7 @@ class RequestBatch:
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         self.width = width
         self.items, self.queries = t(tables.items), t(tables.queries)
-        self.states = t(tables.request_states(log, pooling))
+        self.states = t(tables.request_states(log, pooling, settings.session_history))
         self.query = t(log.request_query.astype(np.int64))
         self.profiles = t(tables.user_profiles[log.request_user]) if settings.profile else None
         self.codes, self.valid = t(np.where(valid, rankings, 0)), t(valid)

@@ -94,13 +94,16 @@ class Tables:
         state = pooling.pool(self.items, history, self.user_profiles[users])
         return state + self.user_features[users]
 
-    def request_states(self, log: SessionLog, pooling: UserPooling) -> np.ndarray:
+    def request_states(
+        self, log: SessionLog, pooling: UserPooling, session: bool = True
+    ) -> np.ndarray:
         """``float32[R, D]`` each logged request's user state, built as the env builds it.
 
         The env starts a session from the user's pre-log history and appends the items clicked
         in each request before pooling the next one's state; so does this, with the logged
         clicks. (Fitting on pre-log states alone and serving in-session ones made the model
-        overestimate every policy.)
+        overestimate every policy.) ``session=False``: the pre-log history alone, for a model
+        served so (``session_history``).
         """
         initial = pad_histories(
             log.user_history_offsets, log.user_history_items, pooling.history_len
@@ -115,7 +118,8 @@ class Tables:
             alive = np.flatnonzero(lengths > j)
             req = starts[alive] + j
             states[req] = self.pool(pooling, history[alive], log.request_user[req])
-            history[alive] = append_history(history[alive], clicked[req])
+            if session:
+                history[alive] = append_history(history[alive], clicked[req])
         return states
 
 
