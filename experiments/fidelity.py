@@ -142,8 +142,12 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
             if not isinstance(agent, SB3Agent):
                 continue
             # the env the run trained on, in shape: a DQN checkpoint's replay buffer has a row
-            # per training env
-            model = agent.load(checkpoint, training_env(s, agent, "cpu"), run_cfg.seed, "cpu")
+            # per training env (and a sequential world's DQN drew its users)
+            choices = OmegaConf.select(run_cfg, "env.user_choices", default=s.env.user_choices)
+            env = dataclasses.replace(s.env, user_choices=choices)
+            trained_on = dataclasses.replace(s, env=env)
+            model = agent.load(checkpoint, training_env(trained_on, agent, "cpu"), run_cfg.seed,
+                               "cpu")  # fmt: skip
             name = f"{agent.name}:{run_label(run_dir, root)}"
             if name in {p.name for p in policies}:  # the same overrides in two sweeps
                 name = f"{name} ({run_dir})"

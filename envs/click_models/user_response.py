@@ -36,7 +36,8 @@ A log that cannot identify a dynamic is refused with one line naming what is mis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,7 @@ class _Timeline:
     cont_risk: np.ndarray  # bool[R] reached, and the session could have gone on
     order: np.ndarray  # reached request codes, by (user, time)
     user_offsets: np.ndarray  # offsets of each user's run in ``order``
-    gap_before: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float[R] days, NaN
+    gap_before: np.ndarray  # float[R] days since the user's previous session (NaN: none)
 
 
 def _refuse(source: str, missing: str) -> ValueError:
@@ -135,21 +136,17 @@ def _timeline(log: SessionLog, reached: np.ndarray | None) -> _Timeline:
     rows = np.flatnonzero(reached)
     order = rows[np.lexsort((log.request_timestamp[rows], log.request_user[rows]))]
     counts = np.bincount(log.request_user[order], minlength=log.n_users)
-    t = _Timeline(
-        reached, session, continues, reached & cont_risk, order,
-        np.concatenate([[0], np.cumsum(counts)]),
-    )  # fmt: skip
     gap = np.full(n_r, np.nan)  # days since the user's previous reached request (new sessions)
     same_user = log.request_user[order[1:]] == log.request_user[order[:-1]]
     new_session = session[order[1:]] != session[order[:-1]]
     step = (log.request_timestamp[order[1:]] - log.request_timestamp[order[:-1]]) / SECONDS_PER_DAY
     follows = same_user & new_session
     gap[order[1:][follows]] = np.maximum(step[follows], 0.0)
-    t.gap_before = gap
-    return t
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return _Timeline(reached, session, continues, reached & cont_risk, order, offsets, gap)
 
 
-def satiation_levels(
+def _satiation_levels(
     log: SessionLog,
     t: _Timeline,
     ranking: np.ndarray,
@@ -214,7 +211,7 @@ def _fit_satiation(
     return shift_for(weight), weight, nll(weight)
 
 
-def _level(probability: Any, outcome: np.ndarray, base: float) -> float:
+def _level(probability: Callable[[float], np.ndarray], outcome: np.ndarray, base: float) -> float:
     """The base (in ``[0, 1]``) at which ``probability(base)`` (clipped to ``[0, CAP]``)
     averages to the outcomes' rate: a likelihood fit of a clipped linear probability does
     not keep the rate (it cost 5% of the logged session length), so its level is reset,
@@ -282,7 +279,7 @@ def fit_user_dynamics(
     best = None
     for decay in DECAYS:
         for half_life in HALF_LIVES:
-            level = satiation_levels(log, t, ranking, item_group, decay, half_life)
+            level = _satiation_levels(log, t, ranking, item_group, decay, half_life)
             shift, weight, nll = _fit_satiation(
                 logit[rows][shown], np.broadcast_to(exam, shown.shape)[shown],
                 click[rows][shown], level[rows][shown],
