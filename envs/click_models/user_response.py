@@ -91,7 +91,7 @@ class _Timeline:
     cont_risk: np.ndarray  # bool[R] reached, and the session could have gone on
     order: np.ndarray  # reached request codes, by (user, time)
     user_offsets: np.ndarray  # offsets of each user's run in ``order``
-    gap_before: np.ndarray  # float[R] days since the user's previous session (NaN: none)
+    gap_before: np.ndarray  # float[R] days since the user's preceding session (NaN: none)
 
 
 def _refuse(source: str, missing: str) -> ValueError:
