@@ -293,6 +293,7 @@ def test_trained_ppo_and_dqn_runs_join_the_baselines_zoo(
     assert values.loc[trained, ["truth", "pbm"]].gt(0).all().all()
 
 
+@pytest.mark.slow  # a minute: the world, the fit, 20 draws of the check, 20 policies twice
 def test_fidelity_of_a_sequential_world(tmp_path: Path) -> None:
     """``rankgym fidelity experiment=longterm``: the long-term zoo valued per user under the
     truth and the truth's clicks with fitted users, and the held-out user-response check."""
@@ -302,7 +303,8 @@ def test_fidelity_of_a_sequential_world(tmp_path: Path) -> None:
     hydra_job(
         fidelity.main, f"paths.root_dir={tmp_path}", f"out={tmp_path}/data", "experiment=longterm",
         "encoder=hashing", "dataset.scale=0.1", "dataset.n_items=300",
-        "dataset.propensity_samples=5", "fidelity.rewards=[]", run_dir=run,
+        "dataset.propensity_samples=5", "fidelity.rewards=[]", "fidelity.sessions=40",
+        run_dir=run,
     )  # fmt: skip
     values = pd.read_csv(run / "values.csv", index_col="policy")
     assert list(values.columns) == ["truth", fidelity.FITTED_USERS]
