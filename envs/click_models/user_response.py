@@ -45,7 +45,12 @@ from scipy.optimize import brentq, minimize, minimize_scalar
 
 from rankgym.envs.click_models.base import ClickModel, logged_rankings
 from rankgym.logs import SessionLog
-from rankgym.logs.dynamics import SECONDS_PER_DAY, DynamicsParams, UserDynamics
+from rankgym.logs.dynamics import (
+    SECONDS_PER_DAY,
+    DynamicsParams,
+    UserDynamics,
+    play_sessions,
+)
 
 GROUP_COLUMN = "category"  # the item column whose values are the satiation groups
 DECAYS = (0.5, 0.65, 0.8, 0.9)  # satiation decay per request, searched
@@ -375,13 +380,9 @@ def _returns(
     n_s = log.n_sessions
     session_pleased = np.bincount(t.session, pleased, n_s)
     reached_session = np.bincount(t.session, t.reached, n_s) > 0
-    session_user = log.request_user[log.session_offsets[:-1]]
-    start = log.request_timestamp[log.session_offsets[:-1]]
-    # each user's sessions in time order; the next one of the same user
-    order = np.lexsort((start, session_user))
+    prev, following = _following_sessions(log, log.request_timestamp[log.session_offsets[:-1]])
     nxt = np.full(n_s, -1)
-    same = session_user[order[1:]] == session_user[order[:-1]]
-    nxt[order[:-1][same]] = order[1:][same]
+    nxt[prev] = following
     if timeline:  # at risk where a further latent session exists; returned if it was reached
         risk = reached_session & (nxt >= 0)
         returned = risk & reached_session[np.maximum(nxt, 0)]
@@ -401,6 +402,15 @@ def _returns(
     )
 
 
+def _following_sessions(log: SessionLog, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(session, following)`` pairs: each session that its user follows with another (by
+    ``start``), and that next session of the same user."""
+    user = log.request_user[log.session_offsets[:-1]]
+    order = np.lexsort((start, user))
+    same = user[order[1:]] == user[order[:-1]]
+    return order[:-1][same], order[1:][same]
+
+
 def session_outcomes(
     log: SessionLog, reached: np.ndarray, time: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -413,10 +423,7 @@ def session_outcomes(
     last = np.full(n_s, np.iinfo(np.int64).min)
     np.maximum.at(last, session[reached], time[reached])
     start = time[log.session_offsets[:-1]]
-    user = log.request_user[log.session_offsets[:-1]]
-    order = np.lexsort((start, user))
-    same = user[order[1:]] == user[order[:-1]]
-    prev, nxt = order[:-1][same], order[1:][same]
+    prev, nxt = _following_sessions(log, start)
     at_risk = length[prev] > 0
     back = at_risk & (length[nxt] > 0)
     gaps = (start[nxt[back]] - last[prev[back]]) / SECONDS_PER_DAY
@@ -444,8 +451,6 @@ def response_fidelity(
     two-sample Kolmogorov-Smirnov distance of the distributions.
     """
     from scipy.stats import ks_2samp
-
-    from rankgym.logs.dynamics import play_sessions
 
     dynamics = model.user_dynamics()
     if dynamics is None:
