@@ -404,7 +404,7 @@ def _returns(
 
 def _following_sessions(log: SessionLog, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(session, following)`` pairs: each session that its user follows with another (by
-    ``start``), and that next session of the same user."""
+    ``start``), and the one that follows it."""
     user = log.request_user[log.session_offsets[:-1]]
     order = np.lexsort((start, user))
     same = user[order[1:]] == user[order[:-1]]
