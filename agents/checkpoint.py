@@ -124,13 +124,18 @@ def _save_buffer(buffer: Any, file: Path) -> None:
     """The buffer's filled rows only: SB3 allocates all ``buffer_size`` rows up front, and a
     run that has filled a tenth of them writes a tenth of the bytes."""
     rows = buffer.buffer_size if buffer.full else buffer.pos
-    arrays = {name: getattr(buffer, name)[:rows] for name in _BUFFER_ARRAYS}
+    arrays = {name: getattr(buffer, name)[:rows] for name in _buffer_arrays(buffer)}
     for prefix in ("observations", "next_observations"):
         for key, value in getattr(buffer, prefix).items():
             arrays[f"{prefix}.{key}"] = value[:rows]
     arrays["position"] = np.array([buffer.pos, int(buffer.full)])
     with open(file, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def _buffer_arrays(buffer: Any) -> tuple[str, ...]:
+    """SB3's per-transition arrays and the buffer's own (``extra_arrays``)."""
+    return _BUFFER_ARRAYS + tuple(getattr(buffer, "extra_arrays", ()))
 
 
 def _load_buffer(buffer: Any, file: Path) -> None:
@@ -140,7 +145,7 @@ def _load_buffer(buffer: Any, file: Path) -> None:
     except (ValueError, OSError, EOFError) as err:
         raise CheckpointError(f"{file}: not loadable as plain arrays ({err})") from None
     expected = {
-        *_BUFFER_ARRAYS,
+        *_buffer_arrays(buffer),
         "position",
         *(f"observations.{k}" for k in buffer.observations),
         *(f"next_observations.{k}" for k in buffer.next_observations),

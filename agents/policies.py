@@ -20,7 +20,7 @@ device and are saved in the state dict, not in the pickled constructor arguments
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -291,7 +291,7 @@ class RankingSlatePolicy(RankingActorCriticPolicy):
         return dist.entropy_along(actions)
 
 
-CREDITS = ("slate", "position")
+CREDITS = ("slate", "position", "request")  # agent.credit (training._check_slate)
 
 
 class PositionRolloutBuffer(DictRolloutBuffer):
@@ -530,20 +530,175 @@ class PlacedCandidateReplayBuffer(DictReplayBuffer):
     checkpoint arrays), and next observations keep every candidate for the target's max.
     """
 
+    extra_arrays: tuple[str, ...] = ()  # arrays a checkpoint saves beside SB3's own
+
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: Any = None
     ) -> DictReplayBufferSamples:
-        samples = super()._get_samples(batch_inds, env)
-        obs, actions = samples.observations, samples.actions.long()
+        rows, envs = self._transitions(batch_inds)
+        actions = self.to_torch(self.actions[rows, envs]).long()
+        done = self.dones[rows, envs] * (1 - self.timeouts[rows, envs])
+        return DictReplayBufferSamples(
+            observations=self._placed(rows, envs, actions),
+            actions=torch.zeros_like(actions),
+            next_observations=self._at(self.next_observations, rows, envs),
+            dones=self.to_torch(done).reshape(-1, 1),
+            rewards=self.to_torch(self.rewards[rows, envs]).reshape(-1, 1),
+        )
+
+    def _transitions(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sampled rows and an env for each, drawn uniformly (as SB3 draws it)."""
+        return batch_inds, np.random.randint(0, self.n_envs, size=len(batch_inds))
+
+    def _at(
+        self, arrays: dict[str, np.ndarray], rows: np.ndarray, envs: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        return {key: self.to_torch(value[rows, envs]) for key, value in arrays.items()}
+
+    def _placed(
+        self, rows: np.ndarray, envs: np.ndarray, actions: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The stored observations cut to their placed candidate."""
+        obs = self._at(self.observations, rows, envs)
         b, k = obs["mask"].shape
-        rows = torch.arange(b, device=actions.device)
-        placed = {
-            key: value.reshape(b, k, -1)[rows, actions[:, 0]].reshape(b, -1)
-            if key in PER_CANDIDATE
-            else value
+        picked = torch.arange(b, device=actions.device), actions[:, 0]
+        return {
+            key: value.reshape(b, k, -1)[picked].reshape(b, -1) if key in PER_CANDIDATE else value
             for key, value in obs.items()
         }
-        return samples._replace(observations=placed, actions=torch.zeros_like(samples.actions))
+
+
+class RequestSamples(NamedTuple):
+    """A minibatch of :class:`RequestReplayBuffer`: what :meth:`MaskedDQN.train` reads."""
+
+    observations: dict[str, torch.Tensor]  # cut to the placed candidate (action 0)
+    actions: torch.Tensor
+    next_observations: dict[str, torch.Tensor]  # after the request: the session's next one
+    later_observations: dict[str, torch.Tensor]  # the following session's first request
+    rewards: torch.Tensor  # [b, 1] the request's clicks from the placement on
+    follow: torch.Tensor  # [b, 2] the chances of the session's next request and of a return
+
+
+class RequestReplayBuffer(PlacedCandidateReplayBuffer):
+    """DQN's replay buffer for ``credit="request"``: each placement is credited with its
+    request's clicks from its position on, plus the discounted value of what follows the request.
+
+    A request leads on two ways, as in :class:`PositionRolloutBuffer`: to the session's next
+    request with chance ``c``, or, leaving there, to the following session's first with chance
+    ``b`` (``transitions``; 0 or 1 each with sampled users, probabilities in an expected walk). So
+    the target of a placement at position ``p`` is ``R_p + gamma (c max Q(s_next) + b max
+    Q(s_later))``, with ``R_p`` the clicks of positions ``p`` on, as if the user were surely
+    there (``reached_rewards``): ``gamma`` discounts once per request. A placement's effect on
+    whether the user goes on reaches it through ``c`` and ``b`` of its own request; a
+    placement-by-placement chain could not carry it, since the scorer sees earlier placements
+    only through the mask. Within a request the return is the behaviour policy's (a
+    multi-step return without correction).
+
+    Transitions are rewritten when their request ends (``R_p``, ``c``, ``b`` and the next
+    observation of its last placement) and when their session ends (``later``: the row whose
+    next observation is the following session's first). Until then they are ``pending`` and
+    never sampled; ``pending`` is saved with the buffer, so a resumed run never samples the
+    sessions its restart abandoned.
+
+    Args:
+        reached_rewards: returns the last env step's rewards as if the user were there
+            (:meth:`rankgym.envs.vector.BatchedReplayEnv.reached_rewards`); ``None``: the
+            step's rewards.
+        transitions: returns what the last env step's requests led to, ``[n_envs, 3]``
+            (:meth:`rankgym.envs.vector.BatchedReplayEnv.transitions`); ``None``: the next
+            request always follows.
+        (the rest): :class:`~stable_baselines3.common.buffers.DictReplayBuffer`'s.
+    """
+
+    extra_arrays = ("follow", "later", "pending")
+
+    def __init__(
+        self,
+        *args: Any,
+        reached_rewards: Callable[[], np.ndarray] | None = None,
+        transitions: Callable[[], np.ndarray] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.reached_rewards, self.transitions = reached_rewards, transitions
+        self.follow = np.zeros((self.buffer_size, self.n_envs, 2), dtype=np.float32)
+        self.later = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
+        self.pending = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
+        self.session_rows = np.zeros(self.n_envs, dtype=np.int64)  # rows of each open session
+
+    def add(  # type: ignore[override]
+        self,
+        obs: dict[str, np.ndarray],
+        next_obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        row, n = self.pos, self.n_envs
+        super().add(obs, next_obs, action, reward, done, infos)
+        if self.reached_rewards is not None:
+            self.rewards[row] = self.reached_rewards()
+        went = np.tile([1.0, 0.0, 0.0], (n, 1))
+        if self.transitions is not None:
+            went = np.asarray(self.transitions(), dtype=np.float64).reshape(n, 3)
+        position = np.asarray(obs["position"]).reshape(n).astype(np.int64)
+        done = np.asarray(done, dtype=bool).reshape(n)
+        request_ended = done | (np.asarray(next_obs["position"]).reshape(n) == 0)
+        self.follow[row] = np.where(request_ended[:, None] & ~done[:, None], went[:, :2], 0.0)
+        self.pending[row] = True
+        self.session_rows += 1
+        envs = np.flatnonzero(request_ended)
+        total = self.rewards[row, envs]
+        for back in range(1, int(position[envs].max(initial=0)) + 1):  # the request's rows
+            keep = position[envs] >= back
+            envs, total = envs[keep], total[keep]
+            earlier = (row - back) % self.buffer_size
+            total = total + self.rewards[earlier, envs]
+            self.rewards[earlier, envs] = total
+            for value in self.next_observations.values():
+                value[earlier, envs] = value[row, envs]
+            for array in (self.dones, self.timeouts, self.follow):
+                array[earlier, envs] = array[row, envs]
+        # a session's end: its rows' following session is this row's next observation
+        ended = np.flatnonzero(request_ended & (done | (went[:, 2] > 0)))
+        for back in range(int(self.session_rows[ended].max(initial=0))):
+            ended = ended[self.session_rows[ended] > back]
+            earlier = (row - back) % self.buffer_size
+            self.later[earlier, ended] = row
+            self.pending[earlier, ended] = False
+        self.session_rows[request_ended & (done | (went[:, 2] > 0))] = 0
+
+    def _transitions(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform transitions, drawn again where they hit an unfinished session (a few in a
+        hundred once the buffer holds a few hundred steps; early on, when every env began
+        its first session together, more)."""
+        rows, envs = super()._transitions(batch_inds)
+        filled = self.buffer_size if self.full else self.pos
+        for _ in range(1000):
+            again = np.flatnonzero(self.pending[rows, envs])
+            if not len(again):
+                return rows, envs
+            rows[again] = np.random.randint(0, filled, size=len(again))
+            envs[again] = np.random.randint(0, self.n_envs, size=len(again))
+        raise RuntimeError(
+            "the replay buffer holds no finished session: agent.hyperparams.learning_starts "
+            "must cover at least one whole session per env"
+        )
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: Any = None
+    ) -> RequestSamples:
+        rows, envs = self._transitions(batch_inds)
+        actions = self.to_torch(self.actions[rows, envs]).long()
+        return RequestSamples(
+            observations=self._placed(rows, envs, actions),
+            actions=torch.zeros_like(actions),
+            next_observations=self._at(self.next_observations, rows, envs),
+            later_observations=self._at(self.next_observations, self.later[rows, envs], envs),
+            rewards=self.to_torch(self.rewards[rows, envs]).reshape(-1, 1),
+            follow=self.to_torch(self.follow[rows, envs]),
+        )
 
 
 class MaskedDQN(DQN):
@@ -560,6 +715,40 @@ class MaskedDQN(DQN):
         # values by 0, so they are not computed (one forward pass fewer per gradient step, the
         # same targets and the same saved weights)
         self.q_net_target.unread = self.gamma == 0
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """SB3's DQN update; with a :class:`RequestReplayBuffer` its target has two branches,
+        ``R_p + gamma (c max Q'(s_next) + b max Q'(s_later))`` (the Huber loss, the gradient
+        clipping and the logged keys are SB3's)."""
+        if not isinstance(self.replay_buffer, RequestReplayBuffer):
+            return super().train(gradient_steps, batch_size)
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        losses = []
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size)
+            target = data.rewards
+            if self.gamma > 0:
+                with torch.no_grad():
+                    both = {
+                        key: torch.cat([value, data.later_observations[key]])
+                        for key, value in data.next_observations.items()
+                    }
+                    best = self.q_net_target(both).max(dim=1).values
+                    best = torch.where(best > MASKED / 2, best, 0.0)  # nothing left to place
+                    after, later = best.reshape(2, -1, 1)
+                    c, b = data.follow.unsqueeze(-1).unbind(1)
+                    target = target + self.gamma * (c * after + b * later)
+            q = self.q_net(data.observations).gather(1, data.actions)
+            loss = nn.functional.smooth_l1_loss(q, target)
+            losses.append(loss.item())
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", np.mean(losses))
 
     def predict(
         self,

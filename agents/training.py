@@ -41,6 +41,7 @@ from rankgym.agents.policies import (
     RankingActorCriticPolicy,
     RankingDQNPolicy,
     RankingSlatePolicy,
+    RequestReplayBuffer,
 )
 from rankgym.agents.scorer import CandidateScorer
 
@@ -101,7 +102,10 @@ class SB3Agent:
             env ``action_mode=scores``); ``False``: one step places one candidate (``slot``).
         credit: a slate agent's credit assignment: ``slate`` (one advantage per slate) or
             ``position`` (each position's choice credited with the clicks from there on,
-            :class:`~rankgym.agents.policies.PositionRolloutBuffer`).
+            :class:`~rankgym.agents.policies.PositionRolloutBuffer`); DQN's: ``slate`` (each
+            placement its own clicks, bootstrapping from the next placement) or ``request``
+            (the request's clicks from the placement on, bootstrapping from the next
+            request: ``gamma`` per request, :class:`~rankgym.agents.policies.RequestReplayBuffer`).
         position_discount: with ``credit=position``, the weight of the clicks ``q - p``
             positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
         lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
@@ -256,6 +260,11 @@ def _check_slate(
         raise ValueError(f"agent.slate={slate!r}; allowed: true, false")
     if credit not in CREDITS:
         raise ValueError(f"agent.credit={credit!r}; allowed: {', '.join(CREDITS)}")
+    if credit == "request" and (slate or algorithm != "dqn"):
+        raise ValueError(
+            "agent.credit=request is DQN's (each placement credited with its request's clicks "
+            f"from there on); agent.algorithm={algorithm}, agent.slate={str(slate).lower()}"
+        )
     if credit == "position" and not slate:
         raise ValueError(
             "agent.credit=position needs agent.slate=true (a slot agent already gets one "
@@ -323,11 +332,18 @@ def build_agent(
             f"{action_mode(slate)}, the env has {env.action_mode}"
         )
     flow = getattr(getattr(venv, "engine", None), "flow", None)
-    if klass is MaskedDQN and flow is not None and flow.expected and hyperparams.get("gamma"):
+    if (
+        klass is MaskedDQN
+        and credit != "request"
+        and flow is not None
+        and flow.expected
+        and hyperparams.get("gamma")
+    ):
         raise ValueError(
-            "agent=dqn with gamma > 0 in a sequential world needs env.user_choices=sampled: "
-            "its target bootstraps from the next state, whose chance of being reached an "
-            "expected walk keeps out of the observation"
+            "agent=dqn with gamma > 0 in a sequential world needs agent.credit=request or "
+            "env.user_choices=sampled: a target bootstrapping from the next placement "
+            "cannot see the chance that the user goes on, which an expected walk keeps out "
+            "of the observation"
         )
     extra: dict[str, Any] = {}
     if slate:
@@ -337,6 +353,12 @@ def build_agent(
             policy_kwargs["future"] = True  # a value of the whole request, for bootstrapping
     if klass is MaskedDQN:  # the learner scores only each sample's placed candidate
         extra["replay_buffer_class"] = PlacedCandidateReplayBuffer
+        if credit == "request":
+            extra["replay_buffer_class"] = RequestReplayBuffer
+            extra["replay_buffer_kwargs"] = {
+                "reached_rewards": getattr(venv, "reached_rewards", None),
+                "transitions": getattr(venv, "transitions", None),
+            }
         policy_kwargs["q_model"] = q_model
     if credit == "position":
         extra["rollout_buffer_class"] = PositionRolloutBuffer

@@ -410,6 +410,9 @@ class ReplayEngine:
         # the last step's reward per position (scores mode: a whole slate per step), what a
         # learner that credits each position with its own clicks reads (agents.policies)
         self.slot_rewards = np.zeros((b, width))
+        # the last step's rewards before an expected walk weights them by the chance that the
+        # user is there (what a learner crediting requests with their future reads)
+        self.reached_rewards = np.zeros(b)
         self.history = np.full((b, h), -1, dtype=np.int64)
         self.weights = np.zeros((b, h), dtype=np.float32)
         self.state = np.zeros((b, encoded.dim), dtype=np.float32)
@@ -511,6 +514,7 @@ class ReplayEngine:
             reward = self.slot_rewards.sum(axis=1)
         else:
             reward = self._place(self.rows, np.asarray(actions, dtype=np.int64).reshape(-1))
+        self.reached_rewards = reward
         if self.flow is not None and self.flow.expected:  # clicks of users still there
             reward = reward * self.flow.survival
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]

@@ -171,6 +171,12 @@ class BatchedReplayEnv(VecEnv):
             return np.tile([1.0, 0.0, 0.0], (self.num_envs, 1))
         return flow.transition.copy()
 
+    def reached_rewards(self) -> np.ndarray:
+        """``float64[B]`` the last step's rewards as if the user were surely there: in an
+        expected walk (``env.user_choices=expected``) the step's rewards before they are
+        weighted by the chance that the user reached the request; otherwise the rewards."""
+        return np.asarray(self.engine.reached_rewards, dtype=np.float64).copy()
+
     def slot_rewards(self) -> np.ndarray:
         """``float64[B, slate_size]`` the last step's reward of each position (``action_mode
         = scores``: each step ranks a whole slate; unfilled positions 0). The step's reward

@@ -265,7 +265,7 @@ def test_compare_pairs_long_term_values_by_episode(tmp_path: Path) -> None:
     assert paired["n_sessions"] == 2
 
 
-def test_dqn_looking_ahead_needs_sampled_users(world) -> None:
+def test_dqn_looking_ahead_in_an_expected_walk_needs_request_credit(world) -> None:
     _, latent, truth = world
     encoded, model, _ = replay(latent, truth)
     for choices in ("expected", "sampled"):
@@ -273,8 +273,10 @@ def test_dqn_looking_ahead_needs_sampled_users(world) -> None:
         env = BatchedReplayEnv(latent, encoded, model, cfg, num_envs=4)
         hyper = {"gamma": 0.99, "learning_starts": 10, "buffer_size": 100}
         if choices == "expected":
-            with pytest.raises(ValueError, match="needs env.user_choices=sampled"):
+            match = "needs agent.credit=request or env.user_choices=sampled"
+            with pytest.raises(ValueError, match=match):
                 build_agent("dqn", env, 0, "cpu", hyper)
+            assert build_agent("dqn", env, 0, "cpu", hyper, credit="request").gamma == 0.99
         else:
             assert build_agent("dqn", env, 0, "cpu", hyper).gamma == 0.99
 
@@ -295,3 +297,89 @@ def test_a_sequential_world_refuses_the_logged_clicks(tmp_path: Path) -> None:
         ValueError, match="reward=logged: a sequential world .* allowed: reward=truth or a fitted"
     ):
         setup_run(world, out, Hashing(dim=8), LoggedClickModel(), cfg, split)
+
+
+@pytest.mark.parametrize("choices", ["expected", "sampled"])
+def test_request_credit_sums_a_requests_clicks_and_points_to_what_follows(
+    world, choices: str
+) -> None:
+    from rankgym.agents.policies import RequestReplayBuffer, masked_random_actions
+
+    _, latent, truth = world
+    encoded, model, cfg = replay(latent, truth, episode="user", user_choices=choices)
+    env = BatchedReplayEnv(latent, encoded, model, cfg, num_envs=4)
+    buffer = RequestReplayBuffer(  # 80 rows of 4 envs
+        320, env.observation_space, env.action_space, device="cpu", n_envs=4,
+        reached_rewards=env.reached_rewards, transitions=env.transitions,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    obs, steps = env.reset(), []
+    for _ in range(80):
+        action = masked_random_actions(obs["mask"], rng)
+        after, reward, done, infos = env.step(action)
+        stored = {k: v.copy() for k, v in after.items()}
+        for e in np.flatnonzero(done):
+            for k, v in infos[e]["terminal_observation"].items():
+                stored[k][e] = v
+        buffer.add(obs, stored, action, reward, done, infos)
+        steps.append((obs["position"][:, 0].copy(), env.reached_rewards(), env.transitions(),
+                      done.copy(), stored))  # fmt: skip
+        if choices == "sampled":
+            np.testing.assert_allclose(env.reached_rewards(), reward, rtol=1e-6)
+        obs = after
+    checked = 0
+    for e in range(4):
+        requests = [t for t, (_, _, _, done, nxt) in enumerate(steps)
+                    if done[e] or nxt["position"][e, 0] == 0]  # fmt: skip
+        sessions = [t for t in requests if steps[t][3][e] or steps[t][2][e, 2] > 0]
+        for t, (position, _, _, _, _) in enumerate(steps):
+            end = next((u for u in requests if u >= t), None)
+            session_end = next((u for u in sessions if u >= t), None)
+            assert buffer.pending[t, e] == (session_end is None)
+            if session_end is None:
+                continue
+            assert end - t == steps[end][0][e] - position[e]  # the same request
+            clicks = sum(steps[u][1][e] for u in range(t, end + 1))
+            assert buffer.rewards[t, e] == pytest.approx(clicks, rel=1e-5)
+            went = 0.0 if steps[end][3][e] else steps[end][2][e, :2]
+            np.testing.assert_allclose(buffer.follow[t, e], went, rtol=1e-6)
+            assert buffer.later[t, e] == session_end
+            for k in ("query", "position", "candidates"):
+                stored = buffer.next_observations[k]
+                np.testing.assert_array_equal(stored[t, e], steps[end][4][k][e])
+                np.testing.assert_array_equal(stored[session_end, e], steps[session_end][4][k][e])
+            checked += 1
+    assert checked > 150 and buffer.pending.any()
+    if choices == "expected":  # mid-session requests lead to a return with some chance
+        assert (buffer.follow[..., 1] > 0).any() and (buffer.follow[..., 1] < 1).any()
+    np.random.seed(0)
+    rows, envs = buffer._transitions(np.random.randint(0, 80, size=2000))
+    assert not buffer.pending[rows, envs].any() and len(np.unique(rows)) > 40
+
+
+def test_request_credit_trains_resumes_and_is_dqns_alone(world, tmp_path: Path) -> None:
+    from rankgym.agents.checkpoint import load_checkpoint, save_checkpoint
+    from rankgym.agents.policies import RequestReplayBuffer
+
+    _, latent, truth = world
+    encoded, model, cfg = replay(latent, truth, episode="user")  # the expected walk
+
+    def env() -> BatchedReplayEnv:
+        return BatchedReplayEnv(latent, encoded, model, cfg, num_envs=4)
+
+    # an expected walk's session is its 8 latent requests: the first end after ~80 steps
+    hyper = {"gamma": 0.9, "learning_starts": 400, "buffer_size": 1200, "batch_size": 16}
+    agent = build_agent("dqn", env(), 0, "cpu", hyper, credit="request")
+    agent.learn(600)
+    buffer = agent.replay_buffer
+    assert isinstance(buffer, RequestReplayBuffer) and agent._n_updates > 0
+    # a request's first placement carries at least its own clicks and is never sampled open
+    assert buffer.pending[: buffer.pos].any() and not buffer.pending[: buffer.pos].all()
+    path = save_checkpoint(agent, tmp_path, "dqn")
+    loaded = load_checkpoint(build_agent("dqn", env(), 0, "cpu", hyper, credit="request"),
+                             path, "dqn")  # fmt: skip
+    np.testing.assert_array_equal(loaded.replay_buffer.pending, buffer.pending)
+    np.testing.assert_array_equal(loaded.replay_buffer.rewards, buffer.rewards)
+    for algorithm, slate in (("ppo", False), ("dqn", True)):
+        with pytest.raises(ValueError, match="agent.credit=request is DQN's"):
+            build_agent(algorithm, env(), 0, "cpu", {}, slate=slate, credit="request")
