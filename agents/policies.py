@@ -535,7 +535,7 @@ class PlacedCandidateReplayBuffer(DictReplayBuffer):
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: Any = None
     ) -> DictReplayBufferSamples:
-        rows, envs = self._transitions(batch_inds)
+        rows, envs = self._draw(batch_inds)
         actions = self.to_torch(self.actions[rows, envs]).long()
         done = self.dones[rows, envs] * (1 - self.timeouts[rows, envs])
         return DictReplayBufferSamples(
@@ -546,7 +546,7 @@ class PlacedCandidateReplayBuffer(DictReplayBuffer):
             rewards=self.to_torch(self.rewards[rows, envs]).reshape(-1, 1),
         )
 
-    def _transitions(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sampled rows and an env for each, drawn uniformly (as SB3 draws it)."""
         return batch_inds, np.random.randint(0, self.n_envs, size=len(batch_inds))
 
@@ -669,11 +669,11 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
             self.pending[earlier, ended] = False
         self.session_rows[request_ended & (done | (went[:, 2] > 0))] = 0
 
-    def _transitions(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Uniform transitions, drawn again where they hit an unfinished session (a few in a
-        hundred once the buffer holds a few hundred steps; early on, when every env began
-        its first session together, more)."""
-        rows, envs = super()._transitions(batch_inds)
+        hundred once the buffer holds a few hundred steps; more at the start, when every env
+        began its episode at once)."""
+        rows, envs = super()._draw(batch_inds)
         filled = self.buffer_size if self.full else self.pos
         for _ in range(1000):
             again = np.flatnonzero(self.pending[rows, envs])
@@ -689,7 +689,7 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env: Any = None
     ) -> RequestSamples:
-        rows, envs = self._transitions(batch_inds)
+        rows, envs = self._draw(batch_inds)
         actions = self.to_torch(self.actions[rows, envs]).long()
         return RequestSamples(
             observations=self._placed(rows, envs, actions),
