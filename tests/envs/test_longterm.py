@@ -353,7 +353,7 @@ def test_request_credit_sums_a_requests_clicks_and_points_to_what_follows(
     if choices == "expected":  # mid-session requests lead to a return with some chance
         assert (buffer.follow[..., 1] > 0).any() and (buffer.follow[..., 1] < 1).any()
     np.random.seed(0)
-    rows, envs = buffer._transitions(np.random.randint(0, 80, size=2000))
+    rows, envs = buffer._draw(np.random.randint(0, 80, size=2000))
     assert not buffer.pending[rows, envs].any() and len(np.unique(rows)) > 40
 
 
