@@ -639,9 +639,10 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
         super().add(obs, next_obs, action, reward, done, infos)
         if self.reached_rewards is not None:
             self.rewards[row] = self.reached_rewards()
-        went = np.tile([1.0, 0.0, 0.0], (n, 1))
         if self.transitions is not None:
             went = np.asarray(self.transitions(), dtype=np.float64).reshape(n, 3)
+        else:
+            went = np.tile([1.0, 0.0, 0.0], (n, 1))
         position = np.asarray(obs["position"]).reshape(n).astype(np.int64)
         done = np.asarray(done, dtype=bool).reshape(n)
         request_ended = done | (np.asarray(next_obs["position"]).reshape(n) == 0)
@@ -661,13 +662,14 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
             for array in (self.dones, self.timeouts, self.follow):
                 array[earlier, envs] = array[row, envs]
         # a session's end: its rows' following session is this row's next observation
-        ended = np.flatnonzero(request_ended & (done | (went[:, 2] > 0)))
+        session_ended = request_ended & (done | (went[:, 2] > 0))
+        ended = np.flatnonzero(session_ended)
         for back in range(int(self.session_rows[ended].max(initial=0))):
             ended = ended[self.session_rows[ended] > back]
             earlier = (row - back) % self.buffer_size
             self.later[earlier, ended] = row
             self.pending[earlier, ended] = False
-        self.session_rows[request_ended & (done | (went[:, 2] > 0))] = 0
+        self.session_rows[session_ended] = 0
 
     def _draw(self, batch_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Uniform transitions, drawn again where they hit an unfinished session (a few in a
@@ -730,15 +732,7 @@ class MaskedDQN(DQN):
             target = data.rewards
             if self.gamma > 0:
                 with torch.no_grad():
-                    both = {
-                        key: torch.cat([value, data.later_observations[key]])
-                        for key, value in data.next_observations.items()
-                    }
-                    best = self.q_net_target(both).max(dim=1).values
-                    best = torch.where(best > MASKED / 2, best, 0.0)  # nothing left to place
-                    after, later = best.reshape(2, -1, 1)
-                    c, b = data.follow.unsqueeze(-1).unbind(1)
-                    target = target + self.gamma * (c * after + b * later)
+                    target = target + self.gamma * self._following_value(data)
             q = self.q_net(data.observations).gather(1, data.actions)
             loss = nn.functional.smooth_l1_loss(q, target)
             losses.append(loss.item())
@@ -749,6 +743,20 @@ class MaskedDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
+
+    def _following_value(self, data: RequestSamples) -> torch.Tensor:
+        """``[b, 1]`` ``c max Q'(s_next) + b max Q'(s_later)``, the target network read only
+        where a branch has a chance: with sampled users one branch per sample at most, so
+        one pass over the batch rather than two."""
+        chances = data.follow  # [b, 2]
+        value = torch.zeros_like(chances)
+        for branch, states in enumerate((data.next_observations, data.later_observations)):
+            rows = (chances[:, branch] > 0).nonzero().squeeze(1)
+            if len(rows):
+                best = self.q_net_target({k: v[rows] for k, v in states.items()}).max(dim=1)
+                # no candidate left to place (an episode's end): nothing follows
+                value[rows, branch] = torch.where(best.values > MASKED / 2, best.values, 0.0)
+        return (chances * value).sum(dim=1, keepdim=True)
 
     def predict(
         self,
