@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq, minimize, minimize_scalar
 
-from rankgym.envs.click_models.base import ClickModel, logged_rankings
+from rankgym.envs.click_models.base import ClickModel, LogContext, logged_rankings
 from rankgym.logs import SessionLog
 from rankgym.logs.dynamics import (
     SECONDS_PER_DAY,
@@ -236,19 +236,19 @@ def _level(probability: Callable[[float], np.ndarray], outcome: np.ndarray, base
     return float(brentq(gap, 0.0, 1.0, xtol=1e-6))
 
 
-def _appeal(model: ClickModel, log: SessionLog, reached: np.ndarray) -> tuple[np.ndarray, int]:
+def _appeal(model: ClickModel, context: LogContext, reached: np.ndarray) -> tuple[np.ndarray, int]:
     """``(float64[I], n)``: each item's attractiveness logit under ``model``, averaged over
-    one seeded sample of ``n`` reached requests of ``log``, the same for every item.
+    one seeded sample of ``n`` reached requests of ``context.log``, the same for every item.
 
     The logger shows an item where it fits the request, so an item's mean logit over its own
     impressions says as much about the logger's targeting as about the item: that measure
     left the fitted satisfaction correlated 0.76-0.79 with the truth's, this one 0.96-0.98
     (docs/decisions.md). ``n`` is at most :data:`APPEAL_REQUESTS`, fewer for a catalogue so
     large that :data:`APPEAL_PAIRS` pairs would be exceeded (at least 16)."""
+    log = context.log
     candidates = np.flatnonzero(reached)
     n = min(len(candidates), max(16, min(APPEAL_REQUESTS, APPEAL_PAIRS // max(log.n_items, 1))))
     rows = np.sort(np.random.default_rng(0).choice(candidates, n, replace=False))
-    context = model.context(log)
     total = np.zeros(log.n_items)
     items, step = np.arange(log.n_items), max(1, APPEAL_CHUNK // n)
     for start in range(0, log.n_items, step):
@@ -305,7 +305,8 @@ def fit_user_dynamics(
     rows = np.flatnonzero(t.reached)
     shown = ranking[rows] >= 0
     attr = np.zeros(ranking.shape)
-    attr[rows] = model.attractiveness(model.context(log), rows, ranking[rows])
+    context = model.context(log)  # built once: a neural model pools every request's state
+    attr[rows] = model.attractiveness(context, rows, ranking[rows])
     logit, exam = _logit(attr), model.examination[:width]
 
     # satiation: the grid's decay and half-life, the likelihood's shift and weight
@@ -324,7 +325,7 @@ def fit_user_dynamics(
     probs = np.where(ranking >= 0, exam * sig, 0.0)
 
     # an item's appeal over one sample of requests, and how often the logger showed it
-    appeal, appeal_requests = _appeal(model, log, t.reached)
+    appeal, appeal_requests = _appeal(model, context, t.reached)
     n_seen = np.bincount(ranking[rows][shown], minlength=log.n_items)
     features = _item_features(log, group_column, appeal, n_seen)
 
