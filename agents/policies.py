@@ -581,14 +581,18 @@ class RequestSamples(NamedTuple):
 
 class RequestReplayBuffer(PlacedCandidateReplayBuffer):
     """DQN's replay buffer for ``credit="request"``: each placement is credited with its
-    request's clicks from its position on, plus the discounted value of what follows the request.
+    request's clicks from its position on (weighted by ``position_discount``, as PPO's
+    :class:`PositionRolloutBuffer`), plus the discounted value of what follows the request.
 
     A request leads on two ways, as in :class:`PositionRolloutBuffer`: to the session's next
     request with chance ``c``, or, leaving there, to the following session's first with chance
     ``b`` (``transitions``; 0 or 1 each with sampled users, probabilities in an expected walk). So
     the target of a placement at position ``p`` is ``R_p + gamma (c max Q(s_next) + b max
-    Q(s_later))``, with ``R_p`` the clicks of positions ``p`` on, as if the user were surely
-    there (``reached_rewards``): ``gamma`` discounts once per request. A placement's effect on
+    Q(s_later))``, with ``R_p = sum_{q >= p} position_discount ** (q - p) r_q`` the clicks of
+    positions ``p`` on, as if the user were surely there (``reached_rewards``): ``gamma``
+    discounts once per request. ``position_discount=0`` credits a placement with its own click
+    only: the clicks below it then add no noise to its target, though the target misses how
+    taking an item from the pool changes the clicks below. A placement's effect on
     whether the user goes on reaches it through ``c`` and ``b`` of its own request; a
     placement-by-placement chain could not carry it, since the scorer sees earlier placements
     only through the mask. Within a request the return is the behaviour policy's (a
@@ -607,6 +611,7 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
         transitions: returns what the last env step's requests led to, ``[n_envs, 3]``
             (:meth:`rankgym.envs.vector.BatchedReplayEnv.transitions`); ``None``: the next
             request always follows.
+        position_discount: in ``[0, 1]``, the weight of the clicks ``q - p`` positions below.
         (the rest): :class:`~stable_baselines3.common.buffers.DictReplayBuffer`'s.
     """
 
@@ -617,10 +622,12 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
         *args: Any,
         reached_rewards: Callable[[], np.ndarray] | None = None,
         transitions: Callable[[], np.ndarray] | None = None,
+        position_discount: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reached_rewards, self.transitions = reached_rewards, transitions
+        self.position_discount = float(position_discount)
         self.follow = np.zeros((self.buffer_size, self.n_envs, 2), dtype=np.float32)
         self.later = np.zeros((self.buffer_size, self.n_envs), dtype=np.int64)
         self.pending = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
@@ -655,7 +662,7 @@ class RequestReplayBuffer(PlacedCandidateReplayBuffer):
             keep = position[envs] >= back
             envs, total = envs[keep], total[keep]
             earlier = (row - back) % self.buffer_size
-            total = total + self.rewards[earlier, envs]
+            total = self.rewards[earlier, envs] + self.position_discount * total
             self.rewards[earlier, envs] = total
             for value in self.next_observations.values():
                 value[earlier, envs] = value[row, envs]

@@ -106,8 +106,8 @@ class SB3Agent:
             placement its own clicks, bootstrapping from the next placement) or ``request``
             (the request's clicks from the placement on, bootstrapping from the next
             request: ``gamma`` per request, :class:`~rankgym.agents.policies.RequestReplayBuffer`).
-        position_discount: with ``credit=position``, the weight of the clicks ``q - p``
-            positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
+        position_discount: with ``credit=position`` (or DQN's ``request``), the weight of the
+            clicks ``q - p`` positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
         lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
             (from it down to 0 at ``total_timesteps``; a resumed run continues the decay).
         q_model: DQN's Q-values (:class:`~rankgym.agents.policies.RankingQNetwork`): ``additive``
@@ -358,6 +358,7 @@ def build_agent(
             extra["replay_buffer_kwargs"] = {
                 "reached_rewards": getattr(venv, "reached_rewards", None),
                 "transitions": getattr(venv, "transitions", None),
+                "position_discount": float(position_discount),
             }
         policy_kwargs["q_model"] = q_model
     if credit == "position":

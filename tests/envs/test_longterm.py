@@ -299,9 +299,9 @@ def test_a_sequential_world_refuses_the_logged_clicks(tmp_path: Path) -> None:
         setup_run(world, out, Hashing(dim=8), LoggedClickModel(), cfg, split)
 
 
-@pytest.mark.parametrize("choices", ["expected", "sampled"])
+@pytest.mark.parametrize(("choices", "discount"), [("expected", 1.0), ("sampled", 0.5)])
 def test_request_credit_sums_a_requests_clicks_and_points_to_what_follows(
-    world, choices: str
+    world, choices: str, discount: float
 ) -> None:
     from rankgym.agents.policies import RequestReplayBuffer, masked_random_actions
 
@@ -311,6 +311,7 @@ def test_request_credit_sums_a_requests_clicks_and_points_to_what_follows(
     buffer = RequestReplayBuffer(  # 80 rows of 4 envs
         320, env.observation_space, env.action_space, device="cpu", n_envs=4,
         reached_rewards=env.reached_rewards, transitions=env.transitions,
+        position_discount=discount,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     obs, steps = env.reset(), []
@@ -339,7 +340,7 @@ def test_request_credit_sums_a_requests_clicks_and_points_to_what_follows(
             if session_end is None:
                 continue
             assert end - t == steps[end][0][e] - position[e]  # the same request
-            clicks = sum(steps[u][1][e] for u in range(t, end + 1))
+            clicks = sum(discount ** (u - t) * steps[u][1][e] for u in range(t, end + 1))
             assert buffer.rewards[t, e] == pytest.approx(clicks, rel=1e-5)
             went = 0.0 if steps[end][3][e] else steps[end][2][e, :2]
             np.testing.assert_allclose(buffer.follow[t, e], went, rtol=1e-6)
@@ -373,6 +374,9 @@ def test_request_credit_trains_resumes_and_is_dqns_alone(world, tmp_path: Path) 
     agent.learn(600)
     buffer = agent.replay_buffer
     assert isinstance(buffer, RequestReplayBuffer) and agent._n_updates > 0
+    assert buffer.position_discount == 1.0  # the clicks from each placement on, unweighted
+    own = build_agent("dqn", env(), 0, "cpu", hyper, credit="request", position_discount=0.0)
+    assert own.replay_buffer.position_discount == 0.0
     # a request's first placement carries at least its own clicks and is never sampled open
     assert buffer.pending[: buffer.pos].any() and not buffer.pending[: buffer.pos].all()
     path = save_checkpoint(agent, tmp_path, "dqn")
