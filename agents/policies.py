@@ -575,7 +575,7 @@ class RequestSamples(NamedTuple):
     actions: torch.Tensor
     next_observations: dict[str, torch.Tensor]  # after the request: the session's next one
     later_observations: dict[str, torch.Tensor]  # the following session's first request
-    rewards: torch.Tensor  # [b, 1] the request's clicks from the placement on
+    rewards: torch.Tensor  # [b, 1] the request's clicks from the placement on, weighted
     follow: torch.Tensor  # [b, 2] the chances of the session's next request and of a return
 
 

@@ -104,8 +104,9 @@ class SB3Agent:
             ``position`` (each position's choice credited with the clicks from there on,
             :class:`~rankgym.agents.policies.PositionRolloutBuffer`); DQN's: ``slate`` (each
             placement its own clicks, bootstrapping from the next placement) or ``request``
-            (the request's clicks from the placement on, bootstrapping from the next
-            request: ``gamma`` per request, :class:`~rankgym.agents.policies.RequestReplayBuffer`).
+            (the request's clicks from the placement on, weighted by ``position_discount``,
+            bootstrapping from the next request: ``gamma`` per request,
+            :class:`~rankgym.agents.policies.RequestReplayBuffer`).
         position_discount: with ``credit=position`` (or DQN's ``request``), the weight of the
             clicks ``q - p`` positions below ``p`` in position ``p``'s credit, in ``[0, 1]``.
         lr_schedule: ``constant`` (``hyperparams.learning_rate`` throughout) or ``linear``
