@@ -326,6 +326,9 @@ def test_linear_lr_schedule_decays_to_zero_at_the_last_step_and_is_checked(world
     assert seen == sorted(seen, reverse=True) and seen[-1] == pytest.approx(0.0)
     constant = build_agent("ppo", venv(world), 0, "cpu", hyper)
     assert constant.lr_schedule(0.25) == pytest.approx(2e-3)
+    # without a learning_rate it decays from the algorithm's default (DQN's: 1e-4)
+    dqn = build_agent("dqn", venv(world), 0, "cpu", {}, lr_schedule="linear")
+    assert dqn.lr_schedule(1.0) == pytest.approx(1e-4) and dqn.lr_schedule(0.5) == 5e-5
     with pytest.raises(ValueError, match="agent.lr_schedule='cosine'; allowed: constant, linear"):
         build_agent("ppo", venv(world), 0, "cpu", hyper, lr_schedule="cosine")
 
