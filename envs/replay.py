@@ -18,7 +18,7 @@ Randomness is counter-based: every random number is splitmix64 of a per-row key 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,12 @@ class ReplayConfig:
     profile_weight: float = 0.0
     features: bool = True
     user_profile: bool = False
+
+    def valued(self) -> ReplayConfig:
+        """These options with the users' choices ``expected``: what policies are valued
+        under. A sequential world's values are the expected walk's, however training drew
+        the users, so a run's own figures and a later ``rankgym evaluate`` of it agree."""
+        return replace(self, user_choices="expected")
 
     def __post_init__(self) -> None:
         choices = {

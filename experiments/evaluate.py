@@ -19,8 +19,9 @@ Written under ``out``, one directory per run (named by its path below the direct
 
 * ``metrics.json``: ``expected_clicks`` (and ``ctr@1``, ``ndcg@10``, ``mrr``) under the chosen
   reward model with 95% session-bootstrap intervals, ``true_expected_clicks`` where the world
-  has a truth, the off-policy estimates where the log has propensities, and ``reward_model``,
-  ``trained_in``, ``run``;
+  has a truth, the off-policy estimates where the log has propensities, a sequential world's
+  long-term values on the expected walk (as ``rankgym train`` values them), and
+  ``reward_model``, ``trained_in``, ``run`` and ``splits`` (the sessions valued);
 * ``per_request.parquet`` and ``run_config.yaml`` (the run's, with the reward replaced), so
   ``rankgym.experiments.compare <out>`` pairs the runs request by request as it pairs a sweep.
 
@@ -92,8 +93,9 @@ def value_run(
     if held is None:
         raise ValueError(f"{run_dir}: sessions=valid, but the run has no valid split")
     result = evaluate(
-        policy, held, s.encoded, s.reward, s.env, truth=s.truth, num_envs=cfg.eval.num_envs,
-        bootstrap=cfg.eval.bootstrap, seed=cfg.seed, max_sessions=cfg.eval.final_sessions,
+        policy, held, s.encoded, s.reward, s.env.valued(), truth=s.truth,
+        num_envs=cfg.eval.num_envs, bootstrap=cfg.eval.bootstrap, seed=cfg.seed,
+        max_sessions=cfg.eval.final_sessions,
     )  # fmt: skip
     metrics = {
         **result.to_dict(),
@@ -101,11 +103,11 @@ def value_run(
         "seed": cfg.seed,
         "reward_model": reward_name,
         "trained_in": trained_in,
-        "sessions": sessions,
+        "splits": {"metrics": sessions},  # as train's; "sessions" is a long-term metric
         "run": str(run_dir.resolve()),
     }
     with atomic_directory(out, marker=MARKER) as tmp:
-        write_per_request(tmp / "per_request.parquet", result, held)
+        write_per_request(tmp / "per_request.parquet", result, held, s.env.episode)
         OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), tmp / RUN_CONFIG)
         return write_metrics(tmp / MARKER, metrics)
 

@@ -23,7 +23,6 @@ The run directory gets ``tensorboard/`` (SB3's ``rollout/``, ``train/``, ``time/
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -279,8 +278,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "ppo, a2c, dqn, cosine, popularity")  # fmt: skip
     s = setup(cfg)
 
-    # a sequential world's values are the expected walk's, however training drew the users
-    valued = dataclasses.replace(s.env, user_choices="expected")
+    valued = s.env.valued()  # a sequential world's values: the expected walk's
 
     def evaluate_on(policy: Any, sessions: SessionLog, limit: int | None) -> EvaluationResult:
         return evaluate(

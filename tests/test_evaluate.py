@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from rankgym.experiments import compare, evaluate
 from rankgym.experiments.runs import load_run_policy
-from tests.commands import captured, hydra_job
+from tests.commands import SMALL, captured, hydra_job, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,19 @@ def test_refusals_name_the_run_and_the_others_are_still_valued(runs: Path, tmp_p
     }.items():
         code, err = run_evaluate(*overrides, f"out={tmp_path / 'out'}")
         assert code == 2 and message in err, err[-2000:]
+
+
+def test_a_run_that_drew_its_users_is_valued_as_it_valued_itself(tmp_path: Path) -> None:
+    """A sequential world's run trained on sampled users (``env.user_choices=sampled``, as
+    DQN trains) is valued again on the expected walk, as ``rankgym train`` valued it: the same
+    long-term values, user by user, rather than one draw of who stayed."""
+    own = train_tiny(tmp_path, tmp_path / "runs" / "drawn", "experiment=longterm",
+                     "env.user_choices=sampled", "total_timesteps=200", "eval.freq=200",
+                     *SMALL["ppo"])  # fmt: skip
+    code, err, found = value(tmp_path, "again", "reward=truth")
+    assert code == 0, err[-3000:]
+    for key in ("long_term_value", "session_length", "sessions", "return_rate"):
+        assert found["drawn"][key] == pytest.approx(own[key], abs=1e-9), key
+    again = pd.read_parquet(tmp_path / "again" / "runs" / "drawn" / "per_request.parquet")
+    trained = pd.read_parquet(tmp_path / "runs" / "drawn" / "per_request.parquet")
+    pd.testing.assert_frame_equal(again, trained)  # what compare pairs, user by user
