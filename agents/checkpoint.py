@@ -11,12 +11,18 @@ directory ``last/`` written atomically:
 
 To resume, the agent is rebuilt from the run's config (the same code path as a fresh run) and
 these are loaded into it; every refusal is a :class:`CheckpointError` naming the file.
+
+A run with ``agent.keep=best`` also keeps ``best/`` (:class:`BestCheckpoint`): the weights of
+its best periodic validation value, without the replay buffer; its ``state.json`` adds the
+metric and the value that chose them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,8 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from rankgym.logs.atomic import atomic_directory
 
-CHECKPOINT = "last"
+CHECKPOINT = "last"  # the latest weights, from which a killed run resumes
+BEST = "best"  # the weights of the best periodic validation value (agent.keep=best)
 FORMAT = 1
 _COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls")
 _BUFFER_ARRAYS = ("actions", "rewards", "dones", "timeouts")
@@ -37,22 +44,35 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: missing, foreign, tampered with or mismatched."""
 
 
-def save_checkpoint(model: BaseAlgorithm, directory: str | Path, algorithm: str) -> Path:
-    """Write ``directory/last/`` (atomically: a reader sees the old or the new checkpoint)."""
-    target = Path(directory) / CHECKPOINT
+def save_checkpoint(
+    model: BaseAlgorithm,
+    directory: str | Path,
+    algorithm: str,
+    name: str = CHECKPOINT,
+    selected_by: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``directory/name/`` (atomically: a reader sees the old or the new checkpoint).
+
+    ``last/`` holds an off-policy agent's replay buffer too (to resume); ``best/`` does not, and
+    records ``selected_by`` (the metric and its value) in its ``state.json``.
+    """
+    target = Path(directory) / name
     with atomic_directory(target, marker="state.json") as tmp:
         weights = {
             "policy": model.policy.state_dict(),
             "optimizer": model.policy.optimizer.state_dict(),
         }
         torch.save(weights, tmp / "weights.pt")
-        if isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
+        resumable = name == CHECKPOINT
+        if resumable and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
             _save_buffer(model.replay_buffer, tmp / "replay.npz")
-        state = {
+        state: dict[str, Any] = {
             "format": FORMAT,
             "algorithm": algorithm,
             **{k: int(getattr(model, k, 0)) for k in _COUNTERS},
         }
+        if selected_by is not None:
+            state["selected_by"] = selected_by
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     return target
 
@@ -69,6 +89,11 @@ def read_state(path: str | Path) -> dict[str, Any]:
             if legacy.is_file()
             else ""
         )
+        if path.name == BEST:
+            raise CheckpointError(
+                f"{file}: missing; a run with agent.keep=best writes it at its first periodic "
+                "evaluation (eval.freq timesteps)"
+            )
         raise CheckpointError(f"{file}: no checkpoint to resume from{hint}")
     try:
         state = json.loads(file.read_text())
@@ -118,6 +143,50 @@ def load_checkpoint(model: BaseAlgorithm, path: str | Path, algorithm: str) -> B
     if buffer is not None and (path / "replay.npz").is_file():
         _load_buffer(buffer, path / "replay.npz")
     return model
+
+
+SELECTION_METRICS = ("long_term_value", "expected_clicks")  # agent.keep=best maximises the first
+# present: a sequential world's value per episode, else clicks per request; both under the run's
+# own reward model, never the truth (a run in a fitted simulator selects as it could on real logs)
+
+
+class BestCheckpoint:
+    """``directory/best/``: the weights of the best evaluation offered (:data:`SELECTION_METRICS`).
+
+    A resumed run reads the value to beat back from ``best/state.json``, so the weights kept are
+    the best of the whole run, killed or not; a fresh run removes a ``best/`` left by an earlier
+    run in the same directory.
+    """
+
+    def __init__(self, directory: str | Path, algorithm: str, resume: bool) -> None:
+        self.directory, self.algorithm = Path(directory), algorithm
+        self.path = self.directory / BEST
+        self.metric: str | None = None
+        self.value, self.step = -math.inf, -1
+        if not (self.path / "state.json").is_file():
+            return
+        if resume:
+            state = read_state(self.path)
+            chosen = state.get("selected_by") or {}
+            self.metric, self.value = chosen.get("metric"), float(chosen.get("value", -math.inf))
+            self.step = int(state["num_timesteps"])
+        else:
+            shutil.rmtree(self.path)
+
+    def offer(self, model: BaseAlgorithm, metrics: dict[str, Any]) -> bool:
+        """Keep ``model``'s weights if ``metrics`` beat the best so far; True when kept."""
+        metric = next((m for m in SELECTION_METRICS if m in metrics), None)
+        if metric is None:
+            raise KeyError(f"agent.keep=best: the evaluation has none of {SELECTION_METRICS}")
+        value = float(metrics[metric])
+        if metric != self.metric:  # a checkpoint chosen by another metric is not comparable
+            self.metric, self.value = metric, -math.inf
+        if not value > self.value:  # NaN never wins
+            return False
+        selected_by = {"metric": metric, "value": value}
+        save_checkpoint(model, self.directory, self.algorithm, BEST, selected_by)
+        self.value, self.step = value, int(model.num_timesteps)
+        return True
 
 
 def _save_buffer(buffer: Any, file: Path) -> None:

@@ -32,7 +32,13 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
-from rankgym.agents.checkpoint import load_checkpoint, save_checkpoint
+from rankgym.agents.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    BestCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rankgym.agents.policies import (
     CREDITS,
     MaskedDQN,
@@ -57,6 +63,7 @@ SLATE_ALGORITHMS = ("ppo", "a2c")  # agent.slate=true: a Plackett-Luce policy ov
 LR_SCHEDULES = ("constant", "linear")  # agent.lr_schedule: linear decays to 0 at the last step
 Q_MODELS = ("additive", "factorized")  # agent.q_model (DQN): agents.policies.RankingQNetwork
 PRECISIONS = ("auto", "fp32", "bf16")  # agent.precision: the learner's products (learner_precision)
+KEEPS = (CHECKPOINT, BEST)  # agent.keep: the weights a run reports (last, or best on valid)
 
 
 # SB3 hyperparameters whose type is checked when the agent config is read (SB3 would fail later,
@@ -118,6 +125,9 @@ class SB3Agent:
             weights, losses and evaluation stay float32), see :func:`learner_precision`;
             ``auto``: ``bf16`` where the device computes it natively, else ``fp32``
             (:func:`resolve_precision`).
+        keep: the weights the run reports, exports and is reloaded with: ``last`` (the final
+            ones) or ``best`` (those of its best periodic evaluation on the valid sessions,
+            ``checkpoints/best``, :class:`~rankgym.agents.checkpoint.BestCheckpoint`).
     """
 
     def __init__(
@@ -133,9 +143,11 @@ class SB3Agent:
         lr_schedule: str = "constant",
         q_model: str = "additive",
         precision: str = "fp32",
+        keep: str = CHECKPOINT,
     ) -> None:
         _algorithm(algorithm)
         _check_precision(precision)
+        _check_keep(keep)
         _check_lr_schedule(lr_schedule)
         _check_q_model(algorithm, q_model)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
@@ -148,7 +160,7 @@ class SB3Agent:
         self.slate = slate
         self.credit, self.position_discount = credit, float(position_discount)
         self.lr_schedule, self.q_model = lr_schedule, q_model
-        self.precision = precision
+        self.precision, self.keep = precision, keep
 
     @property
     def action_mode(self) -> str:
@@ -245,6 +257,11 @@ def _check_precision(precision: str) -> None:
 def _check_lr_schedule(lr_schedule: str) -> None:
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"agent.lr_schedule={lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+
+
+def _check_keep(keep: str) -> None:
+    if keep not in KEEPS:
+        raise ValueError(f"agent.keep={keep!r}; allowed: {', '.join(KEEPS)}")
 
 
 def _check_q_model(algorithm: str, q_model: str) -> None:
@@ -440,6 +457,8 @@ class EvalCallback(BaseCallback):
         evaluate: ``model -> dict`` of metric name to value (``expected_clicks``...).
         freq: timesteps between evaluations.
         hparams: the run's hyperparameters, logged once through TensorBoard's hparams plugin.
+        best: offered every evaluation, to keep the best weights (``agent.keep=best``); the
+            final weights are then evaluated too when the last evaluation came before them.
     """
 
     def __init__(
@@ -447,9 +466,10 @@ class EvalCallback(BaseCallback):
         evaluate: Callable[[BaseAlgorithm], dict[str, float]],
         freq: int,
         hparams: dict[str, Any],
+        best: BestCheckpoint | None = None,
     ) -> None:
         super().__init__()
-        self.evaluate, self.freq, self.hparams = evaluate, freq, hparams
+        self.evaluate, self.freq, self.hparams, self.best = evaluate, freq, hparams, best
         self.next_eval = freq
         self.history: list[tuple[int, dict[str, float]]] = []
 
@@ -457,17 +477,27 @@ class EvalCallback(BaseCallback):
         self.next_eval = (self.num_timesteps // self.freq + 1) * self.freq
         log_hparams(self.logger, self.hparams)
 
+    def _evaluate(self) -> None:
+        # evaluations are float32 whatever the learner's precision (learner_precision)
+        with scorer_precision(self.model, False):
+            metrics = self.evaluate(self.model)
+        record_eval(self.logger, metrics)
+        self.logger.record(STEP_KEY, self.num_timesteps)
+        self.logger.dump(self.num_timesteps)
+        self.history.append((self.num_timesteps, metrics))
+        if self.best is not None:
+            self.best.offer(self.model, metrics)
+
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_eval:
             self.next_eval += self.freq
-            # evaluations are float32 whatever the learner's precision (learner_precision)
-            with scorer_precision(self.model, False):
-                metrics = self.evaluate(self.model)
-            record_eval(self.logger, metrics)
-            self.logger.record(STEP_KEY, self.num_timesteps)
-            self.logger.dump(self.num_timesteps)
-            self.history.append((self.num_timesteps, metrics))
+            self._evaluate()
         return True
+
+    def _on_training_end(self) -> None:
+        evaluated = {step for step, _ in self.history} | {self.best.step if self.best else -1}
+        if self.best is not None and self.num_timesteps not in evaluated:
+            self._evaluate()
 
 
 class CheckpointCallback(BaseCallback):

@@ -146,7 +146,8 @@ def trained_policies(cfg: DictConfig, s: RunSetup) -> list[SB3Policy]:
             choices = OmegaConf.select(run_cfg, "env.user_choices", default=s.env.user_choices)
             env = dataclasses.replace(s.env, user_choices=choices)
             trained_on = dataclasses.replace(s, env=env)
-            model = agent.load(checkpoint, training_env(trained_on, agent, "cpu"), run_cfg.seed,
+            kept = checkpoint.with_name(agent.keep)  # last, or best (agent.keep=best)
+            model = agent.load(kept, training_env(trained_on, agent, "cpu"), run_cfg.seed,
                                "cpu")  # fmt: skip
             name = f"{agent.name}:{run_label(run_dir, root)}"
             if name in {p.name for p in policies}:  # the same overrides in two sweeps

@@ -16,7 +16,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from rankgym.agents.baselines import SB3Policy
-from rankgym.agents.checkpoint import CHECKPOINT
 from rankgym.agents.export import export_ranker
 from rankgym.agents.supervised import SupervisedAgent
 from rankgym.agents.training import SB3Agent
@@ -105,7 +104,8 @@ def load_run_policy(
 ) -> tuple[DictConfig, RunSetup, Any]:
     """The run at ``run_dir`` rebuilt from its own config: ``(config, setup, policy)``.
 
-    SB3 agents load their final checkpoint (nothing unpickled); baselines are refitted on the
+    SB3 agents load the checkpoint their ``agent.keep`` names (``last`` or ``best``; nothing
+    unpickled); baselines are refitted on the
     run's training sessions. ``reward`` (a ``conf/reward`` node) replaces the run's reward
     model: the setup then fits that one on the run's training sessions instead
     (``rankgym.experiments.evaluate``); its interpolations (``${out}``) resolve against the run's
@@ -135,5 +135,5 @@ def load_run_policy(
     if not isinstance(agent, SB3Agent):
         return cfg, s, agent.fit(s.train, s.encoded)
     venv = training_env(s, agent, "cpu")
-    model = agent.load(run_dir / "checkpoints" / CHECKPOINT, venv, cfg.seed, "cpu")
+    model = agent.load(run_dir / "checkpoints" / agent.keep, venv, cfg.seed, "cpu")
     return cfg, s, SB3Policy(model, s.env.obs_mode, agent.name)

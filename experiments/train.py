@@ -39,7 +39,14 @@ from stable_baselines3.common.utils import set_random_seed
 
 from rankgym import threads
 from rankgym.agents.baselines import CosinePolicy, PopularityPolicy, SB3Policy
-from rankgym.agents.checkpoint import CHECKPOINT, read_state, save_checkpoint
+from rankgym.agents.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    BestCheckpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from rankgym.agents.evaluation import EvaluationResult, evaluate
 from rankgym.agents.ope import logged_clicks, off_policy_estimates
 from rankgym.agents.supervised import SupervisedAgent
@@ -303,8 +310,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     learner: dict[str, Any] = {}
     if isinstance(agent, SB3Agent):
-        policy, timesteps = train(cfg, agent, s, run_dir, logger, periodic, hparams)
+        policy, timesteps, kept = train(cfg, agent, s, run_dir, logger, periodic, hparams)
         learner["precision"] = resolve_precision(agent.precision, policy.model.device)
+        learner.update(kept)
     elif isinstance(agent, SupervisedAgent):  # the ceiling: regression on the reward model
         venv = training_env(s, agent, cfg.device)
         policy, timesteps = agent.train(venv, cfg.total_timesteps, cfg.seed, str(venv.device))
@@ -357,8 +365,12 @@ def train(
     logger: Any,
     evaluate_policy: Any,
     hparams: dict[str, Any],
-) -> tuple[SB3Policy, int]:
-    """Train ``agent`` on the training sessions (resuming from a checkpoint when asked)."""
+) -> tuple[SB3Policy, int, dict[str, Any]]:
+    """Train ``agent`` on the training sessions (resuming from a checkpoint when asked).
+
+    Returns the policy with the weights ``agent.keep`` chose, the timesteps trained, and which
+    weights those are (``kept``; with ``best``, ``kept_step`` and ``kept_by``, its metric).
+    """
     venv = training_env(s, agent, cfg.device)
     venv.seed(cfg.seed)
     checkpoints = run_dir / "checkpoints"
@@ -373,9 +385,10 @@ def train(
     def periodic(m: Any) -> dict[str, Any]:
         return evaluate_policy(SB3Policy(m, s.env.obs_mode, agent.name))
 
+    best = BestCheckpoint(checkpoints, agent.algorithm, cfg.resume) if agent.keep == BEST else None
     callbacks = [
         ProgressCallback(cfg.total_timesteps, initial=done),
-        EvalCallback(periodic, cfg.eval.freq, hparams),
+        EvalCallback(periodic, cfg.eval.freq, hparams, best),
         CheckpointCallback(checkpoints, cfg.checkpoint_freq, agent.algorithm),
     ]
     agent.learn(
@@ -386,7 +399,13 @@ def train(
         log_interval=agent.log_interval,
     )
     save_checkpoint(model, checkpoints, agent.algorithm)
-    return SB3Policy(model, s.env.obs_mode, agent.name), model.num_timesteps
+    trained, kept = model.num_timesteps, {"kept": agent.keep}
+    if best is not None:  # the weights of the best valid evaluation, as export and evaluate load
+        load_checkpoint(model, checkpoints / BEST, agent.algorithm)
+        kept.update(kept_step=best.step, kept_by=best.metric)
+        log.info("keeping the weights of step %d (%s %.4f on the valid sessions)",
+                 best.step, best.metric, best.value)  # fmt: skip
+    return SB3Policy(model, s.env.obs_mode, agent.name), trained, kept
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,7 @@ def test_every_agent_config_instantiates(agent: str) -> None:
         # the default DQN's Q-value is factorized: one ranking for every position
         assert built.q_model == ("factorized" if agent == "dqn" else "additive")
         assert built.lr_schedule == "constant"
+        assert built.keep == "last" == inspect.signature(SB3Agent).parameters["keep"].default
     elif agent == "supervised":
         assert built.action_mode == "scores" and built.scorer["max_positions"] == 1
     else:
@@ -121,3 +123,7 @@ def test_bad_agent_settings_name_the_key() -> None:
         instantiate(make("agent.algorithm=sac").agent)
     with pytest.raises(InstantiationException, match=r"agent\.num_envs=0; allowed"):
         instantiate(make("agent.num_envs=0").agent)
+    with pytest.raises(InstantiationException, match=r"agent\.keep='first'; allowed: last, best"):
+        instantiate(make("agent.keep=first").agent)
+    # the long-term DQN reports its best valid weights (BENCHMARKS.md)
+    assert instantiate(make("experiment=longterm", "agent=dqn_longterm").agent).keep == "best"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -117,3 +118,33 @@ def test_a_run_that_drew_its_users_is_valued_as_it_valued_itself(tmp_path: Path)
     again = pd.read_parquet(tmp_path / "again" / "runs" / "drawn" / "per_request.parquet")
     trained = pd.read_parquet(tmp_path / "runs" / "drawn" / "per_request.parquet")
     pd.testing.assert_frame_equal(again, trained)  # what compare pairs, user by user
+
+
+def test_a_run_that_keeps_its_best_weights_reports_and_reloads_them(tmp_path: Path) -> None:
+    """``agent.keep=best``: the run reports the weights of its best valid evaluation, and
+    ``rankgym evaluate`` (as export and the fidelity zoo) reloads those, not the last ones."""
+    import csv
+
+    run = tmp_path / "runs" / "best"
+    own = train_tiny(tmp_path, run, "agent=dqn", "agent.keep=best", "total_timesteps=960",
+                     "eval.freq=160", *SMALL["dqn"])  # fmt: skip
+    with open(run / "tensorboard" / "progress.csv", newline="") as handle:
+        evals = {int(float(r["time/total_timesteps"])): float(r["eval/expected_clicks"])
+                 for r in csv.DictReader(handle) if r.get("eval/expected_clicks")}  # fmt: skip
+    assert len(evals) >= 5 and own["kept"] == "best" and own["kept_by"] == "expected_clicks"
+    assert own["kept_step"] == max(evals, key=evals.get)
+    assert own["kept_step"] < own["total_timesteps"]  # else best and last are the same weights
+    state = json.loads((run / "checkpoints" / "best" / "state.json").read_text())
+    assert state["num_timesteps"] == own["kept_step"]
+    code, err, found = value(tmp_path, "again", "reward=truth")
+    assert code == 0, err[-3000:]
+    assert found["best"]["true_expected_clicks"] == pytest.approx(own["true_expected_clicks"])
+    # the last weights are another policy: valued by a copy of the run that keeps them
+    last = tmp_path / "last" / "runs" / "best"
+    shutil.copytree(run, last)
+    kept = OmegaConf.load(last / "run_config.yaml")  # the run's own config, which evaluate reads
+    kept.agent.keep = "last"
+    OmegaConf.save(kept, last / "run_config.yaml")
+    code, err, other = value(tmp_path / "last", "again", "reward=truth")
+    assert code == 0, err[-3000:]
+    assert other["best"]["true_expected_clicks"] != pytest.approx(own["true_expected_clicks"])

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from rankgym.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rankgym.agents.checkpoint import (
+    BestCheckpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rankgym.agents.training import build_agent
 from rankgym.encoders.encoded_log import encode_log
 from rankgym.encoders.hashing import HashingEncoder
@@ -159,3 +164,36 @@ def test_the_replay_buffer_round_trips_and_only_filled_rows_are_written(
         load_checkpoint(
             build_agent("dqn", env_factory(), seed=1, device="cpu", hyperparams=hyper), path, "dqn"
         )
+
+
+def test_the_best_checkpoint_keeps_the_best_value_across_a_resume(
+    env_factory, tmp_path: Path
+) -> None:
+    """``best/`` holds the weights of the highest value offered (no replay buffer); a resumed
+    run must beat the value it read back, and a fresh run in the same directory starts over."""
+    model = fresh(env_factory)
+    first = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    keeper = BestCheckpoint(tmp_path, "dqn", resume=False)
+    assert keeper.offer(model, {"expected_clicks": 1.0})
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(1.0)
+    assert not keeper.offer(model, {"expected_clicks": 0.5})
+    assert not keeper.offer(model, {"expected_clicks": float("nan")})
+    assert (tmp_path / "best" / "weights.pt").is_file()
+    assert not (tmp_path / "best" / "replay.npz").exists()  # weights to load, not to resume
+    state = json.loads((tmp_path / "best" / "state.json").read_text())
+    assert state["selected_by"] == {"metric": "expected_clicks", "value": 1.0}
+    loaded = load_checkpoint(fresh(env_factory), tmp_path / "best", "dqn")
+    for key, value in loaded.policy.state_dict().items():
+        assert torch.equal(value, first[key]), key
+    resumed = BestCheckpoint(tmp_path, "dqn", resume=True)
+    assert resumed.value == 1.0 and resumed.metric == "expected_clicks"
+    assert not resumed.offer(model, {"expected_clicks": 0.9})
+    # a sequential world's value per episode is chosen over clicks per request
+    assert resumed.offer(model, {"expected_clicks": 0.1, "long_term_value": 0.2})
+    assert resumed.metric == "long_term_value" and resumed.value == 0.2
+    BestCheckpoint(tmp_path, "dqn", resume=False)
+    assert not (tmp_path / "best").exists()
+    with pytest.raises(CheckpointError, match=r"best/state.json: missing; a run with agent.keep"):
+        load_checkpoint(fresh(env_factory), tmp_path / "best", "dqn")
