@@ -41,6 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rankgym.agents.evaluation import evaluate
+from rankgym.agents.training import KEEPS
 from rankgym.experiments.runs import load_run_policy
 from rankgym.experiments.sweeps import configure_threads, fail, run_job
 from rankgym.logs.atomic import atomic_directory
@@ -81,14 +82,20 @@ def _is_run(directory: Path) -> bool:
 
 
 def value_run(
-    run_dir: Path, reward: DictConfig, reward_name: str, sessions: str, out: Path
+    run_dir: Path,
+    reward: DictConfig,
+    reward_name: str,
+    sessions: str,
+    out: Path,
+    keep: str | None = None,
 ) -> dict[str, Any]:
-    """Value the run at ``run_dir`` under ``reward``; write ``out`` (see the module docstring)."""
+    """Value the run at ``run_dir`` under ``reward``; write ``out`` (see the module docstring).
+    ``keep`` (``last``, ``best``) picks an SB3 run's weights instead of its ``agent.keep``."""
     from rankgym.experiments.runs import RUN_CONFIG
     from rankgym.experiments.train import off_policy, write_metrics, write_per_request
 
     trained_in = json.loads((run_dir / MARKER).read_text()).get("reward_model")
-    cfg, s, policy = load_run_policy(run_dir, reward)
+    cfg, s, policy = load_run_policy(run_dir, reward, keep)
     held = s.test if sessions == "test" else s.valid
     if held is None:
         raise ValueError(f"{run_dir}: sessions=valid, but the run has no valid split")
@@ -104,6 +111,7 @@ def value_run(
         "reward_model": reward_name,
         "trained_in": trained_in,
         "splits": {"metrics": sessions},  # as train's; "sessions" is a long-term metric
+        **({"kept": cfg.agent.keep} if "keep" in cfg.agent else {}),  # an SB3 run's weights
         "run": str(run_dir.resolve()),
     }
     with atomic_directory(out, marker=MARKER) as tmp:
@@ -116,6 +124,9 @@ def run(cfg: DictConfig) -> list[str]:
     """Value every run of ``cfg.runs`` under ``cfg.reward``; the names of those that failed."""
     if cfg.sessions not in SESSIONS:
         raise ValueError(f"sessions={cfg.sessions!r}; allowed: {', '.join(SESSIONS)}")
+    if cfg.keep not in (None, *KEEPS):
+        raise ValueError(f"keep={cfg.keep!r}; allowed: null (each run's agent.keep), "
+                         f"{', '.join(KEEPS)}")  # fmt: skip
     configure_threads(cfg)
     roots = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs or [])
     if not roots:
@@ -127,7 +138,7 @@ def run(cfg: DictConfig) -> list[str]:
     for name, run_dir in runs.items():
         log.info("valuing %s under reward=%s", run_dir, reward_name)
         try:
-            m = value_run(run_dir, cfg.reward, reward_name, cfg.sessions, out / name)
+            m = value_run(run_dir, cfg.reward, reward_name, cfg.sessions, out / name, cfg.keep)
         except Exception as err:  # one bad run does not stop the others
             log.error("%s: %s", run_dir, str(err).strip().splitlines()[0] if str(err) else err)
             failed.append(name)

@@ -100,7 +100,7 @@ def export_policy(
 
 
 def load_run_policy(
-    run_dir: str | Path, reward: DictConfig | None = None
+    run_dir: str | Path, reward: DictConfig | None = None, keep: str | None = None
 ) -> tuple[DictConfig, RunSetup, Any]:
     """The run at ``run_dir`` rebuilt from its own config: ``(config, setup, policy)``.
 
@@ -109,7 +109,8 @@ def load_run_policy(
     run's training sessions. ``reward`` (a ``conf/reward`` node) replaces the run's reward
     model: the setup then fits that one on the run's training sessions instead
     (``rankgym.experiments.evaluate``); its interpolations (``${out}``) resolve against the run's
-    config.
+    config. ``keep`` (``last`` or ``best``) replaces the run's ``agent.keep``: which of an SB3
+    run's checkpoints is loaded.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not an ``rankgym.experiments.train`` run.
@@ -131,6 +132,9 @@ def load_run_policy(
             f"{run_dir}: an agent={cfg.agent.name} run keeps no policy to load; allowed: "
             "ppo, a2c, dqn runs and the baselines"
         )
+    if keep is not None and isinstance(agent, SB3Agent):
+        cfg.agent.keep = keep  # the run's config as valued (evaluate writes it)
+        agent = instantiate(cfg.agent, f"agent {cfg.agent.name}")  # checks the value
     s = setup(cfg)
     if not isinstance(agent, SB3Agent):
         return cfg, s, agent.fit(s.train, s.encoded)

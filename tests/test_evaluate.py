@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -139,12 +138,10 @@ def test_a_run_that_keeps_its_best_weights_reports_and_reloads_them(tmp_path: Pa
     code, err, found = value(tmp_path, "again", "reward=truth")
     assert code == 0, err[-3000:]
     assert found["best"]["true_expected_clicks"] == pytest.approx(own["true_expected_clicks"])
-    # the last weights are another policy: valued by a copy of the run that keeps them
-    last = tmp_path / "last" / "runs" / "best"
-    shutil.copytree(run, last)
-    kept = OmegaConf.load(last / "run_config.yaml")  # the run's own config, which evaluate reads
-    kept.agent.keep = "last"
-    OmegaConf.save(kept, last / "run_config.yaml")
-    code, err, other = value(tmp_path / "last", "again", "reward=truth")
+    # the last weights are another policy: keep=last values those instead
+    code, err, other = value(tmp_path, "last", "reward=truth", "keep=last")
     assert code == 0, err[-3000:]
+    assert other["best"]["kept"] == "last" and found["best"]["kept"] == "best"
     assert other["best"]["true_expected_clicks"] != pytest.approx(own["true_expected_clicks"])
+    code, err = run_evaluate(f"runs=[{run}]", f"out={tmp_path / 'x'}", "keep=first")
+    assert code == 2 and "keep='first'; allowed: null (each run's agent.keep), last, best" in err
