@@ -104,8 +104,9 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
 
     truth = TruthClickModel(truth=s.truth)
     zoo = [p.fit(s.train, s.encoded) for p in policy_zoo(truth, seed=cfg.seed)]
+    valued = s.env.valued()  # the simulator's fidelity, whatever users the agent trains on
     values = value_zoo(
-        zoo, s.test, s.encoded, {"truth": truth, "model": s.reward}, s.env,
+        zoo, s.test, s.encoded, {"truth": truth, "model": s.reward}, valued,
         num_envs=cfg.eval.num_envs, seed=cfg.seed, max_sessions=cfg.eval.sessions,
     )  # fmt: skip
     names = [p.name for p in zoo]
@@ -114,7 +115,7 @@ def reward_fidelity(cfg: DictConfig, s: RunSetup) -> dict[str, float]:
              s.reward.name, a.kendall_tau, a.rel_error)  # fmt: skip
     out = {"fidelity_kendall_tau": a.kendall_tau, "fidelity_rel_error": a.rel_error}
     greedy = greedy_values(
-        {"model": s.reward}, s.test, s.encoded, truth, s.env, num_envs=cfg.eval.num_envs,
+        {"model": s.reward}, s.test, s.encoded, truth, valued, num_envs=cfg.eval.num_envs,
         seed=cfg.seed, max_sessions=cfg.eval.sessions,
     )  # fmt: skip
     if "model" in greedy:  # not for a model replaying the log's clicks

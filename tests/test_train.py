@@ -111,6 +111,22 @@ def test_a_policy_trained_in_the_fitted_simulator_is_valued_under_the_truth(
     assert 1 <= metrics["session_length"] <= 8  # the fitted users end sessions
 
 
+def test_a_run_on_sampled_users_values_the_fidelity_zoo_on_the_expected_walk(
+    tmp_path: Path,
+) -> None:
+    """The fitted simulator's fidelity a run logs is a property of the simulator, not of the
+    users its agent trains on: the zoo is valued on the expected walk either way."""
+    common = ["experiment=longterm", "reward=pbm", "agent=cosine", "eval.sessions=null"]
+    found = {
+        choices: train_tiny(
+            tmp_path / "root", tmp_path / choices, *common, f"env.user_choices={choices}"
+        )
+        for choices in ("expected", "sampled")
+    }
+    for key in ("fidelity_kendall_tau", "fidelity_rel_error", "fidelity_greedy_true"):
+        assert found["sampled"][key] == pytest.approx(found["expected"][key], abs=1e-9), key
+
+
 @pytest.mark.parametrize("reward", ["truth", "logged", "pbm", "dcm", "cascade", "neural"])
 def test_every_reward_model_trains_with_periodic_evaluation(
     request: pytest.FixtureRequest, tiny_root: Path, tmp_path: Path, reward: str
