@@ -495,9 +495,10 @@ class EvalCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        evaluated = {step for step, _ in self.history} | {self.best.step if self.best else -1}
-        if self.best is not None and self.num_timesteps not in evaluated:
-            self._evaluate()
+        if self.best is None:
+            return
+        if self.num_timesteps not in {step for step, _ in self.history} | {self.best.step}:
+            self._evaluate()  # the final weights are candidates too
 
 
 class CheckpointCallback(BaseCallback):
