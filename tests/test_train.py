@@ -111,6 +111,7 @@ def test_a_policy_trained_in_the_fitted_simulator_is_valued_under_the_truth(
     assert 1 <= metrics["session_length"] <= 8  # the fitted users end sessions
 
 
+@pytest.mark.slow  # two runs, each valuing the fidelity zoo
 def test_a_run_on_sampled_users_values_the_fidelity_zoo_on_the_expected_walk(
     tmp_path: Path,
 ) -> None:
