@@ -105,12 +105,10 @@ def load_run_policy(
     """The run at ``run_dir`` rebuilt from its own config: ``(config, setup, policy)``.
 
     SB3 agents load the checkpoint their ``agent.keep`` names (``last`` or ``best``; nothing
-    unpickled); baselines are refitted on the
-    run's training sessions. ``reward`` (a ``conf/reward`` node) replaces the run's reward
-    model: the setup then fits that one on the run's training sessions instead
-    (``rankgym.experiments.evaluate``); its interpolations (``${out}``) resolve against the run's
-    config. ``keep`` (``last`` or ``best``) replaces the run's ``agent.keep``: which of an SB3
-    run's checkpoints is loaded.
+    unpickled), or the one ``keep`` names; baselines are refitted on the run's training
+    sessions. ``reward`` (a ``conf/reward`` node) replaces the run's reward model: the setup
+    then fits that one on the run's training sessions instead (``rankgym.experiments.evaluate``);
+    its interpolations (``${out}``) resolve against the run's config.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not an ``rankgym.experiments.train`` run.
