@@ -81,6 +81,11 @@ def read_state(path: str | Path) -> dict[str, Any]:
     """The checkpoint's ``state.json``, checked; raises :class:`CheckpointError`."""
     path = Path(path)
     file = path / "state.json"
+    if not file.is_file() and path.name == BEST:
+        raise CheckpointError(
+            f"{file}: missing; a run with agent.keep=best writes it at its first periodic "
+            "evaluation (eval.freq timesteps)"
+        )
     if not file.is_file():
         legacy = path.with_name("last.zip")
         hint = (
@@ -89,11 +94,6 @@ def read_state(path: str | Path) -> dict[str, Any]:
             if legacy.is_file()
             else ""
         )
-        if path.name == BEST:
-            raise CheckpointError(
-                f"{file}: missing; a run with agent.keep=best writes it at its first periodic "
-                "evaluation (eval.freq timesteps)"
-            )
         raise CheckpointError(f"{file}: no checkpoint to resume from{hint}")
     try:
         state = json.loads(file.read_text())
