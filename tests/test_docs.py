@@ -180,6 +180,7 @@ def test_readme_begins_with_the_two_fresh_machine_commands() -> None:
     assert ci[0] == TEST_COMMAND
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path: Path) -> None:
     """The README's first Python block, run as a user would, in an empty directory."""
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from rankgym.experiments import prepare as prepare_command
 from rankgym.logs import SessionLog
@@ -117,6 +118,7 @@ def test_out_never_replaces_a_directory_rankgym_did_not_write(tmp_path: Path) ->
         assert again.returncode == 0, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_concurrent_writers_of_one_out_both_succeed(tmp_path: Path) -> None:
     out = tmp_path / "shared"
     args = [sys.executable, "-m", "rankgym.experiments.prepare", f"paths.root_dir={tmp_path}",

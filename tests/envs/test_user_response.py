@@ -78,6 +78,7 @@ def test_held_out_sessions_are_predicted(world) -> None:
         response_fidelity(PBMClickModel().fit(log), latent, reached)
 
 
+@pytest.mark.slow
 def test_fitted_users_value_what_selects_on_quality(world) -> None:
     """Held-out users: the fitted users value the policies that select on the quality the
     log does not show (the truth's oracle and the lookahead) as the truth does. An item's
